@@ -1,0 +1,5 @@
+import sys
+
+from smartgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,429 @@
+"""Configuration: load the YAML file, validate every key, and fail with the key and the reason.
+
+Nothing in the rest of the service reads raw YAML: it receives the frozen
+dataclasses built here, with every default already applied.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from smartgate.fhir_definitions import RESOURCE_TYPES
+
+SAFE_ALGORITHMS: tuple[str, ...] = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+DEFAULT_TOKEN_TYPES: tuple[str, ...] = ("at+jwt", "application/at+jwt", "jwt")
+# Types outside the R4 Patient compartment that routinely carry patient data: a patient/
+# scope does not open them unless the operator changes ``patient_closed_types``.
+DEFAULT_PATIENT_CLOSED_TYPES: frozenset[str] = frozenset({
+    "Binary", "Bundle", "Contract", "GuidanceResponse", "Linkage", "MessageHeader", "Parameters",
+    "Subscription", "Task",
+})
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; ``key`` is its dotted path."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    grpc: str = "127.0.0.1:9191"
+    http: str = "127.0.0.1:9190"
+
+
+@dataclass(frozen=True)
+class LookupConfig:
+    timeout_seconds: float = 2.0
+    cache_ttl_seconds: float = 30.0
+    cache_size: int = 10_000
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FhirConfig:
+    base_url: str
+    upstream_url: str
+    lookup: LookupConfig = field(default_factory=LookupConfig)
+
+    @property
+    def base_path(self) -> str:
+        """The path prefix Envoy routes to the FHIR server, without a trailing slash."""
+        return urlsplit(self.base_url).path.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ClaimNames:
+    """Where each SMART value is read from in the token; the first claim present wins."""
+
+    scope: tuple[str, ...] = ("scope", "scp")
+    patient: tuple[str, ...] = ("patient",)
+    fhir_user: tuple[str, ...] = ("fhirUser",)
+    client_id: tuple[str, ...] = ("client_id", "azp", "cid")
+    subject: tuple[str, ...] = ("sub",)
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    algorithms: tuple[str, ...] = SAFE_ALGORITHMS
+    token_types: tuple[str, ...] = DEFAULT_TOKEN_TYPES
+    allow_missing_token_type: bool = True
+    claims: ClaimNames = field(default_factory=ClaimNames)
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    clock_skew_seconds: int = 60
+    max_token_bytes: int = 16_384
+    cache_size: int = 10_000
+    cache_max_ttl_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class JwksPolicy:
+    refresh_interval_seconds: float = 300.0
+    min_refresh_interval_seconds: float = 30.0
+    fetch_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class PublicRoute:
+    """A route that needs no token; ``path`` is relative to the FHIR base path."""
+
+    path: str
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    prefix: bool = False
+
+
+@dataclass(frozen=True)
+class HeaderNames:
+    patient: str = "x-smart-patient"
+    fhir_user: str = "x-smart-fhir-user"
+    scope: str = "x-smart-scope"
+    client_id: str = "x-smart-client-id"
+    subject: str = "x-smart-subject"
+    issuer: str = "x-smart-issuer"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.patient, self.fhir_user, self.scope, self.client_id, self.subject, self.issuer)
+
+
+@dataclass(frozen=True)
+class Config:
+    fhir: FhirConfig
+    issuers: tuple[IssuerConfig, ...]
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tokens: TokenPolicy = field(default_factory=TokenPolicy)
+    jwks: JwksPolicy = field(default_factory=JwksPolicy)
+    public_routes: tuple[PublicRoute, ...] = ()
+    headers: HeaderNames = field(default_factory=HeaderNames)
+    realm: str = ""
+    patient_closed_types: frozenset[str] = DEFAULT_PATIENT_CLOSED_TYPES
+    max_request_bytes: int = 1_048_576
+    decision_log: str = "stdout"
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """A mapping being read, which remembers its dotted path and rejects unknown keys."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path or "(root)", "must be a mapping")
+        self.data: dict[str, Any] = data
+        self.path = path
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def reject_unknown(self, allowed: set[str]) -> None:
+        for name in self.data:
+            if name not in allowed:
+                raise ConfigError(self.key(str(name)), "unknown key")
+
+    def get(self, name: str, check: Callable[[str, Any], T], default: T) -> T:
+        if name not in self.data or self.data[name] is None:
+            return default
+        return check(self.key(name), self.data[name])
+
+    def require(self, name: str, check: Callable[[str, Any], T]) -> T:
+        if name not in self.data or self.data[name] is None:
+            raise ConfigError(self.key(name), "is required")
+        return check(self.key(name), self.data[name])
+
+    def section(self, name: str) -> _Section:
+        return _Section(self.data.get(name) or {}, self.key(name))
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, "must be a non-empty string")
+    return value
+
+
+def _http_url(key: str, value: Any) -> str:
+    text = _string(key, value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(key, f"must be an absolute http(s) URL, got {text!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(key, "must not have a query or fragment")
+    return text.rstrip("/")
+
+
+def _address(key: str, value: Any) -> str:
+    text = _string(key, value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"must be HOST:PORT, got {text!r}")
+    return text
+
+
+def _positive_number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(key, "must be a positive number")
+    return float(value)
+
+
+def _non_negative_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(key, "must be a non-negative integer")
+    return value
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if _non_negative_int(key, value) == 0:
+        raise ConfigError(key, "must be a positive integer")
+    return int(value)
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false")
+    return value
+
+
+def _string_list(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, "must be a non-empty list of strings")
+    return tuple(_string(f"{key}[{i}]", item) for i, item in enumerate(value))
+
+
+def _algorithms(key: str, value: Any) -> tuple[str, ...]:
+    names = _string_list(key, value)
+    for i, name in enumerate(names):
+        if name not in SAFE_ALGORITHMS:
+            raise ConfigError(
+                f"{key}[{i}]", f"{name!r} is not an allowed algorithm (allowed: {', '.join(SAFE_ALGORITHMS)})"
+            )
+    return names
+
+
+def _resource_types(key: str, value: Any) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list of resource types")
+    for i, item in enumerate(value):
+        if item not in RESOURCE_TYPES:
+            raise ConfigError(f"{key}[{i}]", f"{item!r} is not a FHIR R4 resource type")
+    return frozenset(value)
+
+
+def _header_name(key: str, value: Any) -> str:
+    name = _string(key, value).lower()
+    if not _HEADER_NAME.match(name):
+        raise ConfigError(key, f"{value!r} is not a valid header name")
+    return name
+
+
+def _string_map(key: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a mapping of strings")
+    return {_header_name(f"{key}.{k}", k): _string(f"{key}.{k}", v) for k, v in value.items()}
+
+
+def _lookup(section: _Section) -> LookupConfig:
+    section.reject_unknown({"timeout_seconds", "cache_ttl_seconds", "cache_size", "headers"})
+    default = LookupConfig()
+    return LookupConfig(
+        timeout_seconds=section.get("timeout_seconds", _positive_number, default.timeout_seconds),
+        cache_ttl_seconds=section.get("cache_ttl_seconds", _positive_number, default.cache_ttl_seconds),
+        cache_size=section.get("cache_size", _positive_int, default.cache_size),
+        headers=section.get("headers", _string_map, {}),
+    )
+
+
+def _fhir(section: _Section) -> FhirConfig:
+    section.reject_unknown({"base_url", "upstream_url", "lookup"})
+    return FhirConfig(
+        base_url=section.require("base_url", _http_url),
+        upstream_url=section.require("upstream_url", _http_url),
+        lookup=_lookup(section.section("lookup")),
+    )
+
+
+def _claims(section: _Section) -> ClaimNames:
+    default = ClaimNames()
+    section.reject_unknown(set(default.__dataclass_fields__))
+    return ClaimNames(
+        **{name: section.get(name, _string_list, getattr(default, name)) for name in default.__dataclass_fields__}
+    )
+
+
+def _issuer(section: _Section, default_audience: str) -> IssuerConfig:
+    section.reject_unknown(
+        {"issuer", "jwks_uri", "jwks_file", "audiences", "algorithms", "token_types",
+         "allow_missing_token_type", "claims"}
+    )
+    issuer = section.require("issuer", _string)
+    jwks_uri = section.get("jwks_uri", _http_url, None)
+    jwks_file = section.get("jwks_file", _string, None)
+    if jwks_uri and jwks_file:
+        raise ConfigError(section.key("jwks_file"), "set jwks_uri or jwks_file, not both")
+    if jwks_file and not Path(jwks_file).is_file():
+        raise ConfigError(section.key("jwks_file"), f"file {jwks_file!r} does not exist")
+    if not jwks_uri and not jwks_file:
+        _http_url(section.key("issuer"), issuer)  # discovery needs an http(s) issuer
+    token_types = section.get("token_types", _string_list, DEFAULT_TOKEN_TYPES)
+    return IssuerConfig(
+        issuer=issuer,
+        jwks_uri=jwks_uri,
+        jwks_file=jwks_file,
+        audiences=section.get("audiences", _string_list, (default_audience,)),
+        algorithms=section.get("algorithms", _algorithms, SAFE_ALGORITHMS),
+        token_types=tuple(t.lower() for t in token_types),
+        allow_missing_token_type=section.get("allow_missing_token_type", _boolean, True),
+        claims=_claims(section.section("claims")),
+    )
+
+
+def _issuers(key: str, value: Any, default_audience: str) -> tuple[IssuerConfig, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, "must be a non-empty list")
+    issuers = tuple(_issuer(_Section(item, f"{key}[{i}]"), default_audience) for i, item in enumerate(value))
+    seen: set[str] = set()
+    for i, issuer in enumerate(issuers):
+        if issuer.issuer in seen:
+            raise ConfigError(f"{key}[{i}].issuer", f"{issuer.issuer!r} is configured twice")
+        seen.add(issuer.issuer)
+    return issuers
+
+
+def _public_route(section: _Section) -> PublicRoute:
+    section.reject_unknown({"path", "methods", "prefix"})
+    path = section.require("path", _string)
+    if not path.startswith("/") or "?" in path or "%" in path:
+        raise ConfigError(section.key("path"), "must start with '/' and hold no query or escapes")
+    methods = section.get("methods", _string_list, ("GET", "HEAD"))
+    for i, method in enumerate(methods):
+        if method.upper() not in _HTTP_METHODS:
+            raise ConfigError(f"{section.key('methods')}[{i}]", f"{method!r} is not an HTTP method")
+    return PublicRoute(
+        path=path.rstrip("/") or "/",
+        methods=frozenset(m.upper() for m in methods),
+        prefix=section.get("prefix", _boolean, False),
+    )
+
+
+def _public_routes(key: str, value: Any) -> tuple[PublicRoute, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list")
+    return tuple(_public_route(_Section(item, f"{key}[{i}]")) for i, item in enumerate(value))
+
+
+def _headers(section: _Section) -> HeaderNames:
+    default = HeaderNames()
+    section.reject_unknown(set(default.__dataclass_fields__))
+    names = HeaderNames(
+        **{name: section.get(name, _header_name, getattr(default, name)) for name in default.__dataclass_fields__}
+    )
+    if len(set(names.all())) != len(names.all()):
+        raise ConfigError(section.path, "header names must be distinct")
+    return names
+
+
+def parse_config(data: Any) -> Config:
+    """Build a validated Config from parsed YAML, or raise ConfigError."""
+    root = _Section(data, "")
+    root.reject_unknown(
+        {"listen", "fhir", "issuers", "tokens", "jwks", "public_routes", "headers", "realm",
+         "max_request_bytes", "decision_log", "patient_closed_types"}
+    )
+    listen_section = root.section("listen")
+    listen_section.reject_unknown({"grpc", "http"})
+    listen = ListenConfig(
+        grpc=listen_section.get("grpc", _address, ListenConfig.grpc),
+        http=listen_section.get("http", _address, ListenConfig.http),
+    )
+    if "fhir" not in root.data:
+        raise ConfigError("fhir", "is required")
+    fhir = _fhir(root.section("fhir"))
+    if "issuers" not in root.data:
+        raise ConfigError("issuers", "is required")
+    issuers = _issuers("issuers", root.data["issuers"], fhir.base_url)
+
+    tokens_section = root.section("tokens")
+    tokens_section.reject_unknown(set(TokenPolicy.__dataclass_fields__))
+    tokens = TokenPolicy(
+        clock_skew_seconds=tokens_section.get("clock_skew_seconds", _non_negative_int, 60),
+        max_token_bytes=tokens_section.get("max_token_bytes", _positive_int, 16_384),
+        cache_size=tokens_section.get("cache_size", _non_negative_int, 10_000),
+        cache_max_ttl_seconds=tokens_section.get("cache_max_ttl_seconds", _non_negative_int, 300),
+    )
+    jwks_section = root.section("jwks")
+    jwks_section.reject_unknown(set(JwksPolicy.__dataclass_fields__))
+    jwks = JwksPolicy(
+        refresh_interval_seconds=jwks_section.get("refresh_interval_seconds", _positive_number, 300.0),
+        min_refresh_interval_seconds=jwks_section.get("min_refresh_interval_seconds", _positive_number, 30.0),
+        fetch_timeout_seconds=jwks_section.get("fetch_timeout_seconds", _positive_number, 5.0),
+    )
+    decision_log = root.get("decision_log", _string, "stdout")
+    if decision_log not in ("stdout", "stderr", "off") and not decision_log.startswith("/"):
+        raise ConfigError("decision_log", "must be stdout, stderr, off or an absolute file path")
+    return Config(
+        listen=listen,
+        fhir=fhir,
+        issuers=issuers,
+        tokens=tokens,
+        jwks=jwks,
+        public_routes=root.get("public_routes", _public_routes, ()),
+        headers=_headers(root.section("headers")),
+        realm=root.get("realm", _string, fhir.base_url),
+        patient_closed_types=root.get("patient_closed_types", _resource_types, DEFAULT_PATIENT_CLOSED_TYPES),
+        max_request_bytes=root.get("max_request_bytes", _positive_int, 1_048_576),
+        decision_log=decision_log,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raise ConfigError naming the key and the reason."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read {str(path)!r}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("(file)", f"not valid YAML: {exc}") from exc
+    return parse_config(data)

@@ -1,0 +1,151 @@
+"""A small in-memory FHIR R4 server for the demo and the tests.
+
+It answers read, search (GET and POST ``_search``) and Patient compartment searches over a
+handful of resources, honours the reference search parameters the look-ups use, and
+reports what it received in ``x-demo-received-*`` response headers, so a test can see what
+passed through Envoy. It is a stand-in for a real FHIR server, not one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+SEED: list[dict[str, Any]] = [
+    {"resourceType": "Patient", "id": "123", "name": [{"family": "Alvarez", "given": ["Ana"]}]},
+    {"resourceType": "Patient", "id": "456", "name": [{"family": "Brown", "given": ["Ben"]}]},
+    {"resourceType": "Patient", "id": "789", "name": [{"family": "Chen", "given": ["Cai"]}],
+     "link": [{"other": {"reference": "Patient/123"}, "type": "seealso"}]},
+    {"resourceType": "Practitioner", "id": "prac-1", "name": [{"family": "House"}]},
+    {"resourceType": "Observation", "id": "obs-123-a", "status": "final", "subject": {"reference": "Patient/123"},
+     "category": [{"coding": [{"code": "laboratory"}]}], "code": {"text": "HbA1c"},
+     "performer": [{"reference": "Practitioner/prac-1"}]},
+    {"resourceType": "Observation", "id": "obs-123-b", "status": "final", "subject": {"reference": "Patient/123"},
+     "category": [{"coding": [{"code": "vital-signs"}]}], "code": {"text": "Heart rate"}},
+    {"resourceType": "Observation", "id": "obs-456-a", "status": "final", "subject": {"reference": "Patient/456"},
+     "category": [{"coding": [{"code": "laboratory"}]}], "code": {"text": "HbA1c"}},
+    {"resourceType": "Observation", "id": "obs-456-by-123", "status": "final",
+     "subject": {"reference": "Patient/456"}, "performer": [{"reference": "Patient/123"}],
+     "code": {"text": "Reported by a relative"}},
+    {"resourceType": "Coverage", "id": "cov-123", "status": "active", "beneficiary": {"reference": "Patient/123"},
+     "payor": [{"reference": "Organization/payer-1"}]},
+    {"resourceType": "Coverage", "id": "cov-456", "status": "active", "beneficiary": {"reference": "Patient/456"},
+     "payor": [{"reference": "Organization/payer-1"}]},
+    {"resourceType": "Organization", "id": "payer-1", "name": "Demo Health Plan"},
+]
+
+# Search parameter -> the element paths holding its references, per type.
+REFERENCE_PARAMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "Observation": {"subject": ("subject",), "patient": ("subject",), "performer": ("performer",)},
+    "Coverage": {"beneficiary": ("beneficiary",), "patient": ("beneficiary",), "subscriber": ("subscriber",),
+                 "policy-holder": ("policyHolder",), "payor": ("payor",)},
+    "Patient": {"link": ("link.other",)},
+}
+
+
+def _references(resource: dict[str, Any], path: str) -> list[str]:
+    values: list[Any] = [resource]
+    for part in path.split("."):
+        next_values: list[Any] = []
+        for value in values:
+            item = value.get(part) if isinstance(value, dict) else None
+            if isinstance(item, list):
+                next_values.extend(item)
+            elif item is not None:
+                next_values.append(item)
+        values = next_values
+    return [v["reference"] for v in values if isinstance(v, dict) and "reference" in v]
+
+
+class FhirStore:
+    def __init__(self, resources: list[dict[str, Any]]) -> None:
+        self.resources = {(r["resourceType"], r["id"]): r for r in resources}
+
+    def search(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        found = [r for (t, _), r in self.resources.items() if t == resource_type]
+        for name, value in params:
+            code = name.split(":")[0]
+            if code == "_id":
+                found = [r for r in found if r["id"] in value.split(",")]
+                continue
+            paths = REFERENCE_PARAMS.get(resource_type, {}).get(code)
+            if paths is None:
+                continue  # lenient, like many servers: unknown parameters are ignored
+            wanted = {v if "/" in v else f"Patient/{v}" for v in value.split(",")}
+            found = [r for r in found if any(ref in wanted for p in paths for ref in _references(r, p))]
+        return found
+
+
+def _bundle(resources: list[dict[str, Any]], summary_count: bool) -> dict[str, Any]:
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(resources)}
+    if not summary_count:
+        bundle["entry"] = [{"resource": r} for r in resources]
+    return bundle
+
+
+def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+            return
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/fhir+json")
+            self.send_header("content-length", str(len(data)))
+            received = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-smart-")}
+            self.send_header("x-demo-received-smart", json.dumps(received, sort_keys=True))
+            self.send_header("x-demo-received-path", self.path)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            url = urlsplit(self.path)
+            self._route("GET", url.path, parse_qsl(url.query, keep_blank_values=True))
+
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            url = urlsplit(self.path)
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length).decode() if length else ""
+            params = parse_qsl(url.query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)
+            self._route("POST", url.path, params)
+
+        def _route(self, method: str, path: str, params: list[tuple[str, str]]) -> None:
+            if not path.startswith(base_path):
+                self._send(404, {"resourceType": "OperationOutcome"})
+                return
+            parts = [p for p in path[len(base_path):].split("/") if p]
+            count = dict(params).get("_summary") == "count"
+            if parts == ["metadata"]:
+                self._send(200, {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
+                                 "fhirVersion": "4.0.1", "format": ["json"]})
+            elif parts == [".well-known", "smart-configuration"]:
+                self._send(200, {"capabilities": ["launch-standalone", "permission-v2"]})
+            elif len(parts) == 1 or (len(parts) == 2 and parts[1] == "_search" and method == "POST"):
+                self._send(200, _bundle(store.search(parts[0], params), count))
+            elif len(parts) == 2 and method == "GET":
+                resource = store.resources.get((parts[0], parts[1]))
+                if resource is None:
+                    self._send(404, {"resourceType": "OperationOutcome"})
+                else:
+                    self._send(200, resource)
+            elif len(parts) == 3 and parts[0] == "Patient" and method == "GET":
+                param = "link" if parts[2] == "Patient" else "patient"
+                self._send(200, _bundle(store.search(parts[2], [*params, (param, f"Patient/{parts[1]}")]), count))
+            else:
+                self._send(404, {"resourceType": "OperationOutcome"})
+
+    return Handler
+
+
+def start_upstream(host: str, port: int, base_path: str = "/fhir") -> ThreadingHTTPServer:
+    """Start the demo FHIR server in a background thread; returns it (``server_address`` has the port)."""
+    server = ThreadingHTTPServer((host, port), make_handler(FhirStore(SEED), base_path))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="demo-fhir-upstream", daemon=True).start()
+    return server

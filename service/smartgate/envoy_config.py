@@ -1,0 +1,140 @@
+"""Render the Envoy configuration that puts smartgate in front of a FHIR server.
+
+The shipped ``envoy/envoy.yaml`` is this rendering with its defaults; ``make run``,
+the tests and the Helm chart render the same structure with their own addresses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+_HTTP_FILTERS_PREFIX = "type.googleapis.com/envoy.extensions.filters.http"
+
+
+@dataclass(frozen=True)
+class EnvoySettings:
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 10000
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9901
+    authz_host: str = "127.0.0.1"
+    authz_port: int = 9191
+    authz_timeout_seconds: float = 1.0
+    upstream_url: str = "http://fhir-server:8080/fhir"
+    base_path: str = "/fhir"
+    max_request_bytes: int = 1_048_576
+
+
+def _cluster(name: str, host: str, port: int, http2: bool) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": host, "port_value": port}}}}]}],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
+def _ext_authz(settings: EnvoySettings) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": f"{_HTTP_FILTERS_PREFIX}.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": "smartgate"},
+                "timeout": f"{settings.authz_timeout_seconds}s",
+            },
+            # Fail closed: if smartgate cannot answer, the request is refused with 503, not 403.
+            "failure_mode_allow": False,
+            "status_on_error": {"code": "ServiceUnavailable"},
+            "with_request_body": {
+                "max_request_bytes": settings.max_request_bytes,
+                "allow_partial_message": False,
+                "pack_as_bytes": True,
+            },
+        },
+    }
+
+
+def render(settings: EnvoySettings) -> dict[str, Any]:
+    upstream = urlsplit(settings.upstream_url)
+    upstream_port = upstream.port or (443 if upstream.scheme == "https" else 80)
+    upstream_path = upstream.path.rstrip("/")
+    route: dict[str, Any] = {"cluster": "fhir_upstream", "timeout": "60s"}
+    if upstream_path != settings.base_path:
+        route["prefix_rewrite"] = upstream_path + "/" if upstream_path else "/"
+    upstream_cluster = _cluster("fhir_upstream", upstream.hostname or "localhost", upstream_port, http2=False)
+    if upstream.scheme == "https":
+        upstream_cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": upstream.hostname,
+            },
+        }
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                 ".HttpConnectionManager",
+        "stat_prefix": "fhir_ingress",
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        "route_config": {
+            "name": "fhir",
+            "virtual_hosts": [{
+                "name": "fhir",
+                "domains": ["*"],
+                "routes": [
+                    {"match": {"path": settings.base_path}, "route": dict(route)},
+                    {"match": {"prefix": settings.base_path + "/"}, "route": route},
+                    {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                ],
+            }],
+        },
+        "http_filters": [
+            _ext_authz(settings),
+            {"name": "envoy.filters.http.router",
+             "typed_config": {"@type": f"{_HTTP_FILTERS_PREFIX}.router.v3.Router"}},
+        ],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": settings.admin_host,
+                                                 "port_value": settings.admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "fhir_ingress",
+                "address": {"socket_address": {"address": settings.listen_host,
+                                               "port_value": settings.listen_port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm,
+                }]}],
+            }],
+            "clusters": [
+                _cluster("smartgate", settings.authz_host, settings.authz_port, http2=True),
+                upstream_cluster,
+            ],
+        },
+    }
+
+
+def render_yaml(settings: EnvoySettings) -> str:
+    header = "# Generated by `smartgate envoy-config`; see service/smartgate/envoy_config.py.\n"
+    return header + yaml.safe_dump(render(settings), sort_keys=False)

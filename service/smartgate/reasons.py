@@ -1,0 +1,68 @@
+"""Reason codes: every decision carries one, and each maps to an HTTP status.
+
+The code is what appears in logs, metrics and the OperationOutcome, so its value
+set is bounded and stable. Add new codes here, never ad hoc strings elsewhere.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.Enum):
+    """A reason code together with the HTTP status and RFC 6750 error it implies."""
+
+    # Allowed outcomes.
+    ALLOWED_PUBLIC_ROUTE = ("allowed_public_route", 200, None)
+    ALLOWED_BY_SCOPE = ("allowed_by_scope", 200, None)
+    ALLOWED_OUTSIDE_COMPARTMENT = ("allowed_outside_compartment", 200, None)
+    ALLOWED_COMPARTMENT_SEARCH = ("allowed_compartment_search", 200, None)
+    ALLOWED_CONTEXT_PATIENT = ("allowed_context_patient", 200, None)
+    ALLOWED_COMPARTMENT_MEMBER = ("allowed_compartment_member", 200, None)
+
+    # 401: no usable token.
+    TOKEN_MISSING = ("token_missing", 401, None)
+    TOKEN_MALFORMED = ("token_malformed", 401, "invalid_token")
+    TOKEN_ALGORITHM_NOT_ALLOWED = ("token_algorithm_not_allowed", 401, "invalid_token")
+    TOKEN_TYPE_NOT_ALLOWED = ("token_type_not_allowed", 401, "invalid_token")
+    TOKEN_UNKNOWN_ISSUER = ("token_unknown_issuer", 401, "invalid_token")
+    TOKEN_UNKNOWN_KEY = ("token_unknown_key", 401, "invalid_token")
+    TOKEN_BAD_SIGNATURE = ("token_bad_signature", 401, "invalid_token")
+    TOKEN_EXPIRED = ("token_expired", 401, "invalid_token")
+    TOKEN_NOT_YET_VALID = ("token_not_yet_valid", 401, "invalid_token")
+    TOKEN_AUDIENCE_MISMATCH = ("token_audience_mismatch", 401, "invalid_token")
+    TOKEN_CLAIMS_INVALID = ("token_claims_invalid", 401, "invalid_token")
+    PATIENT_CONTEXT_MISSING = ("patient_context_missing", 401, "invalid_token")
+
+    # 400: the request itself cannot be interpreted safely.
+    AUTHORIZATION_HEADER_MALFORMED = ("authorization_header_malformed", 400, "invalid_request")
+    TOKEN_NOT_IN_HEADER = ("token_not_in_header", 400, "invalid_request")
+    REQUEST_MALFORMED = ("request_malformed", 400, "invalid_request")
+    UNKNOWN_RESOURCE_TYPE = ("unknown_resource_type", 400, "invalid_request")
+    BODY_INVALID = ("body_invalid", 400, "invalid_request")
+    METHOD_OVERRIDE = ("method_override", 400, "invalid_request")
+
+    # 403: understood, authenticated, not permitted.
+    PATH_OUTSIDE_BASE = ("path_outside_base", 403, "insufficient_scope")
+    INTERACTION_NOT_SUPPORTED = ("interaction_not_supported", 403, "insufficient_scope")
+    SCOPE_INSUFFICIENT = ("scope_insufficient", 403, "insufficient_scope")
+    COMPARTMENT_UNBOUND = ("compartment_unbound", 403, "insufficient_scope")
+    COMPARTMENT_OTHER_PATIENT = ("compartment_other_patient", 403, "insufficient_scope")
+    COMPARTMENT_AMBIGUOUS = ("compartment_ambiguous", 403, "insufficient_scope")
+    SEARCH_PARAMETER_NOT_PERMITTED = ("search_parameter_not_permitted", 403, "insufficient_scope")
+    INCLUDE_NOT_PERMITTED = ("include_not_permitted", 403, "insufficient_scope")
+    NOT_IN_COMPARTMENT = ("not_in_compartment", 403, "insufficient_scope")
+
+    # 5xx: we could not decide, so we deny.
+    LOOKUP_FAILED = ("lookup_failed", 503, None)
+    JWKS_UNAVAILABLE = ("jwks_unavailable", 503, None)
+    INTERNAL_ERROR = ("internal_error", 500, None)
+
+    def __init__(self, code: str, http_status: int, bearer_error: str | None) -> None:
+        self.code = code
+        self.http_status = http_status
+        self.bearer_error = bearer_error
+
+    @property
+    def allows(self) -> bool:
+        return self.http_status == 200

@@ -1,0 +1,157 @@
+"""Verify a JWT access token against its issuer's keys and turn it into a TokenContext.
+
+RFC 8725 / RFC 9068 rules: an explicit algorithm allowlist per issuer (never ``none``,
+never HMAC); ``iss`` must exactly match a configured issuer, and only that issuer's
+keys are tried; ``jku``, ``x5u`` and embedded ``jwk`` headers are ignored; ``crit``
+is refused; ``exp`` is required, ``nbf`` and ``iat`` are honoured with the configured skew.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from smartgate.config import IssuerConfig, TokenPolicy
+from smartgate.jwks_cache import JwksCache
+from smartgate.reasons import Reason
+from smartgate.token_cache import ExpiringCache
+from smartgate.token_context import ClaimsError, TokenContext, context_from_claims
+
+
+@dataclass(frozen=True, slots=True)
+class TokenError:
+    reason: Reason
+    message: str
+
+
+_PYJWT_ERRORS: tuple[tuple[type[Exception], Reason, str], ...] = (
+    (jwt.ExpiredSignatureError, Reason.TOKEN_EXPIRED, "the token has expired"),
+    (jwt.ImmatureSignatureError, Reason.TOKEN_NOT_YET_VALID, "the token is not valid yet"),
+    (jwt.InvalidAudienceError, Reason.TOKEN_AUDIENCE_MISMATCH, "the token is not meant for this FHIR server"),
+    (jwt.InvalidIssuerError, Reason.TOKEN_UNKNOWN_ISSUER, "the token issuer is not trusted"),
+    (jwt.InvalidSignatureError, Reason.TOKEN_BAD_SIGNATURE, "the token signature does not verify"),
+    (jwt.MissingRequiredClaimError, Reason.TOKEN_MALFORMED, "the token lacks a required claim"),
+)
+_REQUIRED_CLAIMS = ["exp", "iss", "aud"]
+
+
+def _error_for(exc: Exception) -> TokenError:
+    for kind, reason, message in _PYJWT_ERRORS:
+        if isinstance(exc, kind):
+            return TokenError(reason, message)
+    return TokenError(Reason.TOKEN_MALFORMED, "the token is malformed")
+
+
+class TokenVerifier:
+    """Verifies tokens of the configured issuers, with a bounded cache of verified tokens."""
+
+    def __init__(
+        self,
+        issuers: Mapping[str, tuple[IssuerConfig, JwksCache]],
+        policy: TokenPolicy,
+        fhir_base_url: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._issuers = issuers
+        self._policy = policy
+        self._fhir_base_url = fhir_base_url
+        self._clock = clock
+        self._cache: ExpiringCache[TokenContext] = ExpiringCache(policy.cache_size)
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    async def verify(self, token: str) -> TokenContext | TokenError:
+        now = self._clock()
+        cached = self._cache.get(token, now)
+        if cached is not None:
+            self.cache_hits += 1
+            return cached
+        self.cache_misses += 1
+        try:
+            result = await self._verify_uncached(token, now)
+        except Exception:  # any surprise in parsing is a malformed token, never an allow
+            return TokenError(Reason.TOKEN_MALFORMED, "the token is malformed")
+        if isinstance(result, TokenContext):
+            deadline = min(result.expires_at + self._policy.clock_skew_seconds,
+                           now + self._policy.cache_max_ttl_seconds)
+            self._cache.put(token, result, deadline)
+        return result
+
+    async def _verify_uncached(self, token: str, now: float) -> TokenContext | TokenError:
+        if token.count(".") != 2:
+            return TokenError(Reason.TOKEN_MALFORMED, "the token is not a signed JWT (JWS compact form)")
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            return TokenError(Reason.TOKEN_MALFORMED, "the token is not a well-formed JWT")
+        issuer_name = unverified.get("iss")
+        entry = self._issuers.get(issuer_name) if isinstance(issuer_name, str) else None
+        if entry is None:
+            return TokenError(Reason.TOKEN_UNKNOWN_ISSUER, "the token issuer is not trusted")
+        issuer, jwks = entry
+        header_error = self._check_header(header, issuer)
+        if header_error is not None:
+            return header_error
+        alg: str = header["alg"]
+        kid = header.get("kid")
+        keys = await jwks.candidates(kid, alg)
+        if keys is None:
+            return TokenError(Reason.JWKS_UNAVAILABLE, "the issuer's signing keys are unavailable")
+        if not keys:
+            return TokenError(Reason.TOKEN_UNKNOWN_KEY, "no key of the issuer matches the token")
+        claims: dict[str, Any] | None = None
+        last_error: Exception | None = None
+        for key in keys:
+            try:
+                claims = self._decode(token, key.key, alg, issuer, now)
+                break
+            except jwt.InvalidTokenError as exc:
+                last_error = exc
+                if not isinstance(exc, jwt.InvalidSignatureError):
+                    break
+        if claims is None:
+            return _error_for(last_error or jwt.InvalidTokenError())
+        return self._context(claims, issuer)
+
+    def _check_header(self, header: Mapping[str, Any], issuer: IssuerConfig) -> TokenError | None:
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
+            return TokenError(Reason.TOKEN_ALGORITHM_NOT_ALLOWED, "the token algorithm is not allowed")
+        if "crit" in header:
+            return TokenError(Reason.TOKEN_MALFORMED, "critical header parameters are not supported")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            return TokenError(Reason.TOKEN_MALFORMED, "the kid header must be a string")
+        typ = header.get("typ")
+        if typ is None:
+            if not issuer.allow_missing_token_type:
+                return TokenError(Reason.TOKEN_TYPE_NOT_ALLOWED, "the token has no typ header")
+        elif not isinstance(typ, str) or typ.lower() not in issuer.token_types:
+            return TokenError(Reason.TOKEN_TYPE_NOT_ALLOWED, "the token typ is not an access token type")
+        return None
+
+    def _decode(self, token: str, key: Any, alg: str, issuer: IssuerConfig, now: float) -> dict[str, Any]:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[alg],
+            audience=list(issuer.audiences),
+            issuer=issuer.issuer,
+            leeway=self._policy.clock_skew_seconds,
+            options={"require": _REQUIRED_CLAIMS, "verify_signature": True},
+        )
+        exp = claims["exp"]
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise jwt.DecodeError("exp must be a number")
+        return claims
+
+    def _context(self, claims: Mapping[str, Any], issuer: IssuerConfig) -> TokenContext | TokenError:
+        context = context_from_claims(claims, issuer.claims, self._fhir_base_url)
+        if isinstance(context, ClaimsError):
+            return TokenError(context.reason, context.message)
+        return context
