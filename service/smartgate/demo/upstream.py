@@ -37,6 +37,9 @@ SEED: list[dict[str, Any]] = [
     {"resourceType": "Organization", "id": "payer-1", "name": "Demo Health Plan"},
 ]
 
+# Searching for this id fails with 500: the tests use it to make compartment look-ups fail.
+FAULT_ID = "fault-injection"
+
 # Search parameter -> the element paths holding its references, per type.
 REFERENCE_PARAMS: dict[str, dict[str, tuple[str, ...]]] = {
     "Observation": {"subject": ("subject",), "patient": ("subject",), "performer": ("performer",)},
@@ -65,6 +68,8 @@ class FhirStore:
         self.resources = {(r["resourceType"], r["id"]): r for r in resources}
 
     def search(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        if ("_id", FAULT_ID) in params:
+            raise RuntimeError("fault injected")
         found = [r for (t, _), r in self.resources.items() if t == resource_type]
         for name, value in params:
             code = name.split(":")[0]
@@ -127,7 +132,10 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
             elif parts == [".well-known", "smart-configuration"]:
                 self._send(200, {"capabilities": ["launch-standalone", "permission-v2"]})
             elif len(parts) == 1 or (len(parts) == 2 and parts[1] == "_search" and method == "POST"):
-                self._send(200, _bundle(store.search(parts[0], params), count))
+                try:
+                    self._send(200, _bundle(store.search(parts[0], params), count))
+                except RuntimeError:
+                    self._send(500, {"resourceType": "OperationOutcome"})
             elif len(parts) == 2 and method == "GET":
                 resource = store.resources.get((parts[0], parts[1]))
                 if resource is None:
