@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", help="config file (default: $SMARTGATE_CONFIG)")
     explain.add_argument("--token", help="the bearer token (omit to test an anonymous request)")
     explain.add_argument("--method", default="GET")
-    explain.add_argument("--url", required=True, help="path and query as Envoy sees it, e.g. /fhir/Observation?patient=1")
+    explain.add_argument("--url", required=True,
+                         help="path and query as Envoy sees it, e.g. /fhir/Observation?patient=1")
     explain.add_argument("--header", action="append", help="extra header 'name: value' (repeatable)")
     explain.add_argument("--body", help="form body for POST _search")
     explain.set_defaults(handler=_cmd_explain)

@@ -335,7 +335,7 @@ def _public_route(section: _Section) -> PublicRoute:
     path = section.require("path", _string)
     if not path.startswith("/") or "?" in path or "%" in path:
         raise ConfigError(section.key("path"), "must start with '/' and hold no query or escapes")
-    methods = section.get("methods", _string_list, ("GET", "HEAD"))
+    methods: tuple[str, ...] = section.get("methods", _string_list, ("GET", "HEAD"))
     for i, method in enumerate(methods):
         if method.upper() not in _HTTP_METHODS:
             raise ConfigError(f"{section.key('methods')}[{i}]", f"{method!r} is not an HTTP method")

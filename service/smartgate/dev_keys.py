@@ -35,8 +35,10 @@ def ensure_dev_keys(directory: Path) -> Path:
             )
         )
         key_path.chmod(0o600)
-    private_key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    public_jwk: dict[str, Any] = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key()))
+    loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path} is not an EC private key")
+    public_jwk: dict[str, Any] = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(loaded.public_key()))
     public_jwk.update({"kid": _KID, "alg": "ES256", "use": "sig"})
     jwks_path.write_text(json.dumps({"keys": [public_jwk]}, indent=2), encoding="utf-8")
     return jwks_path

@@ -21,7 +21,7 @@ from smartgate.decision import MembershipCheck
 from smartgate.token_cache import ExpiringCache
 
 
-class LookupError(Exception):  # noqa: A001 - the domain name; builtins' LookupError is not used here
+class LookupError(Exception):
     """The FHIR server could not answer the membership question."""
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from smartgate.config import DEFAULT_PATIENT_CLOSED_TYPES
 from smartgate.compartment import (
     BINDING_PARAMS,
     MEMBERSHIP_PARAMS,
@@ -19,6 +18,7 @@ from smartgate.compartment import (
     classify_reference,
     mentioned_patients,
 )
+from smartgate.config import DEFAULT_PATIENT_CLOSED_TYPES
 from smartgate.decision import Decision, MembershipCheck
 from smartgate.fhir_definitions import search_parameter
 from smartgate.fhir_request import FhirRequest, Interaction, is_valid_id
@@ -42,7 +42,7 @@ class PolicySettings:
     patient_closed_types: frozenset[str] = DEFAULT_PATIENT_CLOSED_TYPES
 
 
-class _Deny(Exception):
+class _DenyError(Exception):
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
@@ -52,7 +52,7 @@ class _Deny(Exception):
 def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | MembershipCheck:
     try:
         return _decide(request, token, settings)
-    except _Deny as deny:
+    except _DenyError as deny:
         return _decision(deny.reason, deny.message, request, token)
 
 
@@ -67,7 +67,7 @@ def _decide(request: FhirRequest, token: TokenContext, settings: PolicySettings)
     elif request.interaction in _SEARCHES:
         permission = "s"
     else:
-        raise _Deny(Reason.INTERACTION_NOT_SUPPORTED, f"the {request.interaction.value} interaction is not open")
+        raise _DenyError(Reason.INTERACTION_NOT_SUPPORTED, f"the {request.interaction.value} interaction is not open")
     target = request.compartment_type or request.resource_type
     assert target is not None
     grants = token.grants
@@ -75,12 +75,12 @@ def _decide(request: FhirRequest, token: TokenContext, settings: PolicySettings)
         _check_type_level_includes(request, token)
         return _decision(Reason.ALLOWED_BY_SCOPE, "granted by a user/ or system/ scope", request, token)
     if not grants.permits("patient", target, permission):
-        raise _Deny(Reason.SCOPE_INSUFFICIENT, f"no scope grants '{permission}' on {target}")
+        raise _DenyError(Reason.SCOPE_INSUFFICIENT, f"no scope grants '{permission}' on {target}")
     patient = token.patient
     if patient is None:  # the verifier refuses such tokens; this keeps the rule local
-        raise _Deny(Reason.PATIENT_CONTEXT_MISSING, "patient/ scopes need a patient launch context")
+        raise _DenyError(Reason.PATIENT_CONTEXT_MISSING, "patient/ scopes need a patient launch context")
     if target in settings.patient_closed_types:
-        raise _Deny(Reason.SCOPE_INSUFFICIENT, f"{target} is not open to patient/ scopes")
+        raise _DenyError(Reason.SCOPE_INSUFFICIENT, f"{target} is not open to patient/ scopes")
     _check_patient_params(request.params, patient, reading=permission == "r")
     if permission == "r":
         return _patient_read(request, token, patient)
@@ -104,9 +104,9 @@ def _check_patient_params(params: tuple[SearchParam, ...], patient: str, reading
         if param.code.startswith("_"):
             allowed = _READ_PARAMS if reading else SAFE_CONTROL_PARAMS | _INCLUDES
             if param.code not in allowed:
-                raise _Deny(Reason.SEARCH_PARAMETER_NOT_PERMITTED, f"{param.code} is not permitted here")
+                raise _DenyError(Reason.SEARCH_PARAMETER_NOT_PERMITTED, f"{param.code} is not permitted here")
         if mentioned_patients(param.value) - {patient}:
-            raise _Deny(Reason.COMPARTMENT_OTHER_PATIENT, f"parameter {param.code} names another patient")
+            raise _DenyError(Reason.COMPARTMENT_OTHER_PATIENT, f"parameter {param.code} names another patient")
 
 
 def _patient_search(
@@ -117,15 +117,15 @@ def _patient_search(
     bound_by_path = request.interaction is Interaction.SEARCH_COMPARTMENT
     if bound_by_path:
         if request.resource_type != "Patient":
-            raise _Deny(Reason.INTERACTION_NOT_SUPPORTED, "only the Patient compartment is supported")
+            raise _DenyError(Reason.INTERACTION_NOT_SUPPORTED, "only the Patient compartment is supported")
         if request.resource_id != patient:
-            raise _Deny(Reason.COMPARTMENT_OTHER_PATIENT, "the compartment belongs to another patient")
+            raise _DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the compartment belongs to another patient")
         if searched not in BINDING_PARAMS:
-            raise _Deny(Reason.INTERACTION_NOT_SUPPORTED, f"{searched} is not in the Patient compartment")
+            raise _DenyError(Reason.INTERACTION_NOT_SUPPORTED, f"{searched} is not in the Patient compartment")
     binding = _binding(searched, request.params, patient, settings.fhir_base_url)
     compartment_type = searched in BINDING_PARAMS
     if compartment_type and not bound_by_path and binding is None:
-        raise _Deny(Reason.COMPARTMENT_UNBOUND, f"a {searched} search must be bound to the context patient")
+        raise _DenyError(Reason.COMPARTMENT_UNBOUND, f"a {searched} search must be bound to the context patient")
     _check_patient_includes(request, token, searched, None if bound_by_path else binding, settings)
     if compartment_type:
         return _decision(Reason.ALLOWED_COMPARTMENT_SEARCH, "search bound to the context patient", request, token)
@@ -144,41 +144,41 @@ def _binding(searched: str, params: tuple[SearchParam, ...], patient: str, base_
     for param in params:
         if searched == "Patient" and param.code == "_id":
             if counts["_id"] > 1 or param.modifier or not is_valid_id(param.value):
-                raise _Deny(Reason.COMPARTMENT_AMBIGUOUS, "_id must name exactly one patient")
+                raise _DenyError(Reason.COMPARTMENT_AMBIGUOUS, "_id must name exactly one patient")
             if param.value != patient:
-                raise _Deny(Reason.COMPARTMENT_OTHER_PATIENT, "the search names another patient")
+                raise _DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the search names another patient")
             bound_by = "_id"
             continue
         targets = bindings.get(param.code)
         if targets is None:
             continue
         if counts[param.code] > 1:
-            raise _Deny(Reason.COMPARTMENT_AMBIGUOUS, f"{param.code} is given more than once")
+            raise _DenyError(Reason.COMPARTMENT_AMBIGUOUS, f"{param.code} is given more than once")
         if param.chain is not None:
-            raise _Deny(Reason.SEARCH_PARAMETER_NOT_PERMITTED, f"chained {param.code} cannot be bound")
+            raise _DenyError(Reason.SEARCH_PARAMETER_NOT_PERMITTED, f"chained {param.code} cannot be bound")
         reference = classify_reference(param.value, targets, param.modifier, base_url)
         if reference.kind is ReferenceKind.AMBIGUOUS:
-            raise _Deny(Reason.COMPARTMENT_AMBIGUOUS, f"{param.code} does not name exactly one resource")
+            raise _DenyError(Reason.COMPARTMENT_AMBIGUOUS, f"{param.code} does not name exactly one resource")
         if reference.kind is ReferenceKind.PATIENT:
             if reference.patient_id != patient:
-                raise _Deny(Reason.COMPARTMENT_OTHER_PATIENT, "the search names another patient")
+                raise _DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the search names another patient")
             bound_by = bound_by or param.code
     return bound_by
 
 
 def _parse_include(param: SearchParam) -> tuple[str, str, str | None]:
     if param.modifier is not None or param.chain is not None:
-        raise _Deny(Reason.INCLUDE_NOT_PERMITTED, f"{param.name} (iterate/recurse) is not permitted")
+        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{param.name} (iterate/recurse) is not permitted")
     parts = param.value.split(":")
     if len(parts) not in (2, 3) or "*" in parts:
-        raise _Deny(Reason.INCLUDE_NOT_PERMITTED, f"{param.code} must be Type:param[:Target]")
+        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{param.code} must be Type:param[:Target]")
     source, code = parts[0], parts[1]
     info = search_parameter(source, code)
     if info is None or info.type != "reference":
-        raise _Deny(Reason.INCLUDE_NOT_PERMITTED, f"{source}:{code} is not a reference parameter")
+        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{source}:{code} is not a reference parameter")
     target = parts[2] if len(parts) == 3 else None
     if target is not None and target not in info.targets:
-        raise _Deny(Reason.INCLUDE_NOT_PERMITTED, f"{target} is not a target of {source}:{code}")
+        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{target} is not a target of {source}:{code}")
     return source, code, target
 
 
@@ -198,13 +198,14 @@ def _check_type_level_includes(request: FhirRequest, token: TokenContext) -> Non
         source, code, target = _parse_include(param)
         if param.code == "_include":
             if source != searched:
-                raise _Deny(Reason.INCLUDE_NOT_PERMITTED, f"_include must start from {searched}")
+                raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"_include must start from {searched}")
             included = _include_targets(source, code, target)
         else:
             included = frozenset({source})
         for resource_type in included:
             if not token.grants.permits_beyond_patient(resource_type, "r"):
-                raise _Deny(Reason.INCLUDE_NOT_PERMITTED, f"no user/ or system/ scope grants reading {resource_type}")
+                raise _DenyError(Reason.INCLUDE_NOT_PERMITTED,
+                                 f"no user/ or system/ scope grants reading {resource_type}")
 
 
 def _check_patient_includes(
@@ -214,7 +215,7 @@ def _check_patient_includes(
         if param.code == "_include":
             source, code, target = _parse_include(param)
             if source != searched:
-                raise _Deny(Reason.INCLUDE_NOT_PERMITTED, f"_include must start from {searched}")
+                raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"_include must start from {searched}")
             if code == binding and binding != "_id" and target in (None, "Patient"):
                 # Every match references the context patient through this very parameter.
                 _check_included_type(token, "Patient", True, settings)
@@ -237,9 +238,9 @@ def _check_included_type(
     if grants.permits_beyond_patient(resource_type, "r"):
         return
     if not grants.permits("patient", resource_type, "r"):
-        raise _Deny(Reason.INCLUDE_NOT_PERMITTED, f"no scope grants reading included {resource_type}")
+        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"no scope grants reading included {resource_type}")
     if resource_type in settings.patient_closed_types:
-        raise _Deny(Reason.INCLUDE_NOT_PERMITTED, f"{resource_type} is not open to patient/ scopes")
+        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{resource_type} is not open to patient/ scopes")
     if resource_type in MEMBERSHIP_PARAMS and not proven_in_compartment:
-        raise _Deny(Reason.INCLUDE_NOT_PERMITTED,
+        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED,
                     f"included {resource_type} resources cannot be proven to be in the compartment")

@@ -95,7 +95,7 @@ class ResponseBuilder:
     def _deny(self, decision: Decision) -> external_auth_pb2.CheckResponse:
         reason = decision.reason
         denied = external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=reason.http_status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=reason.http_status),
             body=operation_outcome(reason, decision.message).decode("utf-8"),
         )
         denied.headers.append(_header("content-type", "application/fhir+json"))

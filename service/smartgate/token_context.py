@@ -42,7 +42,7 @@ def _first(claims: Mapping[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
-def _optional_text(value: Any) -> str | None | ClaimsError:
+def _optional_text(value: Any) -> str | ClaimsError | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _HEADER_SAFE.match(value):
