@@ -1,16 +1,22 @@
 """The gRPC face: envoy.service.auth.v3.Authorization/Check.
 
-CheckRequest -> HttpRequest -> Decision -> CheckResponse, one stage each.
+CheckRequest -> HttpRequest -> Decision -> CheckResponse, one stage each. In dry-run mode
+the decision is computed, logged and counted as usual, but Envoy is told to allow the
+request with no header changed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2, status_pb2
 
+from smartgate import metrics
+from smartgate.audit_event import AuditEventLog
 from smartgate.authorizer import Authorizer
 from smartgate.decision import Decision
 from smartgate.decision_log import DecisionLog
@@ -20,16 +26,36 @@ from smartgate.response import ResponseBuilder
 
 log = logging.getLogger("smartgate.authz")
 
+_DRY_RUN_ALLOW = external_auth_pb2.CheckResponse(
+    status=status_pb2.Status(code=code_pb2.OK), ok_response=external_auth_pb2.OkHttpResponse()
+)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Everything one decision needs; replaced as a whole when the config is reloaded."""
+
+    authorizer: Authorizer
+    responses: ResponseBuilder
+    decision_log: DecisionLog
+    audit_log: AuditEventLog
+    dry_run: bool = False
+
+
+def outcome_of(decision: Decision) -> str:
+    if decision.allowed:
+        return "allow"
+    return "error" if decision.http_status >= 500 else "deny"
+
 
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, authorizer: Authorizer, responses: ResponseBuilder, decision_log: DecisionLog) -> None:
-        self._authorizer = authorizer
-        self._responses = responses
-        self._decision_log = decision_log
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
 
     async def Check(  # noqa: N802 - the gRPC method name
         self, request: external_auth_pb2.CheckRequest, context: Any
     ) -> external_auth_pb2.CheckResponse:
+        pipeline = self.pipeline  # one consistent pipeline per request, even across a reload
         started = time.perf_counter()
         try:
             http = from_check_request(request)
@@ -38,7 +64,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             http = HttpRequest(method="", path="")
             decision = Decision(Reason.REQUEST_MALFORMED, "the request could not be read")
         else:
-            decision = await self._authorizer.authorize(http)
-        response = self._responses.build(decision)
-        self._decision_log.record(http, decision, time.perf_counter() - started)
+            decision = await pipeline.authorizer.authorize(http)
+        response = _DRY_RUN_ALLOW if pipeline.dry_run else pipeline.responses.build(decision)
+        elapsed = time.perf_counter() - started
+        metrics.DECISIONS.labels(outcome_of(decision), str(decision.http_status), decision.reason.code).inc()
+        metrics.DECISION_SECONDS.observe(elapsed)
+        pipeline.decision_log.record(http, decision, elapsed, dry_run=pipeline.dry_run)
+        pipeline.audit_log.record(http, decision)
         return response

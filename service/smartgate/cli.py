@@ -28,10 +28,18 @@ def _config_or_exit(path: str | None) -> Config:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from smartgate.server import serve
+    path = args.config or os.environ.get("SMARTGATE_CONFIG")
+    config = _config_or_exit(path)
+    workers = args.workers or config.workers
+    if args.worker_index is None and workers > 1:
+        from smartgate.supervisor import run_supervisor
 
-    config = _config_or_exit(args.config)
-    asyncio.run(serve(config))
+        assert path is not None
+        run_supervisor(config, path, workers)
+        return 0
+    from smartgate.server import run_worker
+
+    run_worker(config, path, args.worker_index or 0, serve_http=not args.no_http)
     return 0
 
 
@@ -120,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the ext_authz gRPC server")
     serve.add_argument("--config", help="config file (default: $SMARTGATE_CONFIG)")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes (default: config 'workers')")
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--no-http", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(handler=_cmd_serve)
 
     check = commands.add_parser("check-config", help="validate a config file")

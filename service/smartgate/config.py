@@ -6,6 +6,7 @@ dataclasses built here, with every default already applied.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from smartgate.claim_names import ClaimNames as ClaimNames
 from smartgate.fhir_definitions import RESOURCE_TYPES
+from smartgate.profiles import PROFILE_NAMES, claim_names_for
 
 SAFE_ALGORITHMS: tuple[str, ...] = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
@@ -67,14 +70,15 @@ class FhirConfig:
 
 
 @dataclass(frozen=True)
-class ClaimNames:
-    """Where each SMART value is read from in the token; the first claim present wins."""
+class IntrospectionConfig:
+    """RFC 7662 introspection of opaque tokens for one issuer."""
 
-    scope: tuple[str, ...] = ("scope", "scp")
-    patient: tuple[str, ...] = ("patient",)
-    fhir_user: tuple[str, ...] = ("fhirUser",)
-    client_id: tuple[str, ...] = ("client_id", "azp", "cid")
-    subject: tuple[str, ...] = ("sub",)
+    endpoint: str
+    client_id: str
+    client_secret: str = field(repr=False, default="")
+    auth_method: str = "client_secret_basic"
+    cache_max_ttl_seconds: float = 60.0
+    timeout_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,39 @@ class IssuerConfig:
     token_types: tuple[str, ...] = DEFAULT_TOKEN_TYPES
     allow_missing_token_type: bool = True
     claims: ClaimNames = field(default_factory=ClaimNames)
+    profile: str = "generic"
+    dotted_scopes: bool = False
+    introspection: IntrospectionConfig | None = None
+
+
+@dataclass(frozen=True)
+class SmartConfigurationSettings:
+    issuer: str
+    capabilities: tuple[str, ...]
+    scopes_supported: tuple[str, ...] = ()
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+DEFAULT_CAPABILITIES = (
+    "launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",
+    "client-confidential-asymmetric", "context-ehr-patient", "context-standalone-patient", "sso-openid-connect",
+    "permission-patient", "permission-user", "permission-v1", "permission-v2",
+)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set: clients must present a certificate (mTLS)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """FHIR R4 AuditEvent (IHE BALP) output, in addition to the decision log."""
+
+    destination: str = "off"  # off | stdout | stderr | /absolute/file
+    source_observer: str = "smartgate"
 
 
 @dataclass(frozen=True)
@@ -139,6 +176,12 @@ class Config:
     patient_closed_types: frozenset[str] = DEFAULT_PATIENT_CLOSED_TYPES
     max_request_bytes: int = 1_048_576
     decision_log: str = "stdout"
+    mode: str = "enforce"  # enforce | dry_run
+    smart_configuration: SmartConfigurationSettings | None = None
+    workers: int = 1
+    shutdown_grace_seconds: float = 10.0
+    tls: TlsConfig | None = None
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 T = TypeVar("T")
@@ -283,8 +326,42 @@ def _fhir(section: _Section) -> FhirConfig:
     )
 
 
-def _claims(section: _Section) -> ClaimNames:
-    default = ClaimNames()
+def _secret(section: _Section) -> str:
+    secret_file = section.get("client_secret_file", _string, None)
+    secret_env = section.get("client_secret_env", _string, None)
+    if (secret_file is None) == (secret_env is None):
+        raise ConfigError(section.key("client_secret_file"), "set exactly one of client_secret_file, client_secret_env")
+    if secret_file is not None:
+        try:
+            secret = Path(secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(section.key("client_secret_file"), f"cannot read it: {exc.strerror}") from exc
+    else:
+        secret = os.environ.get(str(secret_env), "")
+        if not secret:
+            raise ConfigError(section.key("client_secret_env"), f"environment variable {secret_env} is not set")
+    if not secret:
+        raise ConfigError(section.key("client_secret_file"), "the client secret is empty")
+    return secret
+
+
+def _introspection(section: _Section) -> IntrospectionConfig:
+    section.reject_unknown({"endpoint", "client_id", "client_secret_file", "client_secret_env", "auth_method",
+                            "cache_max_ttl_seconds", "timeout_seconds"})
+    auth_method = section.get("auth_method", _string, "client_secret_basic")
+    if auth_method not in ("client_secret_basic", "client_secret_post"):
+        raise ConfigError(section.key("auth_method"), "must be client_secret_basic or client_secret_post")
+    return IntrospectionConfig(
+        endpoint=section.require("endpoint", _http_url),
+        client_id=section.require("client_id", _string),
+        client_secret=_secret(section),
+        auth_method=auth_method,
+        cache_max_ttl_seconds=section.get("cache_max_ttl_seconds", _positive_number, 60.0),
+        timeout_seconds=section.get("timeout_seconds", _positive_number, 2.0),
+    )
+
+
+def _claims(section: _Section, default: ClaimNames) -> ClaimNames:
     section.reject_unknown(set(default.__dataclass_fields__))
     return ClaimNames(
         **{name: section.get(name, _string_list, getattr(default, name)) for name in default.__dataclass_fields__}
@@ -294,8 +371,12 @@ def _claims(section: _Section) -> ClaimNames:
 def _issuer(section: _Section, default_audience: str) -> IssuerConfig:
     section.reject_unknown(
         {"issuer", "jwks_uri", "jwks_file", "audiences", "algorithms", "token_types",
-         "allow_missing_token_type", "claims"}
+         "allow_missing_token_type", "claims", "profile", "claims_namespace", "introspection"}
     )
+    profile = section.get("profile", _string, "generic")
+    if profile not in PROFILE_NAMES:
+        raise ConfigError(section.key("profile"), f"{profile!r} is not one of {', '.join(PROFILE_NAMES)}")
+    namespace = section.get("claims_namespace", _string, "")
     issuer = section.require("issuer", _string)
     jwks_uri = section.get("jwks_uri", _http_url, None)
     jwks_file = section.get("jwks_file", _string, None)
@@ -314,7 +395,10 @@ def _issuer(section: _Section, default_audience: str) -> IssuerConfig:
         algorithms=section.get("algorithms", _algorithms, SAFE_ALGORITHMS),
         token_types=tuple(t.lower() for t in token_types),
         allow_missing_token_type=section.get("allow_missing_token_type", _boolean, True),
-        claims=_claims(section.section("claims")),
+        claims=_claims(section.section("claims"), claim_names_for(profile, namespace)),
+        profile=profile,
+        dotted_scopes=profile == "entra",
+        introspection=_introspection(section.section("introspection")) if "introspection" in section.data else None,
     )
 
 
@@ -363,12 +447,69 @@ def _headers(section: _Section) -> HeaderNames:
     return names
 
 
+def _log_destination(key: str, value: Any) -> str:
+    text = _string(key, value)
+    if text not in ("stdout", "stderr", "off") and not text.startswith("/"):
+        raise ConfigError(key, "must be stdout, stderr, off or an absolute file path")
+    return text
+
+
+def _audit(section: _Section) -> AuditConfig:
+    section.reject_unknown({"destination", "source_observer"})
+    return AuditConfig(
+        destination=section.get("destination", _log_destination, "off"),
+        source_observer=section.get("source_observer", _string, "smartgate"),
+    )
+
+
+def _existing_file(key: str, value: Any) -> str:
+    path = _string(key, value)
+    if not Path(path).is_file():
+        raise ConfigError(key, f"file {path!r} does not exist")
+    return path
+
+
+def _tls(section: _Section) -> TlsConfig:
+    section.reject_unknown({"cert_file", "key_file", "client_ca_file"})
+    return TlsConfig(
+        cert_file=section.require("cert_file", _existing_file),
+        key_file=section.require("key_file", _existing_file),
+        client_ca_file=section.get("client_ca_file", _existing_file, None),
+    )
+
+
+def _smart_configuration(root: _Section, issuers: tuple[IssuerConfig, ...]) -> SmartConfigurationSettings | None:
+    section = root.section("smart_configuration")
+    section.reject_unknown({"enabled", "issuer", "capabilities", "scopes_supported", "overrides"})
+    if not section.get("enabled", _boolean, True):
+        return None
+    issuer = section.get("issuer", _string, issuers[0].issuer)
+    if issuer not in {i.issuer for i in issuers}:
+        raise ConfigError(section.key("issuer"), "must be one of the configured issuers")
+    if not issuer.startswith(("https://", "http://")):
+        return None
+    overrides: dict[str, Any] = section.get(
+        "overrides", lambda k, v: v if isinstance(v, dict) else _fail(k, "must be a mapping"), {}
+    )
+    return SmartConfigurationSettings(
+        issuer=issuer,
+        capabilities=section.get("capabilities", _string_list, DEFAULT_CAPABILITIES),
+        scopes_supported=section.get("scopes_supported", _string_list, ()),
+        overrides=overrides,
+    )
+
+
+def _fail(key: str, reason: str) -> Any:
+    raise ConfigError(key, reason)
+
+
 def parse_config(data: Any) -> Config:
     """Build a validated Config from parsed YAML, or raise ConfigError."""
     root = _Section(data, "")
     root.reject_unknown(
         {"listen", "fhir", "issuers", "tokens", "jwks", "public_routes", "headers", "realm",
-         "max_request_bytes", "decision_log", "patient_closed_types"}
+         "max_request_bytes", "decision_log", "patient_closed_types", "mode", "smart_configuration", "workers",
+         "shutdown_grace_seconds", "tls", "audit"}
     )
     listen_section = root.section("listen")
     listen_section.reject_unknown({"grpc", "http"})
@@ -401,7 +542,16 @@ def parse_config(data: Any) -> Config:
     decision_log = root.get("decision_log", _string, "stdout")
     if decision_log not in ("stdout", "stderr", "off") and not decision_log.startswith("/"):
         raise ConfigError("decision_log", "must be stdout, stderr, off or an absolute file path")
+    mode = root.get("mode", _string, "enforce")
+    if mode not in ("enforce", "dry_run"):
+        raise ConfigError("mode", "must be enforce or dry_run")
     return Config(
+        mode=mode,
+        smart_configuration=_smart_configuration(root, issuers),
+        workers=root.get("workers", _positive_int, 1),
+        shutdown_grace_seconds=root.get("shutdown_grace_seconds", _positive_number, 10.0),
+        tls=_tls(root.section("tls")) if root.data.get("tls") else None,
+        audit=_audit(root.section("audit")),
         listen=listen,
         fhir=fhir,
         issuers=issuers,

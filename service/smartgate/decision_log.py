@@ -23,7 +23,7 @@ class DecisionLog:
         else:
             self._stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the server
 
-    def record(self, http: HttpRequest, decision: Decision, latency_seconds: float) -> None:
+    def record(self, http: HttpRequest, decision: Decision, latency_seconds: float, dry_run: bool = False) -> None:
         if self._stream is None:
             return
         context = decision.context
@@ -42,5 +42,7 @@ class DecisionLog:
             "patient": (context.patient or "") if context else "",
             "latency_ms": round(latency_seconds * 1000, 3),
         }
+        if dry_run:
+            entry["dry_run"] = True
         self._stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
         self._stream.flush()

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import jwt
 
+from smartgate import metrics
 from smartgate.config import IssuerConfig, JwksPolicy
 
 log = logging.getLogger("smartgate.jwks")
@@ -153,8 +154,10 @@ class JwksCache:
             self._key_set = await self._load()
             self.last_success_wall_time = time.time()
             ok = True
+            metrics.JWKS_FETCHES.labels(self.issuer.issuer, "success").inc()
         except Exception as exc:  # keep the last good set; the caller decides what a failure means
             log.warning("JWKS refresh failed for issuer %s: %s", self.issuer.issuer, exc)
+            metrics.JWKS_FETCHES.labels(self.issuer.issuer, "failure").inc()
         finally:
             self._inflight = None
             inflight.set_result(ok)

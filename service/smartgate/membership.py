@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from smartgate import metrics
 from smartgate.config import LookupConfig
 from smartgate.decision import MembershipCheck
 from smartgate.token_cache import ExpiringCache
@@ -52,20 +53,25 @@ class MembershipLookup:
         key = f"{check.patient_id}|{check.resource_type}/{check.resource_id}"
         cached = self._cache.get(key, self._clock())
         if cached is not None:
+            metrics.LOOKUPS.labels("member" if cached else "not_member", "hit").inc()
             return LookupResult(cached, True)
         inflight = self._inflight.get(key)
         if inflight is not None:
             return LookupResult(await asyncio.shield(inflight), False)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        started = time.perf_counter()
         try:
             member = await self._ask(check)
         except BaseException as exc:
+            metrics.LOOKUPS.labels("error", "miss").inc()
             future.set_exception(LookupError(str(exc)) if not isinstance(exc, LookupError) else exc)
             future.exception()  # mark retrieved: waiters re-raise it, nobody else must
             raise
         finally:
             del self._inflight[key]
+            metrics.LOOKUP_SECONDS.observe(time.perf_counter() - started)
+        metrics.LOOKUPS.labels("member" if member else "not_member", "miss").inc()
         future.set_result(member)
         self._cache.put(key, member, self._clock() + self._config.cache_ttl_seconds)
         return LookupResult(member, False)

@@ -33,6 +33,7 @@ class Reason(enum.Enum):
     TOKEN_AUDIENCE_MISMATCH = ("token_audience_mismatch", 401, "invalid_token")
     TOKEN_CLAIMS_INVALID = ("token_claims_invalid", 401, "invalid_token")
     PATIENT_CONTEXT_MISSING = ("patient_context_missing", 401, "invalid_token")
+    TOKEN_INACTIVE = ("token_inactive", 401, "invalid_token")
 
     # 400: the request itself cannot be interpreted safely.
     AUTHORIZATION_HEADER_MALFORMED = ("authorization_header_malformed", 400, "invalid_request")
@@ -56,6 +57,7 @@ class Reason(enum.Enum):
     # 5xx: we could not decide, so we deny.
     LOOKUP_FAILED = ("lookup_failed", 503, None)
     JWKS_UNAVAILABLE = ("jwks_unavailable", 503, None)
+    INTROSPECTION_FAILED = ("introspection_failed", 503, None)
     INTERNAL_ERROR = ("internal_error", 500, None)
 
     def __init__(self, code: str, http_status: int, bearer_error: str | None) -> None:

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from smartgate.config import ClaimNames
+from smartgate.claim_names import ClaimNames
 from smartgate.fhir_request import is_valid_id
+from smartgate.profiles import undot_scope
 from smartgate.reasons import Reason
 from smartgate.scopes import ScopeGrants, parse_scopes
 
@@ -72,12 +73,14 @@ def normalise_fhir_user(value: str, fhir_base_url: str) -> str:
 
 
 def context_from_claims(
-    claims: Mapping[str, Any], names: ClaimNames, fhir_base_url: str
+    claims: Mapping[str, Any], names: ClaimNames, fhir_base_url: str, dotted_scopes: bool = False
 ) -> TokenContext | ClaimsError:
     """Read the SMART context out of verified claims; refuse values that cannot be trusted."""
     scope_values = _scope_values(_first(claims, names.scope))
     if isinstance(scope_values, ClaimsError):
         return scope_values
+    if dotted_scopes:
+        scope_values = [" ".join(undot_scope(scope) for scope in value.split()) for value in scope_values]
     texts: dict[str, str | None] = {}
     for field_name, claim_names in (
         ("patient", names.patient), ("fhir_user", names.fhir_user),

@@ -15,7 +15,9 @@ from typing import Any
 
 import jwt
 
+from smartgate import metrics
 from smartgate.config import IssuerConfig, TokenPolicy
+from smartgate.introspection import IntrospectionError, Introspector
 from smartgate.jwks_cache import JwksCache
 from smartgate.reasons import Reason
 from smartgate.token_cache import ExpiringCache
@@ -55,7 +57,9 @@ class TokenVerifier:
         policy: TokenPolicy,
         fhir_base_url: str,
         clock: Callable[[], float] = time.time,
+        introspector: Introspector | None = None,
     ) -> None:
+        self._introspector = introspector
         self._issuers = issuers
         self._policy = policy
         self._fhir_base_url = fhir_base_url
@@ -69,8 +73,15 @@ class TokenVerifier:
         cached = self._cache.get(token, now)
         if cached is not None:
             self.cache_hits += 1
+            metrics.TOKEN_CACHE.labels("hit").inc()
             return cached
         self.cache_misses += 1
+        metrics.TOKEN_CACHE.labels("miss").inc()
+        if token.count(".") != 2 and self._introspector is not None and self._introspector.enabled:
+            introspected = await self._introspector.introspect(token)
+            if isinstance(introspected, IntrospectionError):
+                return TokenError(introspected.reason, introspected.message)
+            return introspected
         try:
             result = await self._verify_uncached(token, now)
         except Exception:  # any surprise in parsing is a malformed token, never an allow
@@ -151,7 +162,7 @@ class TokenVerifier:
         return claims
 
     def _context(self, claims: Mapping[str, Any], issuer: IssuerConfig) -> TokenContext | TokenError:
-        context = context_from_claims(claims, issuer.claims, self._fhir_base_url)
+        context = context_from_claims(claims, issuer.claims, self._fhir_base_url, issuer.dotted_scopes)
         if isinstance(context, ClaimsError):
             return TokenError(context.reason, context.message)
         return context

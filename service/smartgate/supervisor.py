@@ -1,0 +1,139 @@
+"""``smartgate serve`` with ``workers > 1``: N worker processes, one gRPC port each, and the
+HTTP listener here, with the workers' metrics added up.
+
+Must not import ``smartgate.metrics``: a metric created in this process would join the
+multiprocess aggregates (an unset readiness gauge here would read as "not ready").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+from smartgate.config import Config
+from smartgate.http_listener import HttpListener, Response, Route, text
+from smartgate.smart_configuration import CORS_HEADERS, SmartConfiguration
+
+log = logging.getLogger("smartgate.supervisor")
+
+
+def _registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def workers_ready(expected: int, alive: int) -> bool:
+    if alive != expected:
+        return False
+    for family in _registry().collect():
+        if family.name == "smartgate_ready":
+            values = [sample.value for sample in family.samples]
+            return bool(values) and min(values) >= 1
+    return False
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str, workers: int) -> None:
+        self._config = config
+        self._config_path = config_path
+        self._workers = workers
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._stopping = False
+
+    def _spawn(self, index: int) -> None:
+        command = [sys.executable, "-m", "smartgate", "serve", "--config", self._config_path,
+                   "--worker-index", str(index), "--no-http"]
+        self._children[index] = subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
+
+    async def _watch(self) -> None:
+        while not self._stopping:
+            for index, child in list(self._children.items()):
+                if child.poll() is not None and not self._stopping:
+                    log.error("worker %d exited with %s; restarting", index, child.returncode)
+                    multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
+                    await asyncio.sleep(1)
+                    self._spawn(index)
+            await asyncio.sleep(0.5)
+
+    def _alive(self) -> int:
+        return sum(1 for child in self._children.values() if child.poll() is None)
+
+    def _routes(self, smart: SmartConfiguration | None) -> dict[str, Route]:
+        async def healthz() -> Response:
+            return text("200 OK", "ok\n") if self._alive() else text("503 Service Unavailable", "no workers\n")
+
+        async def readyz() -> Response:
+            ready = workers_ready(self._workers, self._alive())
+            return text("200 OK", "ready\n") if ready else text("503 Service Unavailable", "not ready\n")
+
+        async def metrics_page() -> Response:
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(_registry()), {}
+
+        routes: dict[str, Route] = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
+        if smart is not None:
+            async def smart_configuration() -> Response:
+                document = await smart.document()
+                if document is None:
+                    return "503 Service Unavailable", "application/json", b'{"error":"discovery unavailable"}', {}
+                return "200 OK", "application/json", SmartConfiguration.encode(document), dict(CORS_HEADERS)
+
+            routes["/.well-known/smart-configuration"] = smart_configuration
+        return routes
+
+    async def run(self) -> None:
+        for index in range(self._workers):
+            self._spawn(index)
+        async with httpx.AsyncClient() as client:
+            smart = (SmartConfiguration(self._config.smart_configuration, client)
+                     if self._config.smart_configuration else None)
+            http = HttpListener(self._config.listen.http, self._routes(smart))
+            await http.start()
+            watcher = asyncio.create_task(self._watch())
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self._forward_hangup)
+            log.info("smartgate supervisor: %d workers, http %s", self._workers, self._config.listen.http)
+            await stop.wait()
+            self._stopping = True
+            watcher.cancel()
+            await http.stop()
+            await asyncio.to_thread(self._stop_children)
+
+    def _forward_hangup(self) -> None:
+        for child in self._children.values():
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGHUP)
+
+    def _stop_children(self) -> None:
+        for child in self._children.values():
+            with contextlib.suppress(ProcessLookupError):
+                child.terminate()
+        for child in self._children.values():
+            try:
+                child.wait(timeout=self._config.shutdown_grace_seconds + 5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def run_supervisor(config: Config, config_path: str, workers: int) -> None:
+    """Run N workers. Sets PROMETHEUS_MULTIPROC_DIR for them (and this process) first."""
+    directory = tempfile.mkdtemp(prefix="smartgate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(Supervisor(config, config_path, workers).run())
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
