@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from smartgate.reasons import Reason
 
 # RFC 6750 section 2.1 b64token.
-_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,9 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
         config = _config_or_exit(args.config)
         host, _, port = config.listen.grpc.rpartition(":")
         settings = EnvoySettings(
-            authz_host=host, authz_port=int(port), upstream_url=config.fhir.upstream_url,
+            authz_host=host, authz_port=int(port), authz_workers=config.workers,
+            smartgate_http_port=int(config.listen.http.rpartition(":")[2]) if config.smart_configuration else None,
+            upstream_url=config.fhir.upstream_url,
             base_path=config.fhir.base_path, max_request_bytes=config.max_request_bytes,
         )
     sys.stdout.write(render_yaml(settings))

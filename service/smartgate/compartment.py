@@ -18,7 +18,7 @@ from smartgate.fhir_definitions import PATIENT_COMPARTMENT_PARAMS, SEARCH_PARAME
 from smartgate.fhir_request import is_valid_id
 
 _WHERE = re.compile(r"\.where\(.*\)$")
-_TYPED_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
+_TYPED_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})\Z")
 PATIENT_MENTION = re.compile(r"(?<![A-Za-z0-9])Patient/([A-Za-z0-9\-.]{1,64})")
 
 

@@ -30,7 +30,7 @@ DEFAULT_PATIENT_CLOSED_TYPES: frozenset[str] = frozenset({
     "Binary", "Bundle", "Contract", "GuidanceResponse", "Linkage", "MessageHeader", "Parameters",
     "Subscription", "Task",
 })
-_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*\Z")
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 

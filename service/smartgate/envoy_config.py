@@ -23,21 +23,26 @@ class EnvoySettings:
     admin_port: int = 9901
     authz_host: str = "127.0.0.1"
     authz_port: int = 9191
+    authz_workers: int = 1  # smartgate workers listen on authz_port, authz_port + 1, ...
+    smartgate_http_port: int | None = 9190  # serves /.well-known/smart-configuration; None: the FHIR server does
     authz_timeout_seconds: float = 1.0
     upstream_url: str = "http://fhir-server:8080/fhir"
     base_path: str = "/fhir"
     max_request_bytes: int = 1_048_576
 
 
-def _cluster(name: str, host: str, port: int, http2: bool) -> dict[str, Any]:
+def _cluster(name: str, host: str, ports: list[int], http2: bool) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STRICT_DNS",
         "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": host, "port_value": port}}}}]}],
+            "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+                for port in ports
+            ]}],
         },
     }
     if http2:
@@ -72,6 +77,17 @@ def _ext_authz(settings: EnvoySettings) -> dict[str, Any]:
     }
 
 
+def _smart_configuration_route(settings: EnvoySettings) -> list[dict[str, Any]]:
+    """SMART discovery is answered by smartgate's HTTP listener (built from the IdP's discovery)."""
+    if not settings.smartgate_http_port:
+        return []
+    return [{
+        "match": {"path": f"{settings.base_path}/.well-known/smart-configuration"},
+        "route": {"cluster": "smartgate_http", "prefix_rewrite": "/.well-known/smart-configuration",
+                  "timeout": "10s"},
+    }]
+
+
 def render(settings: EnvoySettings) -> dict[str, Any]:
     upstream = urlsplit(settings.upstream_url)
     upstream_port = upstream.port or (443 if upstream.scheme == "https" else 80)
@@ -79,7 +95,7 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
     route: dict[str, Any] = {"cluster": "fhir_upstream", "timeout": "60s"}
     if upstream_path != settings.base_path:
         route["prefix_rewrite"] = upstream_path + "/" if upstream_path else "/"
-    upstream_cluster = _cluster("fhir_upstream", upstream.hostname or "localhost", upstream_port, http2=False)
+    upstream_cluster = _cluster("fhir_upstream", upstream.hostname or "localhost", [upstream_port], http2=False)
     if upstream.scheme == "https":
         upstream_cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
@@ -102,6 +118,7 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
                 "name": "fhir",
                 "domains": ["*"],
                 "routes": [
+                    *_smart_configuration_route(settings),
                     {"match": {"path": settings.base_path}, "route": dict(route)},
                     {"match": {"prefix": settings.base_path + "/"}, "route": route},
                     {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
@@ -128,8 +145,11 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
                 }]}],
             }],
             "clusters": [
-                _cluster("smartgate", settings.authz_host, settings.authz_port, http2=True),
+                _cluster("smartgate", settings.authz_host,
+                         [settings.authz_port + i for i in range(settings.authz_workers)], http2=True),
                 upstream_cluster,
+                *([_cluster("smartgate_http", settings.authz_host, [settings.smartgate_http_port], http2=False)]
+                  if settings.smartgate_http_port else []),
             ],
         },
     }

@@ -16,8 +16,8 @@ from smartgate.query import QueryError, SearchParam, parse_query
 from smartgate.reasons import Reason
 from smartgate.request import HttpRequest
 
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_OPERATION = re.compile(r"^\$[A-Za-z][A-Za-z0-9\-_.]*$")
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
+_OPERATION = re.compile(r"^\$[A-Za-z][A-Za-z0-9\-_.]*\Z")
 _FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 

@@ -20,7 +20,7 @@ import re
 from smartgate.claim_names import ClaimNames
 
 PROFILE_NAMES = ("generic", "okta", "auth0", "keycloak", "entra")
-_DOTTED_SCOPE = re.compile(r"^(patient|user|system)\.([A-Za-z]+)\.([A-Za-z*]+(?:\?.*)?)$")
+_DOTTED_SCOPE = re.compile(r"^(patient|user|system)\.([A-Za-z]+)\.([A-Za-z*]+(?:\?.*)?)\Z")
 
 
 def claim_names_for(profile: str, namespace: str = "") -> ClaimNames:

@@ -13,7 +13,7 @@ _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # code, then optional ':modifier' parts, then optional '.chain'.
-_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_\-]*)((?::[A-Za-z0-9_\-]+)*)((?:\.[A-Za-z0-9_\-:.]+)?)$")
+_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_\-]*)((?::[A-Za-z0-9_\-]+)*)((?:\.[A-Za-z0-9_\-:.]+)?)\Z")
 
 
 class QueryError(ValueError):

@@ -19,8 +19,8 @@ from smartgate.fhir_definitions import RESOURCE_TYPES
 CONTEXTS = ("patient", "user", "system")
 ALL_PERMISSIONS = frozenset("cruds")
 _V1_PERMISSIONS = {"read": frozenset("rs"), "write": frozenset("cud"), "*": ALL_PERMISSIONS}
-_V2_PERMISSIONS = re.compile(r"^(?=.)c?r?u?d?s?$")
-_SCOPE = re.compile(r"^(patient|user|system)/([A-Za-z]+|\*)\.([a-z*]+)(?:\?(.+))?$")
+_V2_PERMISSIONS = re.compile(r"^(?=.)c?r?u?d?s?\Z")
+_SCOPE = re.compile(r"^(patient|user|system)/([A-Za-z]+|\*)\.([a-z*]+)(?:\?(.+))?\Z")
 
 
 @dataclass(frozen=True, slots=True)

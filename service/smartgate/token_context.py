@@ -14,8 +14,8 @@ from smartgate.reasons import Reason
 from smartgate.scopes import ScopeGrants, parse_scopes
 
 # Header-safe text: printable ASCII and no separators that could split a header.
-_HEADER_SAFE = re.compile(r"^[\x20-\x7e]{1,2048}$")
-_FHIR_USER = re.compile(r"^(Patient|Practitioner|PractitionerRole|RelatedPerson|Person|Device)/[A-Za-z0-9\-.]{1,64}$")
+_HEADER_SAFE = re.compile(r"^[\x20-\x7e]{1,2048}\Z")
+_FHIR_USER = re.compile(r"^(Patient|Practitioner|PractitionerRole|RelatedPerson|Person|Device)/[A-Za-z0-9\-.]{1,64}\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,7 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         settings = EnvoySettings(
             listen_host="127.0.0.1", listen_port=envoy_port, admin_port=admin_port, authz_port=grpc_port,
             upstream_url=f"http://127.0.0.1:{upstream_port}/fhir", base_path="/fhir",
-            max_request_bytes=MAX_REQUEST_BYTES,
+            max_request_bytes=MAX_REQUEST_BYTES, smartgate_http_port=http_port,
         )
         with running(start_envoy(settings, workdir)), httpx.Client(timeout=10) as client:
             yield Stack(base_url, keys, idp.issuer, audience, workdir, client)
