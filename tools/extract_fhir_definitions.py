@@ -58,7 +58,7 @@ def extract(r4_dir: Path) -> dict[str, Any]:
                 info: dict[str, Any] = {"type": param["type"]}
                 if param["type"] == "reference":
                     info["target"] = sorted(param.get("target", []))
-                if param["type"] == "reference":
+                if param["type"] in ("reference", "token"):
                     info["expression"] = _expression_for(param.get("expression", ""), resource_type)
                 search_parameters[resource_type].setdefault(param["code"], info)
     return {

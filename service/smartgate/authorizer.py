@@ -1,15 +1,17 @@
 """The decision path end to end: HttpRequest -> Decision, with the I/O at the edges.
 
-public route? -> bearer token -> verified TokenContext -> FhirRequest -> policy -> look-up.
+public route? -> bearer token -> verified TokenContext -> FhirRequest -> policy -> look-ups.
 Every exit is a Decision with a reason code; an unexpected exception becomes a deny.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from smartgate.bearer import BearerError, extract_bearer
-from smartgate.decision import Decision, MembershipCheck
+from smartgate.compartment import MEMBERSHIP_PARAMS
+from smartgate.decision import BinaryCheck, Decision, LookupCheck, MembershipCheck, Pending, compartment_check
 from smartgate.fhir_request import RequestError, parse_fhir_request
 from smartgate.membership import LookupError, MembershipLookup
 from smartgate.policy import PolicySettings, decide
@@ -62,21 +64,48 @@ class Authorizer:
         outcome = decide(request, context, self._policy)
         if isinstance(outcome, Decision):
             return outcome
-        return await self._check_membership(outcome, Decision(
-            Reason.ALLOWED_COMPARTMENT_MEMBER, "", context, request.interaction.value, outcome.resource_type
-        ))
+        return await self._run_checks(outcome)
 
-    async def _check_membership(self, check: MembershipCheck, template: Decision) -> Decision:
-        try:
-            result = await self._lookup.is_member(check)
-        except LookupError as exc:
-            log.warning("compartment look-up failed: %s", exc)
-            return _with(template, Reason.LOOKUP_FAILED, "the compartment look-up failed")
+    async def _run_checks(self, pending: Pending) -> Decision:
+        template = pending.allow
+        results = await asyncio.gather(*(self._check(check) for check in pending.checks), return_exceptions=True)
+        for check, result in zip(pending.checks, results, strict=True):
+            where = f"{check.label}: " if check.label else ""
+            if isinstance(result, LookupError):
+                log.warning("look-up failed: %s", result)
+                return _with(template, Reason.LOOKUP_FAILED, f"{where}the compartment look-up failed")
+            if isinstance(result, BaseException):
+                raise result
+            if not result:
+                return _with(template, Reason.NOT_IN_COMPARTMENT,
+                             f"{where}the resource is not in the context patient's compartment")
+        return template
+
+    async def _check(self, check: LookupCheck) -> bool:
+        if isinstance(check, BinaryCheck):
+            return await self._binary(check)
+        result = await self._lookup.is_member(check)
         if result.member:
-            return _with(template, Reason.ALLOWED_COMPARTMENT_MEMBER, "in the context patient's compartment")
-        return _with(template, Reason.NOT_IN_COMPARTMENT,
-                     f"the {check.resource_type} is not in the context patient's compartment")
+            return True
+        if check.absent_ok:
+            return not await self._lookup.exists(check.resource_type, check.resource_id)
+        return False
+
+    async def _binary(self, check: BinaryCheck) -> bool:
+        target = await self._lookup.binary_security_context(check.resource_id, self._policy.fhir_base_url)
+        if target is None:
+            return False
+        resource_type, resource_id = target
+        if resource_type == "Patient" and resource_id == check.patient_id:
+            return True
+        if resource_type not in MEMBERSHIP_PARAMS:
+            return False
+        membership = compartment_check(resource_type, resource_id, check.patient_id, MEMBERSHIP_PARAMS[resource_type])
+        return (await self._lookup.is_member(membership)).member
 
 
 def _with(template: Decision, reason: Reason, message: str) -> Decision:
     return Decision(reason, message, template.context, template.interaction, template.resource_type)
+
+
+__all__ = ["Authorizer", "MembershipCheck"]

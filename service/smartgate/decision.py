@@ -27,12 +27,48 @@ class Decision:
         return self.reason.http_status
 
 
+Query = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class MembershipCheck:
-    """The policy allows the request only if ``resource_type/resource_id`` is in the patient's
-    compartment: true when a search on any of ``params`` bound to the patient finds it."""
+    """Allowed only if the FHIR server finds ``resource_type/resource_id`` with one of ``queries``
+    (each a set of search parameters, e.g. ``(("subject", "Patient/123"),)``). With
+    ``absent_ok`` (an upsert), a resource that never existed passes too."""
 
     resource_type: str
     resource_id: str
+    queries: tuple[Query, ...]
+    absent_ok: bool = False
+    label: str = ""
+
+
+def compartment_check(
+    resource_type: str, resource_id: str, patient_id: str, params: tuple[str, ...],
+    constraints: tuple[Query, ...] = ((),), absent_ok: bool = False, label: str = "",
+) -> MembershipCheck:
+    """Membership through any compartment parameter, and any one of the granular constraint sets."""
+    queries = tuple(
+        ((param, f"Patient/{patient_id}"), *constraint) for param in params for constraint in constraints
+    )
+    return MembershipCheck(resource_type, resource_id, queries, absent_ok, label)
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryCheck:
+    """A Binary is readable under patient/ scopes only when its securityContext is in the compartment."""
+
+    resource_id: str
     patient_id: str
-    params: tuple[str, ...]
+    label: str = ""
+
+
+LookupCheck = MembershipCheck | BinaryCheck
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The policy allows with ``allow`` once every check passes; any failing check denies."""
+
+    checks: tuple[LookupCheck, ...]
+    allow: Decision

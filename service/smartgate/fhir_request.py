@@ -52,6 +52,18 @@ class FhirRequest:
     compartment_type: str | None = None  # for /Patient/{id}/{type}: the searched type
     operation: str | None = None
     params: tuple[SearchParam, ...] = ()
+    body: bytes | None = None  # the payload of writes, bundles and POSTed operations
+    content_type: str = ""
+    if_none_exist: bool = False  # conditional create
+    method: str = "GET"
+
+    @property
+    def conditional(self) -> bool:
+        """A type-level write (``PUT/PATCH/DELETE [type]?...``) or a create with If-None-Exist."""
+        return self.if_none_exist or (
+            self.interaction in (Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE)
+            and self.resource_id is None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +220,9 @@ def parse_fhir_request(http: HttpRequest, base_path: str) -> FhirRequest | Reque
         params = params + form
     if any(param.code == "access_token" for param in params):
         return _bad(Reason.TOKEN_NOT_IN_HEADER, "tokens are accepted in the Authorization header only")
+    carries_body = method in ("POST", "PUT", "PATCH") and not _is_search_post(classified, method)
+    if carries_body and http.body_truncated:
+        return _bad(Reason.BODY_INVALID, "the body is truncated")
     return FhirRequest(
         classified.interaction,
         classified.resource_type,
@@ -216,4 +231,8 @@ def parse_fhir_request(http: HttpRequest, base_path: str) -> FhirRequest | Reque
         classified.compartment_type,
         classified.operation,
         params,
+        body=http.body if carries_body else None,
+        content_type=http.headers.get("content-type", "").split(";")[0].strip().lower(),
+        if_none_exist="if-none-exist" in http.headers,
+        method=method,
     )

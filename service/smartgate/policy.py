@@ -1,16 +1,17 @@
-"""Stage 3: the pure decision. FhirRequest + TokenContext -> Decision (or a MembershipCheck
-that the authorizer must run before it can allow). No I/O, no gRPC types.
+"""Stage 3: the pure decision. FhirRequest + TokenContext -> Decision, or Pending look-ups
+that the authorizer must run before it can allow. No I/O, no gRPC types.
 
-Scopes are a union. A ``user/`` or ``system/`` scope that grants the interaction on the
-type allows it by type (the FHIR server applies the user's own permissions). Otherwise a
-``patient/`` scope that grants it allows it only inside the context patient's compartment.
+Reads and searches live here; writes in ``write_policy``, Bundles in ``bundle_policy``,
+operations and history in ``operation_policy``. Every rule raises ``DenyError`` with a
+reason code; ``decide`` turns it into a Decision.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from smartgate.access import Access, carries, resolve_access
 from smartgate.compartment import (
     BINDING_PARAMS,
     MEMBERSHIP_PARAMS,
@@ -19,7 +20,7 @@ from smartgate.compartment import (
     mentioned_patients,
 )
 from smartgate.config import DEFAULT_PATIENT_CLOSED_TYPES
-from smartgate.decision import Decision, MembershipCheck
+from smartgate.decision import BinaryCheck, Decision, MembershipCheck, Pending, Query, compartment_check
 from smartgate.fhir_definitions import search_parameter
 from smartgate.fhir_request import FhirRequest, Interaction, is_valid_id
 from smartgate.query import SearchParam
@@ -31,105 +32,171 @@ SAFE_CONTROL_PARAMS = frozenset({
     "_count", "_sort", "_summary", "_elements", "_total", "_format", "_pretty", "_id",
     "_lastUpdated", "_tag", "_profile", "_security", "_source", "_text", "_content", "_list", "_offset",
 })
-_READ_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements"})
+READ_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements"})
+HISTORY_PARAMS = READ_PARAMS | {"_count", "_since", "_at"}
 _INCLUDES = frozenset({"_include", "_revinclude"})
-_SEARCHES = frozenset({Interaction.SEARCH_TYPE, Interaction.SEARCH_COMPARTMENT})
-_READS = frozenset({Interaction.READ, Interaction.VREAD})
+
+
+@dataclass(frozen=True)
+class OperationRule:
+    """An operation opened by the config: ``name`` (with ``$``), where it may be invoked, what it needs."""
+
+    name: str
+    levels: frozenset[str] = frozenset({"type"})  # system | type | instance
+    permission: str = "r"
+    patient_context: bool = False  # open to patient/ scopes too (on the context patient's data only)
+
 
 @dataclass(frozen=True)
 class PolicySettings:
     fhir_base_url: str
     patient_closed_types: frozenset[str] = DEFAULT_PATIENT_CLOSED_TYPES
+    operations: tuple[OperationRule, ...] = field(default_factory=tuple)
+    max_bundle_entries: int = 500
 
 
-class _DenyError(Exception):
+class DenyError(Exception):
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
 
 
-def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | MembershipCheck:
+def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:
     try:
         return _decide(request, token, settings)
-    except _DenyError as deny:
-        return _decision(deny.reason, deny.message, request, token)
+    except DenyError as deny:
+        return decision(deny.reason, deny.message, request, token)
 
 
-def _decision(reason: Reason, message: str, request: FhirRequest, token: TokenContext) -> Decision:
+def decision(reason: Reason, message: str, request: FhirRequest, token: TokenContext) -> Decision:
     searched = request.compartment_type or request.resource_type or ""
     return Decision(reason, message, token, request.interaction.value, searched)
 
 
-def _decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | MembershipCheck:
-    if request.interaction in _READS:
-        permission = "r"
-    elif request.interaction in _SEARCHES:
-        permission = "s"
-    else:
-        raise _DenyError(Reason.INTERACTION_NOT_SUPPORTED, f"the {request.interaction.value} interaction is not open")
-    target = request.compartment_type or request.resource_type
-    assert target is not None
-    grants = token.grants
-    if grants.permits_beyond_patient(target, permission):
-        _check_type_level_includes(request, token)
-        return _decision(Reason.ALLOWED_BY_SCOPE, "granted by a user/ or system/ scope", request, token)
-    if not grants.permits("patient", target, permission):
-        raise _DenyError(Reason.SCOPE_INSUFFICIENT, f"no scope grants '{permission}' on {target}")
-    patient = token.patient
-    if patient is None:  # the verifier refuses such tokens; this keeps the rule local
-        raise _DenyError(Reason.PATIENT_CONTEXT_MISSING, "patient/ scopes need a patient launch context")
-    if target in settings.patient_closed_types:
-        raise _DenyError(Reason.SCOPE_INSUFFICIENT, f"{target} is not open to patient/ scopes")
-    _check_patient_params(request.params, patient, reading=permission == "r")
-    if permission == "r":
-        return _patient_read(request, token, patient)
-    return _patient_search(request, token, patient, settings)
+def _decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:
+    from smartgate import bundle_policy, operation_policy, write_policy
+
+    interaction = request.interaction
+    if interaction in (Interaction.READ, Interaction.VREAD, Interaction.HISTORY_INSTANCE):
+        return _read(request, token, settings)
+    if interaction in (Interaction.SEARCH_TYPE, Interaction.SEARCH_COMPARTMENT):
+        return _search(request, token, settings)
+    if interaction in (Interaction.CREATE, Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE):
+        return write_policy.decide_write(request, token, settings)
+    if interaction is Interaction.BATCH:
+        return bundle_policy.decide_bundle(request, token, settings)
+    if interaction is Interaction.OPERATION:
+        return operation_policy.decide_operation(request, token, settings)
+    if interaction in (Interaction.HISTORY_TYPE, Interaction.HISTORY_SYSTEM, Interaction.SEARCH_SYSTEM):
+        return operation_policy.decide_type_level(request, token)
+    raise DenyError(Reason.INTERACTION_NOT_SUPPORTED, f"the {interaction.value} interaction is not open")
 
 
-def _patient_read(request: FhirRequest, token: TokenContext, patient: str) -> Decision | MembershipCheck:
+def require_access(token: TokenContext, resource_type: str, permission: str) -> Access:
+    access = resolve_access(token, resource_type, permission)
+    if not access.granted:
+        raise DenyError(Reason.SCOPE_INSUFFICIENT, f"no scope grants '{permission}' on {resource_type}")
+    return access
+
+
+def require_patient(token: TokenContext) -> str:
+    if token.patient is None:  # the verifier refuses such tokens; this keeps the rule local
+        raise DenyError(Reason.PATIENT_CONTEXT_MISSING, "patient/ scopes need a patient launch context")
+    return token.patient
+
+
+def require_open_type(resource_type: str, settings: PolicySettings) -> None:
+    if resource_type in settings.patient_closed_types:
+        raise DenyError(Reason.SCOPE_INSUFFICIENT, f"{resource_type} is not open to patient/ scopes")
+
+
+# --- reads -------------------------------------------------------------------------------------
+
+
+def _read(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:
     resource_type, resource_id = request.resource_type, request.resource_id
     assert resource_type is not None and resource_id is not None
+    access = require_access(token, resource_type, "r")
+    if access.type_unconstrained:
+        return decision(Reason.ALLOWED_BY_SCOPE, "granted by a user/ or system/ scope", request, token)
+    allowed = HISTORY_PARAMS if request.interaction is Interaction.HISTORY_INSTANCE else READ_PARAMS
+    queries: list[Query] = list(access.type_level)
+    if access.patient_level:
+        patient = require_patient(token)
+        check_patient_params(request.params, patient, allowed)
+        if resource_type == "Binary" and access.patient_unconstrained:
+            allow = decision(Reason.ALLOWED_COMPARTMENT_MEMBER, "Binary in the compartment", request, token)
+            return Pending((BinaryCheck(resource_id, patient),), allow)
+        require_open_type(resource_type, settings)
+        if access.patient_unconstrained:
+            if resource_type == "Patient" and resource_id == patient:
+                return decision(Reason.ALLOWED_CONTEXT_PATIENT, "the context patient", request, token)
+            if resource_type not in MEMBERSHIP_PARAMS:
+                return decision(Reason.ALLOWED_OUTSIDE_COMPARTMENT, f"{resource_type} is outside the compartment",
+                                request, token)
+        queries.extend(patient_queries(resource_type, resource_id, patient, access.patient_level))
+    allow = decision(Reason.ALLOWED_COMPARTMENT_MEMBER, "proven by look-up", request, token)
+    return Pending((MembershipCheck(resource_type, resource_id, tuple(queries)),), allow)
+
+
+def patient_queries(resource_type: str, resource_id: str, patient: str, constraints: tuple[Query, ...]) -> list[Query]:
+    """Searches any of which proves the resource is the patient's (and meets a constraint set)."""
+    if resource_type not in MEMBERSHIP_PARAMS:
+        return list(constraints)  # outside the compartment: only the constraint needs proving
+    check = compartment_check(resource_type, resource_id, patient, MEMBERSHIP_PARAMS[resource_type], constraints)
+    queries = list(check.queries)
     if resource_type == "Patient" and resource_id == patient:
-        return _decision(Reason.ALLOWED_CONTEXT_PATIENT, "the context patient", request, token)
-    params = MEMBERSHIP_PARAMS.get(resource_type)
-    if params is None:
-        return _decision(Reason.ALLOWED_OUTSIDE_COMPARTMENT, f"{resource_type} is outside the compartment",
-                         request, token)
-    return MembershipCheck(resource_type, resource_id, patient, params)
+        queries.extend(constraints)
+    return queries
 
 
-def _check_patient_params(params: tuple[SearchParam, ...], patient: str, reading: bool) -> None:
+def check_patient_params(params: tuple[SearchParam, ...], patient: str, allowed: frozenset[str]) -> None:
     for param in params:
-        if param.code.startswith("_"):
-            allowed = _READ_PARAMS if reading else SAFE_CONTROL_PARAMS | _INCLUDES
-            if param.code not in allowed:
-                raise _DenyError(Reason.SEARCH_PARAMETER_NOT_PERMITTED, f"{param.code} is not permitted here")
+        if param.code.startswith("_") and param.code not in allowed:
+            raise DenyError(Reason.SEARCH_PARAMETER_NOT_PERMITTED, f"{param.code} is not permitted here")
         if mentioned_patients(param.value) - {patient}:
-            raise _DenyError(Reason.COMPARTMENT_OTHER_PATIENT, f"parameter {param.code} names another patient")
+            raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, f"parameter {param.code} names another patient")
+
+
+# --- searches ----------------------------------------------------------------------------------
+
+
+def _search(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision:
+    searched = request.compartment_type or request.resource_type
+    assert searched is not None
+    access = require_access(token, searched, "s")
+    params = request.params
+    if access.type_unconstrained or any(carries(params, q) for q in access.type_level):
+        check_type_level_includes(request, token)
+        return decision(Reason.ALLOWED_BY_SCOPE, "granted by a user/ or system/ scope", request, token)
+    if not any(carries(params, q) for q in access.patient_level):
+        raise DenyError(Reason.SCOPE_INSUFFICIENT, "the search does not carry the constraint of a granular scope")
+    patient = require_patient(token)
+    require_open_type(searched, settings)
+    check_patient_params(params, patient, SAFE_CONTROL_PARAMS | _INCLUDES)
+    return _patient_search(request, token, patient, searched, settings)
 
 
 def _patient_search(
-    request: FhirRequest, token: TokenContext, patient: str, settings: PolicySettings
+    request: FhirRequest, token: TokenContext, patient: str, searched: str, settings: PolicySettings
 ) -> Decision:
-    searched = request.compartment_type or request.resource_type
-    assert searched is not None
     bound_by_path = request.interaction is Interaction.SEARCH_COMPARTMENT
     if bound_by_path:
         if request.resource_type != "Patient":
-            raise _DenyError(Reason.INTERACTION_NOT_SUPPORTED, "only the Patient compartment is supported")
+            raise DenyError(Reason.INTERACTION_NOT_SUPPORTED, "only the Patient compartment is supported")
         if request.resource_id != patient:
-            raise _DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the compartment belongs to another patient")
+            raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the compartment belongs to another patient")
         if searched not in BINDING_PARAMS:
-            raise _DenyError(Reason.INTERACTION_NOT_SUPPORTED, f"{searched} is not in the Patient compartment")
+            raise DenyError(Reason.INTERACTION_NOT_SUPPORTED, f"{searched} is not in the Patient compartment")
     binding = _binding(searched, request.params, patient, settings.fhir_base_url)
     compartment_type = searched in BINDING_PARAMS
     if compartment_type and not bound_by_path and binding is None:
-        raise _DenyError(Reason.COMPARTMENT_UNBOUND, f"a {searched} search must be bound to the context patient")
+        raise DenyError(Reason.COMPARTMENT_UNBOUND, f"a {searched} search must be bound to the context patient")
     _check_patient_includes(request, token, searched, None if bound_by_path else binding, settings)
     if compartment_type:
-        return _decision(Reason.ALLOWED_COMPARTMENT_SEARCH, "search bound to the context patient", request, token)
-    return _decision(Reason.ALLOWED_OUTSIDE_COMPARTMENT, f"{searched} is outside the compartment", request, token)
+        return decision(Reason.ALLOWED_COMPARTMENT_SEARCH, "search bound to the context patient", request, token)
+    return decision(Reason.ALLOWED_OUTSIDE_COMPARTMENT, f"{searched} is outside the compartment", request, token)
 
 
 def _binding(searched: str, params: tuple[SearchParam, ...], patient: str, base_url: str) -> str | None:
@@ -144,41 +211,44 @@ def _binding(searched: str, params: tuple[SearchParam, ...], patient: str, base_
     for param in params:
         if searched == "Patient" and param.code == "_id":
             if counts["_id"] > 1 or param.modifier or not is_valid_id(param.value):
-                raise _DenyError(Reason.COMPARTMENT_AMBIGUOUS, "_id must name exactly one patient")
+                raise DenyError(Reason.COMPARTMENT_AMBIGUOUS, "_id must name exactly one patient")
             if param.value != patient:
-                raise _DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the search names another patient")
+                raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the search names another patient")
             bound_by = "_id"
             continue
         targets = bindings.get(param.code)
         if targets is None:
             continue
         if counts[param.code] > 1:
-            raise _DenyError(Reason.COMPARTMENT_AMBIGUOUS, f"{param.code} is given more than once")
+            raise DenyError(Reason.COMPARTMENT_AMBIGUOUS, f"{param.code} is given more than once")
         if param.chain is not None:
-            raise _DenyError(Reason.SEARCH_PARAMETER_NOT_PERMITTED, f"chained {param.code} cannot be bound")
+            raise DenyError(Reason.SEARCH_PARAMETER_NOT_PERMITTED, f"chained {param.code} cannot be bound")
         reference = classify_reference(param.value, targets, param.modifier, base_url)
         if reference.kind is ReferenceKind.AMBIGUOUS:
-            raise _DenyError(Reason.COMPARTMENT_AMBIGUOUS, f"{param.code} does not name exactly one resource")
+            raise DenyError(Reason.COMPARTMENT_AMBIGUOUS, f"{param.code} does not name exactly one resource")
         if reference.kind is ReferenceKind.PATIENT:
             if reference.patient_id != patient:
-                raise _DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the search names another patient")
+                raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the search names another patient")
             bound_by = bound_by or param.code
     return bound_by
 
 
+# --- _include / _revinclude --------------------------------------------------------------------
+
+
 def _parse_include(param: SearchParam) -> tuple[str, str, str | None]:
     if param.modifier is not None or param.chain is not None:
-        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{param.name} (iterate/recurse) is not permitted")
+        raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{param.name} (iterate/recurse) is not permitted")
     parts = param.value.split(":")
     if len(parts) not in (2, 3) or "*" in parts:
-        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{param.code} must be Type:param[:Target]")
+        raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{param.code} must be Type:param[:Target]")
     source, code = parts[0], parts[1]
     info = search_parameter(source, code)
     if info is None or info.type != "reference":
-        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{source}:{code} is not a reference parameter")
+        raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{source}:{code} is not a reference parameter")
     target = parts[2] if len(parts) == 3 else None
     if target is not None and target not in info.targets:
-        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{target} is not a target of {source}:{code}")
+        raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{target} is not a target of {source}:{code}")
     return source, code, target
 
 
@@ -190,7 +260,7 @@ def _include_targets(source: str, code: str, target: str | None) -> frozenset[st
     return info.targets
 
 
-def _check_type_level_includes(request: FhirRequest, token: TokenContext) -> None:
+def check_type_level_includes(request: FhirRequest, token: TokenContext) -> None:
     searched = request.compartment_type or request.resource_type
     for param in request.params:
         if param.code not in _INCLUDES:
@@ -198,14 +268,14 @@ def _check_type_level_includes(request: FhirRequest, token: TokenContext) -> Non
         source, code, target = _parse_include(param)
         if param.code == "_include":
             if source != searched:
-                raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"_include must start from {searched}")
+                raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"_include must start from {searched}")
             included = _include_targets(source, code, target)
         else:
             included = frozenset({source})
         for resource_type in included:
             if not token.grants.permits_beyond_patient(resource_type, "r"):
-                raise _DenyError(Reason.INCLUDE_NOT_PERMITTED,
-                                 f"no user/ or system/ scope grants reading {resource_type}")
+                raise DenyError(Reason.INCLUDE_NOT_PERMITTED,
+                                f"no user/ or system/ scope grants reading {resource_type}")
 
 
 def _check_patient_includes(
@@ -215,7 +285,7 @@ def _check_patient_includes(
         if param.code == "_include":
             source, code, target = _parse_include(param)
             if source != searched:
-                raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"_include must start from {searched}")
+                raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"_include must start from {searched}")
             if code == binding and binding != "_id" and target in (None, "Patient"):
                 # Every match references the context patient through this very parameter.
                 _check_included_type(token, "Patient", True, settings)
@@ -238,9 +308,9 @@ def _check_included_type(
     if grants.permits_beyond_patient(resource_type, "r"):
         return
     if not grants.permits("patient", resource_type, "r"):
-        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"no scope grants reading included {resource_type}")
+        raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"no scope grants reading included {resource_type}")
     if resource_type in settings.patient_closed_types:
-        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{resource_type} is not open to patient/ scopes")
+        raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{resource_type} is not open to patient/ scopes")
     if resource_type in MEMBERSHIP_PARAMS and not proven_in_compartment:
-        raise _DenyError(Reason.INCLUDE_NOT_PERMITTED,
-                    f"included {resource_type} resources cannot be proven to be in the compartment")
+        raise DenyError(Reason.INCLUDE_NOT_PERMITTED,
+                        f"included {resource_type} resources cannot be proven to be in the compartment")

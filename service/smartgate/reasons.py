@@ -19,6 +19,9 @@ class Reason(enum.Enum):
     ALLOWED_COMPARTMENT_SEARCH = ("allowed_compartment_search", 200, None)
     ALLOWED_CONTEXT_PATIENT = ("allowed_context_patient", 200, None)
     ALLOWED_COMPARTMENT_MEMBER = ("allowed_compartment_member", 200, None)
+    ALLOWED_WRITE = ("allowed_write", 200, None)
+    ALLOWED_BUNDLE = ("allowed_bundle", 200, None)
+    ALLOWED_OPERATION = ("allowed_operation", 200, None)
 
     # 401: no usable token.
     TOKEN_MISSING = ("token_missing", 401, None)
@@ -53,6 +56,9 @@ class Reason(enum.Enum):
     SEARCH_PARAMETER_NOT_PERMITTED = ("search_parameter_not_permitted", 403, "insufficient_scope")
     INCLUDE_NOT_PERMITTED = ("include_not_permitted", 403, "insufficient_scope")
     NOT_IN_COMPARTMENT = ("not_in_compartment", 403, "insufficient_scope")
+    CONDITIONAL_NOT_PERMITTED = ("conditional_not_permitted", 403, "insufficient_scope")
+    OPERATION_NOT_PERMITTED = ("operation_not_permitted", 403, "insufficient_scope")
+    BUNDLE_ENTRY_DENIED = ("bundle_entry_denied", 403, "insufficient_scope")
 
     # 5xx: we could not decide, so we deny.
     LOOKUP_FAILED = ("lookup_failed", 503, None)

@@ -2,9 +2,9 @@
 
 v1: ``patient/Observation.read`` (= rs), ``.write`` (= cud), ``.*`` (= cruds).
 v2: ``patient/Observation.rs``: any non-empty subset of ``cruds`` written in that order.
-A v2 scope may carry a granular constraint (``?category=...``). Until granular
-enforcement exists, a constrained scope grants nothing, so it can never grant
-more than it says. Anything unparseable grants nothing.
+A v2 scope may carry a granular constraint (``?category=...``): ``permits`` ignores such
+scopes (they never grant more than they say); the policy asks ``granular_for`` and
+proves the constraint itself. Anything unparseable grants nothing.
 """
 
 from __future__ import annotations
@@ -86,6 +86,13 @@ class ScopeGrants:
             return True
         wildcard = table.get((context, "*"))
         return wildcard is not None and permission in wildcard
+
+    def granular_for(self, resource_type: str, permission: str) -> tuple[SmartScope, ...]:
+        """Granular scopes (any context) that would grant this if their constraints hold."""
+        return tuple(
+            scope for scope in self.granular
+            if scope.resource_type in (resource_type, "*") and permission in scope.permissions
+        )
 
     def permits_beyond_patient(self, resource_type: str, permission: str) -> bool:
         """True when a ``user/`` or ``system/`` scope grants this: no compartment applies."""

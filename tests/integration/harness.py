@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import jwt
@@ -61,39 +62,79 @@ def new_keys() -> SigningKeys:
 
 
 class IdentityProvider:
-    """Serves OpenID discovery and a JWKS over real HTTP on loopback."""
+    """Serves OpenID discovery and a JWKS over real HTTP on loopback.
 
-    def __init__(self, keys: SigningKeys) -> None:
-        self.port = free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}/idp"
+    The discovery document carries the OAuth endpoints a SMART configuration is built from.
+    ``port`` binds a chosen port (e.g. one smartgate was told about before the IdP came up),
+    ``name`` is the issuer's path, ``fail_jwks`` makes the JWKS answer 500, and
+    ``introspection`` maps opaque tokens to RFC 7662 answers at ``{issuer}/introspect``.
+    """
+
+    def __init__(self, keys: SigningKeys, port: int | None = None, name: str = "idp",
+                 introspection: dict[str, dict[str, Any]] | None = None) -> None:
+        self.port = port or free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}/{name}"
         self.jwks_requests = 0
+        self.discovery_requests = 0
+        self.introspection_requests: list[dict[str, str]] = []
+        self.fail_jwks = False
+        self.discovery: dict[str, Any] = {
+            "issuer": self.issuer,
+            "jwks_uri": f"{self.issuer}/jwks",
+            "authorization_endpoint": f"{self.issuer}/authorize",
+            "token_endpoint": f"{self.issuer}/token",
+            "introspection_endpoint": f"{self.issuer}/introspect",
+            "revocation_endpoint": f"{self.issuer}/revoke",
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+            "code_challenge_methods_supported": ["plain", "S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt"],
+            "scopes_supported": ["openid", "fhirUser", "launch/patient", "offline_access"],
+        }
+        answers = introspection or {}
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def do_GET(self) -> None:
-                if self.path == "/idp/.well-known/openid-configuration":
-                    body = {"issuer": provider.issuer, "jwks_uri": f"{provider.issuer}/jwks"}
-                elif self.path == "/idp/jwks":
-                    provider.jwks_requests += 1
-                    body = keys.jwks()
-                else:
-                    self.send_error(404)
-                    return
+            def _json(self, status: int, body: Any) -> None:
                 data = json.dumps(body).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == f"/{name}/.well-known/openid-configuration":
+                    provider.discovery_requests += 1
+                    self._json(200, provider.discovery)
+                elif self.path == f"/{name}/jwks":
+                    provider.jwks_requests += 1
+                    if provider.fail_jwks:
+                        self._json(500, {"error": "server_error"})
+                    else:
+                        self._json(200, keys.jwks())
+                else:
+                    self.send_error(404)
+
+            def do_POST(self) -> None:
+                if self.path != f"/{name}/introspect":
+                    self.send_error(404)
+                    return
+                length = int(self.headers.get("content-length") or 0)
+                form = dict(parse_qsl(self.rfile.read(length).decode()))
+                provider.introspection_requests.append(
+                    {**form, "authorization": self.headers.get("authorization", "")})
+                self._json(200, answers.get(form.get("token", ""), {"active": False}))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
 
 
 def start_smartgate(config: dict[str, Any], workdir: Path) -> subprocess.Popen[bytes]:

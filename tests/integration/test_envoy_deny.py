@@ -180,7 +180,3 @@ def test_dot_segments_are_normalised_before_the_decision(stack: Stack) -> None:
     assert "x-demo-received-path" not in response.headers
 
 
-def test_write_is_not_open_yet(stack: Stack) -> None:
-    response = stack.post("/Observation", stack.token(scope="launch/patient patient/*.cruds"),
-                          content=b'{"resourceType":"Observation"}', headers={"content-type": "application/fhir+json"})
-    assert_denied(response, 403, "interaction_not_supported")

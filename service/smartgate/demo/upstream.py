@@ -65,7 +65,26 @@ def _references(resource: dict[str, Any], path: str) -> list[str]:
 
 class FhirStore:
     def __init__(self, resources: list[dict[str, Any]]) -> None:
-        self.resources = {(r["resourceType"], r["id"]): r for r in resources}
+        self.resources = {(r["resourceType"], r["id"]): dict(r) for r in resources}
+        self.ever_existed = set(self.resources)
+        self._lock = threading.Lock()
+        self._next_id = 1
+
+    def put(self, resource: dict[str, Any]) -> bool:
+        """Store a resource; True when it was created."""
+        with self._lock:
+            if "id" not in resource:
+                resource["id"] = f"new-{self._next_id}"
+                self._next_id += 1
+            key = (resource["resourceType"], resource["id"])
+            created = key not in self.resources
+            self.resources[key] = resource
+            self.ever_existed.add(key)
+            return created
+
+    def delete(self, resource_type: str, resource_id: str) -> bool:
+        with self._lock:
+            return self.resources.pop((resource_type, resource_id), None) is not None
 
     def search(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
         if ("_id", FAULT_ID) in params:
@@ -113,12 +132,31 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
             url = urlsplit(self.path)
             self._route("GET", url.path, parse_qsl(url.query, keep_blank_values=True))
 
+        def _read_body(self) -> str:
+            length = int(self.headers.get("content-length") or 0)
+            return self.rfile.read(length).decode() if length else ""
+
         def do_POST(self) -> None:
             url = urlsplit(self.path)
-            length = int(self.headers.get("content-length") or 0)
-            body = self.rfile.read(length).decode() if length else ""
+            body = self._read_body()
+            parts = [p for p in url.path[len(base_path):].split("/") if p]
+            if len(parts) == 1 and self.headers.get("content-type", "").startswith("application/fhir+json"):
+                resource = json.loads(body)
+                resource.pop("id", None)
+                store.put(resource)
+                self._send(201, resource)
+                return
             params = parse_qsl(url.query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)
             self._route("POST", url.path, params)
+
+        def do_PUT(self) -> None:
+            resource = json.loads(self._read_body())
+            self._send(201 if store.put(resource) else 200, resource)
+
+        def do_DELETE(self) -> None:
+            parts = [p for p in urlsplit(self.path).path[len(base_path):].split("/") if p]
+            found = len(parts) == 2 and store.delete(parts[0], parts[1])
+            self._send(200 if found else 404, {"resourceType": "OperationOutcome"})
 
         def _route(self, method: str, path: str, params: list[tuple[str, str]]) -> None:
             if not path.startswith(base_path):
@@ -136,6 +174,10 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
                     self._send(200, _bundle(store.search(parts[0], params), count))
                 except RuntimeError:
                     self._send(500, {"resourceType": "OperationOutcome"})
+            elif len(parts) == 3 and parts[2] == "_history" and method == "GET":
+                existed = (parts[0], parts[1]) in store.ever_existed
+                found = [{"resourceType": parts[0], "id": parts[1]}] if existed else []
+                self._send(200 if existed else 404, _bundle(found, False))
             elif len(parts) == 2 and method == "GET":
                 resource = store.resources.get((parts[0], parts[1]))
                 if resource is None:
