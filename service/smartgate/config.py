@@ -112,6 +112,16 @@ DEFAULT_CAPABILITIES = (
 
 
 @dataclass(frozen=True)
+class OperationRule:
+    """An operation opened by the config: ``name`` (with ``$``), where it may be invoked, what it needs."""
+
+    name: str
+    levels: frozenset[str] = frozenset({"type"})  # system | type | instance
+    permission: str = "r"
+    patient_context: bool = False  # open to patient/ scopes too (instance level, compartment resources only)
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     cert_file: str
     key_file: str
@@ -182,6 +192,7 @@ class Config:
     shutdown_grace_seconds: float = 10.0
     tls: TlsConfig | None = None
     audit: AuditConfig = field(default_factory=AuditConfig)
+    operations: tuple[OperationRule, ...] = ()
 
 
 T = TypeVar("T")
@@ -499,6 +510,27 @@ def _smart_configuration(root: _Section, issuers: tuple[IssuerConfig, ...]) -> S
     )
 
 
+def _operation(section: _Section) -> OperationRule:
+    section.reject_unknown({"name", "levels", "permission", "patient_context"})
+    name = section.require("name", _string)
+    if not re.fullmatch(r"\$[A-Za-z][A-Za-z0-9\-_.]*", name):
+        raise ConfigError(section.key("name"), "must be an operation name such as $validate")
+    levels: tuple[str, ...] = section.get("levels", _string_list, ("type",))
+    for i, level in enumerate(levels):
+        if level not in ("system", "type", "instance"):
+            raise ConfigError(f"{section.key('levels')}[{i}]", "must be system, type or instance")
+    permission = section.get("permission", _string, "r")
+    if permission not in tuple("cruds"):
+        raise ConfigError(section.key("permission"), "must be one of c, r, u, d, s")
+    return OperationRule(name, frozenset(levels), permission, section.get("patient_context", _boolean, False))
+
+
+def _operations(key: str, value: Any) -> tuple[OperationRule, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list")
+    return tuple(_operation(_Section(item, f"{key}[{i}]")) for i, item in enumerate(value))
+
+
 def _fail(key: str, reason: str) -> Any:
     raise ConfigError(key, reason)
 
@@ -509,7 +541,7 @@ def parse_config(data: Any) -> Config:
     root.reject_unknown(
         {"listen", "fhir", "issuers", "tokens", "jwks", "public_routes", "headers", "realm",
          "max_request_bytes", "decision_log", "patient_closed_types", "mode", "smart_configuration", "workers",
-         "shutdown_grace_seconds", "tls", "audit"}
+         "shutdown_grace_seconds", "tls", "audit", "operations"}
     )
     listen_section = root.section("listen")
     listen_section.reject_unknown({"grpc", "http"})
@@ -552,6 +584,7 @@ def parse_config(data: Any) -> Config:
         shutdown_grace_seconds=root.get("shutdown_grace_seconds", _positive_number, 10.0),
         tls=_tls(root.section("tls")) if root.data.get("tls") else None,
         audit=_audit(root.section("audit")),
+        operations=root.get("operations", _operations, ()),
         listen=listen,
         fhir=fhir,
         issuers=issuers,

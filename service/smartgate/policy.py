@@ -19,7 +19,7 @@ from smartgate.compartment import (
     classify_reference,
     mentioned_patients,
 )
-from smartgate.config import DEFAULT_PATIENT_CLOSED_TYPES
+from smartgate.config import DEFAULT_PATIENT_CLOSED_TYPES, OperationRule
 from smartgate.decision import BinaryCheck, Decision, MembershipCheck, Pending, Query, compartment_check
 from smartgate.fhir_definitions import search_parameter
 from smartgate.fhir_request import FhirRequest, Interaction, is_valid_id
@@ -35,16 +35,6 @@ SAFE_CONTROL_PARAMS = frozenset({
 READ_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements"})
 HISTORY_PARAMS = READ_PARAMS | {"_count", "_since", "_at"}
 _INCLUDES = frozenset({"_include", "_revinclude"})
-
-
-@dataclass(frozen=True)
-class OperationRule:
-    """An operation opened by the config: ``name`` (with ``$``), where it may be invoked, what it needs."""
-
-    name: str
-    levels: frozenset[str] = frozenset({"type"})  # system | type | instance
-    permission: str = "r"
-    patient_context: bool = False  # open to patient/ scopes too (on the context patient's data only)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def build_components(config: Config) -> Components:
         base_path=config.fhir.base_path,
         public_routes=PublicRoutes(config.fhir.base_path, config.public_routes),
         verifier=verifier,
-        policy=PolicySettings(config.fhir.base_url, config.patient_closed_types),
+        policy=PolicySettings(config.fhir.base_url, config.patient_closed_types, config.operations),
         lookup=MembershipLookup(config.fhir.upstream_url, config.fhir.lookup, client),
         max_token_bytes=config.tokens.max_token_bytes,
     )

@@ -37,6 +37,7 @@ from smartgate.resource_body import (
     all_strings,
     compartment_elements,
     compartment_references,
+    element_paths,
     parse_resource,
     resolve_reference,
     token_matches,
@@ -74,7 +75,8 @@ def decide_write(request: FhirRequest, token: TokenContext, settings: PolicySett
             raise DenyError(Reason.BODY_INVALID, "the resource id must equal the id in the URL")
         _check_body(resource, patient, access, settings)
     elif request.interaction is Interaction.PATCH:
-        _check_patch(request, resource_type, patient)
+        constraints = access.patient_level if patient is not None else access.type_level
+        _check_patch(request, resource_type, patient, constraints)
     return _stored_resource_check(request, token, access, patient, resource_type, resource_id)
 
 
@@ -154,15 +156,20 @@ def _check_body(resource: dict[str, Any], patient: str | None, access: Access, s
         raise DenyError(Reason.SCOPE_INSUFFICIENT, "the resource does not meet the granular scope's constraint")
 
 
-def _check_patch(request: FhirRequest, resource_type: str, patient: str | None) -> None:
-    if patient is None:
-        return  # type-level granular: the stored resource's constraint is looked up; patches may not move it
+def _constraint_elements(resource_type: str, constraints: tuple[Query, ...]) -> set[str]:
+    """Top-level elements a granular constraint reads (``category`` for ``?category=...``)."""
+    return {path[0] for q in constraints for code, _ in q for path, _ in element_paths(resource_type, code) if path}
+
+
+def _check_patch(request: FhirRequest, resource_type: str, patient: str | None, constraints: tuple[Query, ...]) -> None:
     body = request.body or b""
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DenyError(Reason.BODY_INVALID, "the patch is not JSON") from exc
-    protected = compartment_elements(resource_type) | {"id", "resourceType", "contained", "meta"}
+    protected = {"id", "resourceType", "contained", "meta"} | _constraint_elements(resource_type, constraints)
+    if patient is not None:
+        protected |= compartment_elements(resource_type)
     if resource_type == "Patient":
         protected |= {"link"}
     if request.content_type == _JSON_PATCH:
@@ -173,8 +180,8 @@ def _check_patch(request: FhirRequest, resource_type: str, patient: str | None) 
     else:
         raise DenyError(Reason.BODY_INVALID, "a patch must be JSON Patch or a FHIRPath Patch Parameters resource")
     if "" in touched or touched & protected:
-        raise DenyError(Reason.COMPARTMENT_AMBIGUOUS, "the patch touches a compartment element")
-    if any(mentioned_patients(text) - {patient} for text in all_strings(document)):
+        raise DenyError(Reason.COMPARTMENT_AMBIGUOUS, "the patch touches a compartment or constrained element")
+    if patient is not None and any(mentioned_patients(text) - {patient} for text in all_strings(document)):
         raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the patch references another patient")
 
 
