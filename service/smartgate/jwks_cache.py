@@ -30,6 +30,7 @@ log = logging.getLogger("smartgate.jwks")
 
 MAX_KEYS = 100
 MAX_JWKS_BYTES = 512 * 1024
+MIN_RSA_BITS = 2048
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 
@@ -78,6 +79,9 @@ def parse_jwks(document: Any) -> KeySet:
             continue
         if entry.get("use", "sig") != "sig" or "d" in entry:  # never a private key
             continue
+        key_ops = entry.get("key_ops")
+        if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+            continue
         kid = entry.get("kid")
         alg = entry.get("alg")
         if (kid is not None and not isinstance(kid, str)) or (alg is not None and not isinstance(alg, str)):
@@ -86,6 +90,9 @@ def parse_jwks(document: Any) -> KeySet:
             public_key = jwt.PyJWK(entry).key
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError) as exc:
             log.warning("skipping an unusable JWK (kid=%s): %s", kid, exc)
+            continue
+        if entry["kty"] == "RSA" and getattr(public_key, "key_size", 0) < MIN_RSA_BITS:
+            log.warning("skipping an RSA JWK shorter than %d bits (kid=%s)", MIN_RSA_BITS, kid)
             continue
         keys.append(SigningKey(kid, entry["kty"], entry.get("crv"), alg, public_key))
     by_kid: dict[str, tuple[SigningKey, ...]] = {}
@@ -182,17 +189,20 @@ class JwksCache:
         return jwks_uri
 
     async def _get_json(self, url: str) -> Any:
+        body = bytearray()
         try:
-            response = await self._client.get(
-                url, timeout=self._policy.fetch_timeout_seconds, headers={"accept": "application/json"}
-            )
+            async with self._client.stream(
+                "GET", url, timeout=self._policy.fetch_timeout_seconds, headers={"accept": "application/json"}
+            ) as response:
+                if response.status_code != 200:
+                    raise JwksError(f"GET {url} answered {response.status_code}")
+                async for chunk in response.aiter_bytes():
+                    body.extend(chunk)
+                    if len(body) > MAX_JWKS_BYTES:  # stop reading: the limit bounds memory and time
+                        raise JwksError(f"GET {url} answered more than {MAX_JWKS_BYTES} bytes")
         except httpx.HTTPError as exc:
             raise JwksError(f"GET {url} failed: {type(exc).__name__}") from exc
-        if response.status_code != 200:
-            raise JwksError(f"GET {url} answered {response.status_code}")
-        if len(response.content) > MAX_JWKS_BYTES:
-            raise JwksError(f"GET {url} answered more than {MAX_JWKS_BYTES} bytes")
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError as exc:
             raise JwksError(f"GET {url} did not answer JSON") from exc

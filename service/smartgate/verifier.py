@@ -153,13 +153,27 @@ class TokenVerifier:
             algorithms=[alg],
             audience=list(issuer.audiences),
             issuer=issuer.issuer,
-            leeway=self._policy.clock_skew_seconds,
-            options={"require": _REQUIRED_CLAIMS, "verify_signature": True},
+            options={"require": _REQUIRED_CLAIMS, "verify_signature": True,
+                     "verify_exp": False, "verify_nbf": False, "verify_iat": False},
         )
-        exp = claims["exp"]
-        if isinstance(exp, bool) or not isinstance(exp, int | float):
-            raise jwt.DecodeError("exp must be a number")
+        self._check_times(claims, now)
         return claims
+
+    def _check_times(self, claims: Mapping[str, Any], now: float) -> None:
+        """exp, nbf and iat against our own clock, with the configured skew."""
+        skew = self._policy.clock_skew_seconds
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if value is None and name != "exp":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise jwt.DecodeError(f"{name} must be a number")
+        if claims["exp"] <= now - skew:
+            raise jwt.ExpiredSignatureError("expired")
+        if "nbf" in claims and claims["nbf"] > now + skew:
+            raise jwt.ImmatureSignatureError("not yet valid (nbf)")
+        if "iat" in claims and claims["iat"] > now + skew:
+            raise jwt.ImmatureSignatureError("not yet valid (iat)")
 
     def _context(self, claims: Mapping[str, Any], issuer: IssuerConfig) -> TokenContext | TokenError:
         context = context_from_claims(claims, issuer.claims, self._fhir_base_url, issuer.dotted_scopes)
