@@ -32,6 +32,15 @@ def _expression_for(expression: str, resource_type: str) -> list[str]:
     return [part for part in parts if part.startswith(prefixes)]
 
 
+def _single_valued(expression: str, max_by_path: dict[str, str]) -> bool:
+    """True when every element along a simple path holds at most one value."""
+    path = expression.strip("()").split(".where(")[0]
+    parts = path.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return False
+    return all(max_by_path.get(".".join(parts[: i + 1])) == "1" for i in range(1, len(parts)))
+
+
 def extract(r4_dir: Path) -> dict[str, Any]:
     resources = _entries(r4_dir / "profiles-resources.json")
     resource_types = sorted(
@@ -47,6 +56,12 @@ def extract(r4_dir: Path) -> dict[str, Any]:
     patient_compartment = {
         entry["code"]: entry["param"] for entry in compartment["resource"] if entry.get("param")
     }
+    max_by_path = {
+        element["path"]: element.get("max", "1")
+        for r in resources
+        if r["resourceType"] == "StructureDefinition" and r.get("kind") == "resource"
+        for element in r.get("snapshot", {}).get("element", [])
+    }
     search_parameters: dict[str, dict[str, Any]] = {t: {} for t in resource_types}
     for param in _entries(r4_dir / "search-parameters.json"):
         for base in param.get("base", []):
@@ -60,6 +75,8 @@ def extract(r4_dir: Path) -> dict[str, Any]:
                     info["target"] = sorted(param.get("target", []))
                 if param["type"] in ("reference", "token"):
                     info["expression"] = _expression_for(param.get("expression", ""), resource_type)
+                if param["type"] == "reference":
+                    info["single"] = all(_single_valued(e, max_by_path) for e in info["expression"])
                 search_parameters[resource_type].setdefault(param["code"], info)
     return {
         "source": {

@@ -27,8 +27,13 @@ DEFAULT_TOKEN_TYPES: tuple[str, ...] = ("at+jwt", "application/at+jwt", "jwt")
 # Types outside the R4 Patient compartment that routinely carry patient data: a patient/
 # scope does not open them unless the operator changes ``patient_closed_types``.
 DEFAULT_PATIENT_CLOSED_TYPES: frozenset[str] = frozenset({
-    "Binary", "Bundle", "Contract", "GuidanceResponse", "Linkage", "MessageHeader", "Parameters",
+    "Binary", "Bundle", "Contract", "Device", "GuidanceResponse", "Linkage", "MessageHeader", "Parameters",
     "Subscription", "Task",
+})
+# Header names smartgate must never set or strip.
+_RESERVED_HEADERS = frozenset({
+    "authorization", "host", "content-length", "content-type", "transfer-encoding", "connection", "cookie",
+    "x-request-id", "x-forwarded-for", "x-envoy-original-path",
 })
 _HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*\Z")
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -311,6 +316,13 @@ def _header_name(key: str, value: Any) -> str:
     return name
 
 
+def _context_header_name(key: str, value: Any) -> str:
+    name = _header_name(key, value)
+    if name in _RESERVED_HEADERS or name.startswith(("x-envoy-", ":")):
+        raise ConfigError(key, f"{name!r} is reserved and cannot carry the SMART context")
+    return name
+
+
 def _string_map(key: str, value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ConfigError(key, "must be a mapping of strings")
@@ -451,7 +463,8 @@ def _headers(section: _Section) -> HeaderNames:
     default = HeaderNames()
     section.reject_unknown(set(default.__dataclass_fields__))
     names = HeaderNames(
-        **{name: section.get(name, _header_name, getattr(default, name)) for name in default.__dataclass_fields__}
+        **{name: section.get(name, _context_header_name, getattr(default, name))
+           for name in default.__dataclass_fields__}
     )
     if len(set(names.all())) != len(names.all()):
         raise ConfigError(section.path, "header names must be distinct")

@@ -19,6 +19,7 @@ class SearchParameterInfo:
     type: str
     targets: frozenset[str]
     expressions: tuple[str, ...]
+    single: bool = False  # every element on its path holds at most one value
 
 
 def _load() -> dict[str, Any]:
@@ -45,6 +46,7 @@ SEARCH_PARAMETERS: dict[str, dict[str, SearchParameterInfo]] = {
             type=info["type"],
             targets=frozenset(info.get("target", ())),
             expressions=tuple(info.get("expression", ())),
+            single=bool(info.get("single", False)),
         )
         for code, info in params.items()
     }

@@ -37,7 +37,7 @@ def _level(request: FhirRequest) -> str:
 def decide_operation(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:
     name = request.operation or ""
     if name == "$everything" and request.resource_type == "Patient":
-        return _everything(request, token)
+        return _everything(request, token, settings)
     level = _level(request)
     for rule in settings.operations:
         if rule.name == name and level in rule.levels:
@@ -45,7 +45,7 @@ def decide_operation(request: FhirRequest, token: TokenContext, settings: Policy
     raise DenyError(Reason.OPERATION_NOT_PERMITTED, f"the {name} operation is not open ({level} level)")
 
 
-def _everything(request: FhirRequest, token: TokenContext) -> Decision:
+def _everything(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision:
     if request.resource_id is None:
         raise DenyError(Reason.OPERATION_NOT_PERMITTED, "type-level Patient/$everything is not open")
     for param in request.params:
@@ -61,7 +61,10 @@ def _everything(request: FhirRequest, token: TokenContext) -> Decision:
     patient = require_patient(token)
     if request.resource_id != patient:
         raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "$everything of another patient")
-    missing = sorted(t for t in types if not (grants.permits("patient", t, "r") and grants.permits("patient", t, "s")))
+    # Types named in _type must also be open to patient/ scopes; without _type the server decides
+    # what the compartment holds (response verification is the backstop for what it returns).
+    missing = sorted(t for t in types if not (grants.permits("patient", t, "r") and grants.permits("patient", t, "s"))
+                     or t in requested & settings.patient_closed_types)
     if missing:
         raise DenyError(Reason.SCOPE_INSUFFICIENT,
                         f"$everything can return types the scopes do not grant ({', '.join(missing[:5])}...)")

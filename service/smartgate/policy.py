@@ -181,6 +181,8 @@ def _patient_search(
             raise DenyError(Reason.INTERACTION_NOT_SUPPORTED, f"{searched} is not in the Patient compartment")
     binding = _binding(searched, request.params, patient, settings.fhir_base_url)
     compartment_type = searched in BINDING_PARAMS
+    if not compartment_type:
+        _check_patient_references(searched, request.params, patient, settings.fhir_base_url)
     if compartment_type and not bound_by_path and binding is None:
         raise DenyError(Reason.COMPARTMENT_UNBOUND, f"a {searched} search must be bound to the context patient")
     _check_patient_includes(request, token, searched, None if bound_by_path else binding, settings)
@@ -221,6 +223,24 @@ def _binding(searched: str, params: tuple[SearchParam, ...], patient: str, base_
                 raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the search names another patient")
             bound_by = bound_by or param.code
     return bound_by
+
+
+def _check_patient_references(
+    searched: str, params: tuple[SearchParam, ...], patient: str, base_url: str
+) -> None:
+    """Outside the compartment nothing binds the search, so every reference parameter that can
+    target a Patient must name the context patient or, unambiguously, another type."""
+    for param in params:
+        info = search_parameter(searched, param.code)
+        if info is None or info.type != "reference" or "Patient" not in info.targets:
+            continue
+        if param.chain is not None:
+            raise DenyError(Reason.SEARCH_PARAMETER_NOT_PERMITTED, f"chained {param.code} cannot be checked")
+        reference = classify_reference(param.value, info.targets, param.modifier, base_url)
+        if reference.kind is ReferenceKind.AMBIGUOUS:
+            raise DenyError(Reason.COMPARTMENT_AMBIGUOUS, f"{param.code} does not name exactly one resource")
+        if reference.kind is ReferenceKind.PATIENT and reference.patient_id != patient:
+            raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the search names another patient")
 
 
 # --- _include / _revinclude --------------------------------------------------------------------
@@ -276,8 +296,10 @@ def _check_patient_includes(
             source, code, target = _parse_include(param)
             if source != searched:
                 raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"_include must start from {searched}")
-            if code == binding and binding != "_id" and target in (None, "Patient"):
-                # Every match references the context patient through this very parameter.
+            info = search_parameter(source, code)
+            single = info is not None and info.single
+            if code == binding and binding != "_id" and target in (None, "Patient") and single:
+                # Every match references the context patient through this very single-valued element.
                 _check_included_type(token, "Patient", True, settings)
                 continue
             for included in _include_targets(source, code, target):

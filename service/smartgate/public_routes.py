@@ -23,7 +23,9 @@ class PublicRoutes:
         if request.method == "OPTIONS":
             return "origin" in request.headers and "access-control-request-method" in request.headers
         path = request.path.partition("?")[0]
-        if "%" in path or not path.startswith(self._base_path + "/"):
+        if "%" in path or "\\" in path or not path.startswith(self._base_path + "/"):
+            return False
+        if any(segment in ("", ".", "..") for segment in path[len(self._base_path) + 1:].rstrip("/").split("/")):
             return False
         relative = path[len(self._base_path) :].rstrip("/") or "/"
         for route in self._routes:

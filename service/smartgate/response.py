@@ -9,6 +9,7 @@ Deny: the HTTP status, ``WWW-Authenticate`` (RFC 6750) and a FHIR OperationOutco
 from __future__ import annotations
 
 import json
+import re
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
@@ -32,8 +33,12 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
 
 
+_NOT_QDTEXT = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
 def _quoted(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    """RFC 6750 section 3: error_description and realm use %x20-21 / %x23-5B / %x5D-7E only."""
+    return _NOT_QDTEXT.sub("_", text)
 
 
 def www_authenticate(reason: Reason, realm: str, message: str) -> str | None:

@@ -58,7 +58,7 @@ def parse_scope(text: str) -> SmartScope | None:
             constraints = tuple(parse_qsl(query, keep_blank_values=False, strict_parsing=True))
         except ValueError:
             return None
-        if not constraints:
+        if not constraints or any(not name for name, _ in constraints):
             return None
     return SmartScope(context, resource_type, permissions, constraints, text)
 
