@@ -105,6 +105,8 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
             smartgate_http_port=int(config.listen.http.rpartition(":")[2]) if config.smart_configuration else None,
             upstream_url=config.fhir.upstream_url,
             base_path=config.fhir.base_path, max_request_bytes=config.max_request_bytes,
+            response_verification=config.response_verification.mode,
+            max_response_bytes=config.response_verification.max_body_bytes,
         )
     sys.stdout.write(render_yaml(settings))
     return 0

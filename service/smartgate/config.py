@@ -127,6 +127,14 @@ class OperationRule:
 
 
 @dataclass(frozen=True)
+class ResponseVerificationConfig:
+    """Defence in depth through Envoy's ext_proc filter: check what the FHIR server returns."""
+
+    mode: str = "off"  # off | report | enforce
+    max_body_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     cert_file: str
     key_file: str
@@ -198,6 +206,7 @@ class Config:
     tls: TlsConfig | None = None
     audit: AuditConfig = field(default_factory=AuditConfig)
     operations: tuple[OperationRule, ...] = ()
+    response_verification: ResponseVerificationConfig = field(default_factory=ResponseVerificationConfig)
 
 
 T = TypeVar("T")
@@ -544,6 +553,14 @@ def _operations(key: str, value: Any) -> tuple[OperationRule, ...]:
     return tuple(_operation(_Section(item, f"{key}[{i}]")) for i, item in enumerate(value))
 
 
+def _response_verification(section: _Section) -> ResponseVerificationConfig:
+    section.reject_unknown({"mode", "max_body_bytes"})
+    mode = section.get("mode", _string, "off")
+    if mode not in ("off", "report", "enforce"):
+        raise ConfigError(section.key("mode"), "must be off, report or enforce")
+    return ResponseVerificationConfig(mode, section.get("max_body_bytes", _positive_int, 4 * 1024 * 1024))
+
+
 def _fail(key: str, reason: str) -> Any:
     raise ConfigError(key, reason)
 
@@ -554,7 +571,7 @@ def parse_config(data: Any) -> Config:
     root.reject_unknown(
         {"listen", "fhir", "issuers", "tokens", "jwks", "public_routes", "headers", "realm",
          "max_request_bytes", "decision_log", "patient_closed_types", "mode", "smart_configuration", "workers",
-         "shutdown_grace_seconds", "tls", "audit", "operations"}
+         "shutdown_grace_seconds", "tls", "audit", "operations", "response_verification"}
     )
     listen_section = root.section("listen")
     listen_section.reject_unknown({"grpc", "http"})
@@ -598,6 +615,7 @@ def parse_config(data: Any) -> Config:
         tls=_tls(root.section("tls")) if root.data.get("tls") else None,
         audit=_audit(root.section("audit")),
         operations=root.get("operations", _operations, ()),
+        response_verification=_response_verification(root.section("response_verification")),
         listen=listen,
         fhir=fhir,
         issuers=issuers,

@@ -29,6 +29,8 @@ class EnvoySettings:
     upstream_url: str = "http://fhir-server:8080/fhir"
     base_path: str = "/fhir"
     max_request_bytes: int = 1_048_576
+    response_verification: str = "off"  # off | report | enforce (ext_proc to smartgate)
+    max_response_bytes: int = 4 * 1024 * 1024
 
 
 def _cluster(name: str, host: str, ports: list[int], http2: bool) -> dict[str, Any]:
@@ -88,11 +90,34 @@ def _smart_configuration_route(settings: EnvoySettings) -> list[dict[str, Any]]:
     }]
 
 
+def _ext_proc(settings: EnvoySettings) -> list[dict[str, Any]]:
+    """Response verification: smartgate sees the buffered response of patient-context requests.
+    The verified context comes from ext_authz's dynamic metadata, never from request headers."""
+    if settings.response_verification == "off":
+        return []
+    return [{
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": f"{_HTTP_FILTERS_PREFIX}.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "smartgate"}, "timeout": "5s"},
+            "failure_mode_allow": settings.response_verification == "report",
+            "allow_mode_override": True,
+            "message_timeout": "5s",
+            "processing_mode": {
+                "request_header_mode": "SKIP", "request_body_mode": "NONE", "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND", "response_body_mode": "BUFFERED", "response_trailer_mode": "SKIP",
+            },
+            "metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.filters.http.ext_authz"]}},
+        },
+    }]
+
+
 def render(settings: EnvoySettings) -> dict[str, Any]:
     upstream = urlsplit(settings.upstream_url)
     upstream_port = upstream.port or (443 if upstream.scheme == "https" else 80)
     upstream_path = upstream.path.rstrip("/")
     route: dict[str, Any] = {"cluster": "fhir_upstream", "timeout": "60s"}
+    verifying = settings.response_verification != "off"
     if upstream_path != settings.base_path:
         route["prefix_rewrite"] = upstream_path + "/" if upstream_path else "/"
     upstream_cluster = _cluster("fhir_upstream", upstream.hostname or "localhost", [upstream_port], http2=False)
@@ -104,6 +129,8 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
                 "sni": upstream.hostname,
             },
         }
+    # A compressed response cannot be verified: ask the FHIR server for identity encoding.
+    upstream_extras: dict[str, Any] = {"request_headers_to_remove": ["accept-encoding"]} if verifying else {}
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
                  ".HttpConnectionManager",
@@ -119,14 +146,15 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
                 "domains": ["*"],
                 "routes": [
                     *_smart_configuration_route(settings),
-                    {"match": {"path": settings.base_path}, "route": dict(route)},
-                    {"match": {"prefix": settings.base_path + "/"}, "route": route},
+                    {"match": {"path": settings.base_path}, "route": dict(route), **upstream_extras},
+                    {"match": {"prefix": settings.base_path + "/"}, "route": route, **upstream_extras},
                     {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
                 ],
             }],
         },
         "http_filters": [
             _ext_authz(settings),
+            *_ext_proc(settings),
             {"name": "envoy.filters.http.router",
              "typed_config": {"@type": f"{_HTTP_FILTERS_PREFIX}.router.v3.Router"}},
         ],
@@ -139,6 +167,8 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
                 "name": "fhir_ingress",
                 "address": {"socket_address": {"address": settings.listen_host,
                                                "port_value": settings.listen_port}},
+                "per_connection_buffer_limit_bytes": max(
+                    settings.max_request_bytes, settings.max_response_bytes if verifying else 0, 1_048_576),
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": hcm,

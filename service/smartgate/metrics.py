@@ -59,6 +59,14 @@ LOOKUP_SECONDS = Histogram(
     "smartgate_lookup_duration_seconds", "Time of compartment look-ups against the FHIR server.",
     buckets=LATENCY_BUCKETS,
 )
+RESPONSE_CHECKS = Counter(
+    "smartgate_response_checks", "Response verifications by mode and result (clean, blocked, reported, skipped).",
+    ["mode", "result"],
+)
+RESPONSE_CHECK_SECONDS = Histogram(
+    "smartgate_response_check_duration_seconds", "Time to verify one buffered response body.",
+    buckets=LATENCY_BUCKETS,
+)
 READY = Gauge("smartgate_ready", "1 when every issuer has a usable key set.", multiprocess_mode="livemin")
 BUILD_INFO = Gauge(
     "smartgate_build_info", "Build information.", ["version", "python"], multiprocess_mode="max"

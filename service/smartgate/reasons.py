@@ -59,6 +59,7 @@ class Reason(enum.Enum):
     CONDITIONAL_NOT_PERMITTED = ("conditional_not_permitted", 403, "insufficient_scope")
     OPERATION_NOT_PERMITTED = ("operation_not_permitted", 403, "insufficient_scope")
     BUNDLE_ENTRY_DENIED = ("bundle_entry_denied", 403, "insufficient_scope")
+    RESPONSE_FOREIGN_RESOURCE = ("response_foreign_resource", 403, "insufficient_scope")
 
     # 5xx: we could not decide, so we deny.
     LOOKUP_FAILED = ("lookup_failed", 503, None)

@@ -69,9 +69,10 @@ def operation_outcome(reason: Reason, message: str) -> bytes:
 
 
 class ResponseBuilder:
-    def __init__(self, header_names: HeaderNames, realm: str) -> None:
+    def __init__(self, header_names: HeaderNames, realm: str, hand_over_context: bool = False) -> None:
         self._names = header_names
         self._realm = realm
+        self._hand_over = hand_over_context  # for response verification (ext_proc)
 
     def build(self, decision: Decision) -> external_auth_pb2.CheckResponse:
         if decision.allowed:
@@ -95,7 +96,14 @@ class ResponseBuilder:
                 ok.headers.append(_header(name, value))
             else:
                 ok.headers_to_remove.append(name)
-        return external_auth_pb2.CheckResponse(status=_OK, ok_response=ok)
+        response = external_auth_pb2.CheckResponse(status=_OK, ok_response=ok)
+        if self._hand_over and context is not None and context.patient and context.grants.has_patient_scopes:
+            # Emitted by Envoy as dynamic metadata (namespace envoy.filters.http.ext_authz) for ext_proc.
+            response.dynamic_metadata.update({
+                "patient": context.patient, "scope": context.scope_text, "interaction": decision.interaction,
+                "resource_type": decision.resource_type,
+            })
+        return response
 
     def _deny(self, decision: Decision) -> external_auth_pb2.CheckResponse:
         reason = decision.reason

@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import httpx
 from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
@@ -37,6 +38,7 @@ from smartgate.membership import MembershipLookup
 from smartgate.policy import PolicySettings
 from smartgate.public_routes import PublicRoutes
 from smartgate.response import ResponseBuilder
+from smartgate.response_verifier import ResponseVerifier
 from smartgate.smart_configuration import CORS_HEADERS, SmartConfiguration
 from smartgate.verifier import TokenVerifier
 
@@ -83,7 +85,8 @@ def build_components(config: Config) -> Components:
     )
     pipeline = Pipeline(
         authorizer=authorizer,
-        responses=ResponseBuilder(config.headers, config.realm),
+        responses=ResponseBuilder(config.headers, config.realm,
+                                  hand_over_context=config.response_verification.mode != "off"),
         decision_log=DecisionLog(config.decision_log),
         audit_log=AuditEventLog(config.audit.destination, config.fhir.base_url, config.audit.source_observer),
         dry_run=config.mode == "dry_run",
@@ -197,6 +200,11 @@ class Worker:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self._service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        verification = config.response_verification
+        if verification.mode != "off":
+            external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ResponseVerifier(
+                verification.mode, verification.max_body_bytes, config.fhir.base_url, config.patient_closed_types,
+            ), server)
         await self._set_serving(False)
         address = grpc_address(config, self._index)
         port = (server.add_secure_port(address, _credentials(config.tls)) if config.tls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -60,9 +61,10 @@ class Stack:
         return (self.workdir / "decisions.jsonl").read_text(encoding="utf-8")
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("stack")
+@contextlib.contextmanager
+def start_stack(workdir: Path, config_overrides: dict[str, Any] | None = None,
+                envoy_overrides: dict[str, Any] | None = None) -> Iterator[Stack]:
+    """IdP stand-in + demo FHIR server + smartgate + Envoy on free loopback ports."""
     keys = new_keys()
     idp = IdentityProvider(keys)
     upstream_port, grpc_port, http_port = free_port(), free_port(), free_port()
@@ -70,20 +72,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     upstream = start_upstream("127.0.0.1", upstream_port)
     base_url = f"http://127.0.0.1:{envoy_port}/fhir"
     audience = "https://fhir.example.org/r4"
-    config = {
+    config: dict[str, Any] = {
         "listen": {"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{http_port}"},
         "fhir": {"base_url": base_url, "upstream_url": f"http://127.0.0.1:{upstream_port}/fhir"},
         "issuers": [{"issuer": idp.issuer, "audiences": [audience, base_url]}],
         "max_request_bytes": MAX_REQUEST_BYTES,
         "decision_log": str(workdir / "decisions.jsonl"),
+        **(config_overrides or {}),
     }
-    with running(start_smartgate(config, workdir)):
-        settings = EnvoySettings(
-            listen_host="127.0.0.1", listen_port=envoy_port, admin_port=admin_port, authz_port=grpc_port,
-            upstream_url=f"http://127.0.0.1:{upstream_port}/fhir", base_path="/fhir",
-            max_request_bytes=MAX_REQUEST_BYTES, smartgate_http_port=http_port,
-        )
-        with running(start_envoy(settings, workdir)), httpx.Client(timeout=10) as client:
-            yield Stack(base_url, keys, idp.issuer, audience, workdir, client)
-    upstream.shutdown()
-    idp.close()
+    try:
+        with running(start_smartgate(config, workdir)):
+            settings = EnvoySettings(
+                listen_host="127.0.0.1", listen_port=envoy_port, admin_port=admin_port, authz_port=grpc_port,
+                upstream_url=f"http://127.0.0.1:{upstream_port}/fhir", base_path="/fhir",
+                max_request_bytes=MAX_REQUEST_BYTES, smartgate_http_port=http_port, **(envoy_overrides or {}),
+            )
+            with running(start_envoy(settings, workdir)), httpx.Client(timeout=10) as client:
+                yield Stack(base_url, keys, idp.issuer, audience, workdir, client)
+    finally:
+        upstream.shutdown()
+        idp.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with start_stack(tmp_path_factory.mktemp("stack")) as started:
+        yield started

@@ -103,6 +103,11 @@ class FhirStore:
         return found
 
 
+# A search carrying _tag=smartgate-misbehave also returns another patient's Observation: the tests
+# use it to show response verification blocking what the request-side rules could not predict.
+MISBEHAVE_TAG = "smartgate-misbehave"
+
+
 def _bundle(resources: list[dict[str, Any]], summary_count: bool) -> dict[str, Any]:
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(resources)}
     if not summary_count:
@@ -171,7 +176,11 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
                 self._send(200, {"capabilities": ["launch-standalone", "permission-v2"]})
             elif len(parts) == 1 or (len(parts) == 2 and parts[1] == "_search" and method == "POST"):
                 try:
-                    self._send(200, _bundle(store.search(parts[0], params), count))
+                    tagged = ("_tag", MISBEHAVE_TAG) in params
+                    found = store.search(parts[0], [p for p in params if p != ("_tag", MISBEHAVE_TAG)])
+                    if tagged:
+                        found.append(store.resources[("Observation", "obs-456-a")])
+                    self._send(200, _bundle(found, count))
                 except RuntimeError:
                     self._send(500, {"resourceType": "OperationOutcome"})
             elif len(parts) == 3 and parts[2] == "_history" and method == "GET":

@@ -1,0 +1,65 @@
+"""Response verification through Envoy's ext_proc filter: a response carrying another patient's
+resource is blocked in enforce mode and reported in report mode; ordinary responses pass untouched."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from smartgate.demo.upstream import MISBEHAVE_TAG
+
+from .conftest import Stack, start_stack
+
+pytestmark = pytest.mark.integration
+LEAKY_SEARCH = f"/Observation?patient=123&_tag={MISBEHAVE_TAG}"
+
+
+@pytest.fixture(scope="module")
+def enforcing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with start_stack(tmp_path_factory.mktemp("enforce"), {"response_verification": {"mode": "enforce"}},
+                     {"response_verification": "enforce"}) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def reporting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with start_stack(tmp_path_factory.mktemp("report"), {"response_verification": {"mode": "report"}},
+                     {"response_verification": "report"}) as started:
+        yield started
+
+
+def test_the_request_side_rules_allow_the_leaky_search(stack: Stack) -> None:
+    response = stack.get(LEAKY_SEARCH, stack.token())
+    assert response.status_code == 200
+    assert "obs-456-a" in response.text  # without verification the foreign record leaks
+
+
+def test_enforce_mode_blocks_a_response_with_another_patients_resource(enforcing: Stack) -> None:
+    response = enforcing.get(LEAKY_SEARCH, enforcing.token())
+    assert response.status_code == 403
+    assert "obs-456-a" not in response.text and "Brown" not in response.text
+    outcome = response.json()
+    assert outcome["issue"][0]["details"]["coding"][0]["code"] == "response_foreign_resource"
+
+
+def test_enforce_mode_passes_ordinary_responses_untouched(enforcing: Stack) -> None:
+    plain = enforcing.get("/Observation?patient=123", enforcing.token())
+    assert plain.status_code == 200
+    assert {e["resource"]["id"] for e in plain.json()["entry"]} == {"obs-123-a", "obs-123-b"}
+    assert enforcing.get("/Observation/obs-123-a", enforcing.token()).json()["id"] == "obs-123-a"
+    assert enforcing.get("/Patient/123", enforcing.token()).json()["id"] == "123"
+
+
+def test_enforce_mode_leaves_user_scoped_responses_alone(enforcing: Stack) -> None:
+    response = enforcing.get(LEAKY_SEARCH, enforcing.token(scope="user/Observation.rs", patient=None))
+    assert response.status_code == 200
+
+
+def test_report_mode_passes_the_response_but_logs_and_counts_it(reporting: Stack) -> None:
+    response = reporting.get(LEAKY_SEARCH, reporting.token())
+    assert response.status_code == 200 and "obs-456-a" in response.text
+    log = (reporting.workdir / "smartgate.stderr").read_text()
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith('{"time"') and '"stage"' in line]
+    assert any(e["outcome"] == "reported" and e["reason"] == "response_foreign_resource" for e in entries)
