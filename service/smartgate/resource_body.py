@@ -5,6 +5,7 @@ conditional or external references)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -55,7 +56,7 @@ def resolve_reference(reference: str, fhir_base_url: str) -> ResolvedReference |
     return ResolvedReference(match.group(1), match.group(2))
 
 
-def _values_at(node: Any, path: list[str]) -> Iterator[Any]:
+def _values_at(node: Any, path: tuple[str, ...]) -> Iterator[Any]:
     if not path:
         yield node
         return
@@ -67,17 +68,18 @@ def _values_at(node: Any, path: list[str]) -> Iterator[Any]:
         yield from _values_at(node[path[0]], path[1:])
 
 
-def element_paths(resource_type: str, code: str) -> list[tuple[list[str], bool]]:
+@functools.lru_cache(maxsize=8192)
+def element_paths(resource_type: str, code: str) -> tuple[tuple[tuple[str, ...], bool], ...]:
     """(path below the resource, patient-only) for a search parameter's simple expressions."""
     info = search_parameter(resource_type, code)
-    paths = []
+    paths: list[tuple[tuple[str, ...], bool]] = []
     for expression in info.expressions if info else ():
         patient_only = expression.endswith(_WHERE_PATIENT)
         text = expression[: -len(_WHERE_PATIENT)] if patient_only else expression
         parts = text.strip("()").split(".")
         if parts[0] == resource_type and all(part.isidentifier() for part in parts):
-            paths.append((parts[1:], patient_only))
-    return paths
+            paths.append((tuple(parts[1:]), patient_only))
+    return tuple(paths)
 
 
 def compartment_elements(resource_type: str) -> frozenset[str]:
@@ -90,13 +92,17 @@ def compartment_elements(resource_type: str) -> frozenset[str]:
     return frozenset(names)
 
 
+@functools.lru_cache(maxsize=1024)
+def _compartment_paths(resource_type: str) -> tuple[tuple[str, ...], ...]:
+    paths = {path for code in MEMBERSHIP_PARAMS.get(resource_type, ()) for path, _ in element_paths(resource_type, code)}
+    return tuple(sorted(paths))
+
+
 def compartment_references(resource: dict[str, Any]) -> list[Any]:
     """Every value found in the resource's compartment elements (References, or junk)."""
-    resource_type = resource["resourceType"]
     found: list[Any] = []
-    for code in MEMBERSHIP_PARAMS.get(resource_type, ()):
-        for path, _ in element_paths(resource_type, code):
-            found.extend(_values_at(resource, path))
+    for path in _compartment_paths(resource["resourceType"]):
+        found.extend(_values_at(resource, path))
     return found
 
 

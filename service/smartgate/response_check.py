@@ -53,6 +53,7 @@ def check_response_body(body: bytes, context: ResponseContext) -> tuple[int, lis
         return 0, [Finding("resource", "Bundle", f"a {document.get('type')} Bundle is not a response Bundle")]
     findings: list[Finding] = []
     checked = 0
+    access_cache: dict[str, tuple[bool, tuple[Any, ...]] | None] = {}
     for index, entry in enumerate(document.get("entry") or []):
         resources = [entry.get("resource")] if isinstance(entry, dict) else [None]
         response = entry.get("response") if isinstance(entry, dict) else None
@@ -65,19 +66,26 @@ def check_response_body(body: bytes, context: ResponseContext) -> tuple[int, lis
             if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
                 findings.append(Finding(f"entry {index}", "", "not a FHIR resource"))
                 continue
-            problem = _check_resource(resource, context)
+            problem = _check_resource(resource, context, access_cache)
             if problem:
                 findings.append(Finding(f"entry {index}", resource["resourceType"], problem))
     return checked, findings
 
 
-def _check_resource(resource: dict[str, Any], context: ResponseContext) -> str:
+def _check_resource(
+    resource: dict[str, Any], context: ResponseContext,
+    access_cache: dict[str, tuple[bool, tuple[Any, ...]] | None] | None = None,
+) -> str:
     resource_type: str = resource["resourceType"]
     if resource_type == "OperationOutcome":
         return ""
     if resource_type == "Bundle":
         return "a nested Bundle cannot be checked"
-    access = resolve_access_for_grants(context.grants, resource_type)
+    if access_cache is None:
+        access_cache = {}
+    if resource_type not in access_cache:
+        access_cache[resource_type] = resolve_access_for_grants(context.grants, resource_type)
+    access = access_cache[resource_type]
     if access is None:
         return f"no scope grants reading {resource_type}"
     beyond_patient, constraints = access
