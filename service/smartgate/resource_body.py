@@ -94,7 +94,9 @@ def compartment_elements(resource_type: str) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1024)
 def _compartment_paths(resource_type: str) -> tuple[tuple[str, ...], ...]:
-    paths = {path for code in MEMBERSHIP_PARAMS.get(resource_type, ()) for path, _ in element_paths(resource_type, code)}
+    paths = {
+        path for code in MEMBERSHIP_PARAMS.get(resource_type, ()) for path, _ in element_paths(resource_type, code)
+    }
     return tuple(sorted(paths))
 
 
