@@ -11,13 +11,22 @@ import logging
 
 from smartgate.bearer import BearerError, extract_bearer
 from smartgate.compartment import MEMBERSHIP_PARAMS
-from smartgate.decision import BinaryCheck, Decision, LookupCheck, MembershipCheck, Pending, compartment_check
+from smartgate.decision import (
+    BinaryCheck,
+    Decision,
+    LookupCheck,
+    MembershipCheck,
+    Pending,
+    VersionCheck,
+    compartment_check,
+)
 from smartgate.fhir_request import RequestError, parse_fhir_request
 from smartgate.membership import LookupError, MembershipLookup
 from smartgate.policy import PolicySettings, decide
 from smartgate.public_routes import PublicRoutes
 from smartgate.reasons import Reason
 from smartgate.request import HttpRequest
+from smartgate.resource_body import belongs_to_patient
 from smartgate.verifier import TokenError, TokenVerifier
 
 log = logging.getLogger("smartgate.authorizer")
@@ -84,6 +93,13 @@ class Authorizer:
     async def _check(self, check: LookupCheck) -> bool:
         if isinstance(check, BinaryCheck):
             return await self._binary(check)
+        if isinstance(check, VersionCheck):
+            versions = await self._lookup.versions(check.resource_type, check.resource_id, check.version_id)
+            return all(
+                isinstance(version, dict) and version.get("resourceType") == check.resource_type
+                and belongs_to_patient(version, check.patient_id, self._policy.fhir_base_url)
+                for version in versions
+            )
         result = await self._lookup.is_member(check)
         if result.member:
             return True

@@ -4,10 +4,11 @@ OperationOutcome names the entry."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
-from smartgate.decision import BinaryCheck, Decision, LookupCheck, MembershipCheck, Pending
+from smartgate.decision import Decision, LookupCheck, Pending
 from smartgate.fhir_request import FhirRequest, Interaction, RequestError, parse_fhir_request
 from smartgate.policy import DenyError, PolicySettings, decide, decision
 from smartgate.reasons import Reason
@@ -59,9 +60,7 @@ def _entry_request(entry: dict[str, Any], base_path: str, fhir_base_url: str) ->
 
 
 def _relabel(check: LookupCheck, label: str) -> LookupCheck:
-    if isinstance(check, MembershipCheck):
-        return MembershipCheck(check.resource_type, check.resource_id, check.queries, check.absent_ok, label)
-    return BinaryCheck(check.resource_id, check.patient_id, label)
+    return dataclasses.replace(check, label=label)
 
 
 def decide_bundle(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:

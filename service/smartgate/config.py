@@ -630,6 +630,12 @@ def parse_config(data: Any) -> Config:
     )
 
 
+def grpc_address(config: Config, worker_index: int) -> str:
+    """Worker ``i`` listens on the configured gRPC port + i."""
+    host, _, port = config.listen.grpc.rpartition(":")
+    return f"{host}:{int(port) + worker_index}"
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file; raise ConfigError naming the key and the reason."""
     try:

@@ -63,7 +63,19 @@ class BinaryCheck:
     label: str = ""
 
 
-LookupCheck = MembershipCheck | BinaryCheck
+@dataclass(frozen=True, slots=True)
+class VersionCheck:
+    """vread and instance history show past versions: each one shown must be the patient's too
+    (a resource whose subject changed must not reveal the earlier patient's version)."""
+
+    resource_type: str
+    resource_id: str
+    version_id: str | None  # None: every version in the instance history
+    patient_id: str
+    label: str = ""
+
+
+LookupCheck = MembershipCheck | BinaryCheck | VersionCheck
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,15 @@ def _cluster(name: str, host: str, ports: list[int], http2: bool) -> dict[str, A
     return cluster
 
 
+def _with_health_checks(cluster: dict[str, Any]) -> dict[str, Any]:
+    """Active gRPC health checks (grpc.health.v1), so a worker that is down or not ready is skipped."""
+    cluster["health_checks"] = [{
+        "timeout": "1s", "interval": "2s", "no_traffic_interval": "2s",
+        "unhealthy_threshold": 1, "healthy_threshold": 1, "grpc_health_check": {},
+    }]
+    return cluster
+
+
 def _ext_authz(settings: EnvoySettings) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_authz",
@@ -175,8 +184,9 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
                 }]}],
             }],
             "clusters": [
-                _cluster("smartgate", settings.authz_host,
-                         [settings.authz_port + i for i in range(settings.authz_workers)], http2=True),
+                _with_health_checks(_cluster("smartgate", settings.authz_host,
+                                             [settings.authz_port + i for i in range(settings.authz_workers)],
+                                             http2=True)),
                 upstream_cluster,
                 *([_cluster("smartgate_http", settings.authz_host, [settings.smartgate_http_port], http2=False)]
                   if settings.smartgate_http_port else []),

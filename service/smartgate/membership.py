@@ -147,6 +147,22 @@ class MembershipLookup:
             raise LookupError("the FHIR server did not answer a Bundle")
         return bool(bundle.get("total") or bundle.get("entry"))
 
+    async def versions(self, resource_type: str, resource_id: str, version_id: str | None,
+                       limit: int = 100) -> list[Any]:
+        """The past versions a vread or an instance history would show (all of them, or raise)."""
+        if version_id is not None:
+            return [await self._get_json(f"{self._base}/{resource_type}/{resource_id}/_history/{version_id}", [])]
+        bundle = await self._get_json(f"{self._base}/{resource_type}/{resource_id}/_history",
+                                      [("_count", str(limit))])
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise LookupError("the FHIR server did not answer a Bundle")
+        entries = bundle.get("entry") or []
+        total = bundle.get("total")
+        more = any(isinstance(link, dict) and link.get("relation") == "next" for link in bundle.get("link") or [])
+        if more or (isinstance(total, int) and total > len(entries)):
+            raise LookupError(f"more than {limit} versions: the history cannot be checked whole")
+        return [entry.get("resource") for entry in entries if isinstance(entry, dict) and entry.get("resource")]
+
     async def binary_security_context(self, resource_id: str, fhir_base_url: str) -> tuple[str, str] | None:
         """The (type, id) a Binary's securityContext names, or None when it has none."""
         document = await self._get_json(f"{self._base}/Binary/{resource_id}", [])

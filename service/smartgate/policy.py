@@ -20,7 +20,16 @@ from smartgate.compartment import (
     mentioned_patients,
 )
 from smartgate.config import DEFAULT_PATIENT_CLOSED_TYPES, OperationRule
-from smartgate.decision import BinaryCheck, Decision, MembershipCheck, Pending, Query, compartment_check
+from smartgate.decision import (
+    BinaryCheck,
+    Decision,
+    LookupCheck,
+    MembershipCheck,
+    Pending,
+    Query,
+    VersionCheck,
+    compartment_check,
+)
 from smartgate.fhir_definitions import search_parameter
 from smartgate.fhir_request import FhirRequest, Interaction, is_valid_id
 from smartgate.query import SearchParam
@@ -120,14 +129,18 @@ def _read(request: FhirRequest, token: TokenContext, settings: PolicySettings) -
             return Pending((BinaryCheck(resource_id, patient),), allow)
         require_open_type(resource_type, settings)
         if access.patient_unconstrained:
-            if resource_type == "Patient" and resource_id == patient:
+            if resource_type == "Patient" and resource_id == patient:  # every version of it is the patient
                 return decision(Reason.ALLOWED_CONTEXT_PATIENT, "the context patient", request, token)
             if resource_type not in MEMBERSHIP_PARAMS:
                 return decision(Reason.ALLOWED_OUTSIDE_COMPARTMENT, f"{resource_type} is outside the compartment",
                                 request, token)
         queries.extend(patient_queries(resource_type, resource_id, patient, access.patient_level))
     allow = decision(Reason.ALLOWED_COMPARTMENT_MEMBER, "proven by look-up", request, token)
-    return Pending((MembershipCheck(resource_type, resource_id, tuple(queries)),), allow)
+    checks: list[LookupCheck] = [MembershipCheck(resource_type, resource_id, tuple(queries))]
+    past_versions = request.interaction in (Interaction.VREAD, Interaction.HISTORY_INSTANCE)
+    if past_versions and access.patient_level and not access.type_level and resource_type in MEMBERSHIP_PARAMS:
+        checks.append(VersionCheck(resource_type, resource_id, request.version_id, require_patient(token)))
+    return Pending(tuple(checks), allow)
 
 
 def patient_queries(resource_type: str, resource_id: str, patient: str, constraints: tuple[Query, ...]) -> list[Query]:

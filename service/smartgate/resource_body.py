@@ -57,6 +57,11 @@ def resolve_reference(reference: str, fhir_base_url: str) -> ResolvedReference |
 
 
 def _values_at(node: Any, path: tuple[str, ...]) -> Iterator[Any]:
+    """Every value at ``path``, flattening lists at every step (FHIRPath semantics)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _values_at(item, path)
+        return
     if not path:
         yield node
         return
@@ -162,3 +167,25 @@ def _codes(value: Any) -> Iterator[tuple[str | None, str]]:
             yield value.get("system"), value["code"]
         if isinstance(value.get("value"), str):
             yield value.get("system"), value["value"]
+
+
+def belongs_to_patient(resource: dict[str, Any], patient: str, fhir_base_url: str) -> bool:
+    """Is this resource in ``patient``'s compartment, by the compartment definition's own elements?
+    (Types outside the compartment belong to no patient: True.)"""
+    resource_type = resource.get("resourceType")
+    if resource_type == "Patient":
+        if resource.get("id") == patient:
+            return True
+        links = [link.get("other") for link in resource.get("link") or [] if isinstance(link, dict)]
+        return any(_names_patient(link, patient, fhir_base_url) for link in links)
+    if resource_type not in MEMBERSHIP_PARAMS:
+        return True
+    return any(_names_patient(value, patient, fhir_base_url) for value in compartment_references(resource))
+
+
+def _names_patient(value: Any, patient: str, fhir_base_url: str) -> bool:
+    reference = value.get("reference") if isinstance(value, dict) else None
+    if not isinstance(reference, str):
+        return False
+    resolved = resolve_reference(reference, fhir_base_url)
+    return resolved is not None and resolved.resource_type == "Patient" and resolved.resource_id == patient

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from smartgate.access import resolve_access
-from smartgate.compartment import MEMBERSHIP_PARAMS
-from smartgate.resource_body import compartment_references, resolve_reference, token_matches
+from smartgate.resource_body import belongs_to_patient, resolve_reference, token_matches
 from smartgate.scopes import ScopeGrants
 
 _BUNDLE_TYPES = frozenset({"searchset", "history", "batch-response", "transaction-response"})
+_NESTING_TYPES = frozenset({"batch-response", "transaction-response"})
+_NESTED_TYPES = frozenset({"searchset", "history"})  # inside a batch response, one level deep
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ class Finding:
     problem: str
 
 
-def check_response_body(body: bytes, context: ResponseContext) -> tuple[int, list[Finding]]:
+def check_response_body(body: bytes, context: ResponseContext, nested: bool = False) -> tuple[int, list[Finding]]:
     """Return (resources checked, findings). A body that is not FHIR JSON is one finding."""
     try:
         document = json.loads(body)
@@ -49,7 +50,7 @@ def check_response_body(body: bytes, context: ResponseContext) -> tuple[int, lis
     if document["resourceType"] != "Bundle":
         finding = _check_resource(document, context)
         return 1, [Finding("resource", document["resourceType"], finding)] if finding else []
-    if document.get("type") not in _BUNDLE_TYPES:
+    if document.get("type") not in (_NESTED_TYPES if nested else _BUNDLE_TYPES):
         return 0, [Finding("resource", "Bundle", f"a {document.get('type')} Bundle is not a response Bundle")]
     findings: list[Finding] = []
     checked = 0
@@ -65,6 +66,12 @@ def check_response_body(body: bytes, context: ResponseContext) -> tuple[int, lis
             checked += 1
             if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
                 findings.append(Finding(f"entry {index}", "", "not a FHIR resource"))
+                continue
+            if resource["resourceType"] == "Bundle" and document["type"] in _NESTING_TYPES:
+                # A batch/transaction response carries the searchset of each GET entry: check inside it.
+                inner_checked, inner = check_response_body(json.dumps(resource).encode(), context, nested=True)
+                checked += inner_checked
+                findings.extend(Finding(f"entry {index} {f.where}", f.resource_type, f.problem) for f in inner)
                 continue
             problem = _check_resource(resource, context, access_cache)
             if problem:
@@ -97,19 +104,10 @@ def _check_resource(
         return _check_binary(resource, context)
     if resource_type in context.closed_types:
         return f"{resource_type} is not open to patient/ scopes"
-    if resource_type == "Patient":
-        if resource.get("id") == context.patient:
-            return ""
-        links = [link.get("other", {}).get("reference") for link in resource.get("link") or []
-                 if isinstance(link, dict) and isinstance(link.get("other"), dict)]
-        if any(_is_context_patient(ref, context) for ref in links):
-            return ""
-        return "another patient's record"
-    if resource_type not in MEMBERSHIP_PARAMS:
+    if belongs_to_patient(resource, context.patient, context.fhir_base_url):
         return ""
-    for value in compartment_references(resource):
-        if isinstance(value, dict) and _is_context_patient(value.get("reference"), context):
-            return ""
+    if resource_type == "Patient":
+        return "another patient's record"
     return "a resource outside the context patient's compartment"
 
 

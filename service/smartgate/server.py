@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from smartgate import metrics
 from smartgate.audit_event import AuditEventLog
 from smartgate.authorizer import Authorizer
 from smartgate.authz_service import AuthorizationService, Pipeline
-from smartgate.config import Config, ConfigError, TlsConfig, load_config
+from smartgate.config import Config, ConfigError, TlsConfig, grpc_address, load_config
 from smartgate.decision_log import DecisionLog
 from smartgate.http_listener import HttpListener, Response, Route, text
 from smartgate.introspection import Introspector
@@ -94,11 +95,6 @@ def build_components(config: Config) -> Components:
     # Caches of issuers verified only by introspection never need keys.
     needed = [c for c in caches if c.issuer.introspection is None or c.issuer.jwks_uri or c.issuer.jwks_file]
     return Components(pipeline, needed, client)
-
-
-def grpc_address(config: Config, worker_index: int) -> str:
-    host, _, port = config.listen.grpc.rpartition(":")
-    return f"{host}:{int(port) + worker_index}"
 
 
 def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
@@ -225,7 +221,17 @@ class Worker:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        reloads: set[asyncio.Task[None]] = set()
+
+        def start_reload() -> None:
+            task = asyncio.ensure_future(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, start_reload)
+        if getattr(sys, "_smartgate_early_hangup", False):  # a SIGHUP came during start-up: honour it now
+            sys._smartgate_early_hangup = False  # type: ignore[attr-defined]
+            start_reload()
         await stop.wait()
         log.info("shutting down: finishing in-flight checks (grace %.1fs)", config.shutdown_grace_seconds)
         await self._health.enter_graceful_shutdown()

@@ -17,10 +17,12 @@ import subprocess
 import sys
 import tempfile
 
+import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from smartgate.config import Config
+from smartgate.config import Config, grpc_address
 from smartgate.http_listener import HttpListener, Response, Route, text
 from smartgate.smart_configuration import CORS_HEADERS, SmartConfiguration
 
@@ -33,14 +35,16 @@ def _registry() -> CollectorRegistry:
     return registry
 
 
-def workers_ready(expected: int, alive: int) -> bool:
-    if alive != expected:
+async def worker_serving(address: str, timeout: float = 0.5) -> bool:
+    """Ask one worker's grpc.health.v1 service whether it is SERVING."""
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+    except grpc.RpcError:
         return False
-    for family in _registry().collect():
-        if family.name == "smartgate_ready":
-            values = [sample.value for sample in family.samples]
-            return bool(values) and min(values) >= 1
-    return False
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 class Supervisor:
@@ -66,6 +70,12 @@ class Supervisor:
                     self._spawn(index)
             await asyncio.sleep(0.5)
 
+    async def _all_serving(self) -> bool:
+        if self._config.tls is not None:  # no client certificate here: liveness is all we can see
+            return True
+        addresses = [grpc_address(self._config, index) for index in range(self._workers)]
+        return all(await asyncio.gather(*(worker_serving(address) for address in addresses)))
+
     def _alive(self) -> int:
         return sum(1 for child in self._children.values() if child.poll() is None)
 
@@ -74,7 +84,7 @@ class Supervisor:
             return text("200 OK", "ok\n") if self._alive() else text("503 Service Unavailable", "no workers\n")
 
         async def readyz() -> Response:
-            ready = workers_ready(self._workers, self._alive())
+            ready = self._alive() == self._workers and await self._all_serving()
             return text("200 OK", "ready\n") if ready else text("503 Service Unavailable", "not ready\n")
 
         async def metrics_page() -> Response:
@@ -105,6 +115,8 @@ class Supervisor:
             loop.add_signal_handler(signal.SIGTERM, stop.set)
             loop.add_signal_handler(signal.SIGINT, stop.set)
             loop.add_signal_handler(signal.SIGHUP, self._forward_hangup)
+            if getattr(sys, "_smartgate_early_hangup", False):
+                self._forward_hangup()
             log.info("smartgate supervisor: %d workers, http %s", self._workers, self._config.listen.http)
             await stop.wait()
             self._stopping = True

@@ -212,11 +212,12 @@ def _fhirpath_patch_elements(document: dict[str, Any], resource_type: str) -> se
         if segments[0] != resource_type:
             raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch path must start with the resource type")
         element = segments[1].split("(")[0].split("[")[0] if len(segments) > 1 else ""
-        touched.add(element)
         name = parts.get("name", {}).get("valueString")
-        if element == "" and isinstance(name, str):
-            touched.add(name)
-        elif element == "":
+        if element:
+            touched.add(element)
+        elif isinstance(name, str) and name:
+            touched.add(name)  # an add/insert at the root names the element it creates
+        else:
             touched.add("")
     if not touched:
         raise DenyError(Reason.BODY_INVALID, "the FHIRPath Patch has no operations")

@@ -76,6 +76,7 @@ class IdentityProvider:
         self.issuer = f"http://127.0.0.1:{self.port}/{name}"
         self.jwks_requests = 0
         self.discovery_requests = 0
+        self.discovery_times: list[float] = []  # time.time() of each discovery request
         self.introspection_requests: list[dict[str, str]] = []
         self.fail_jwks = False
         self.discovery: dict[str, Any] = {
@@ -109,6 +110,7 @@ class IdentityProvider:
             def do_GET(self) -> None:
                 if self.path == f"/{name}/.well-known/openid-configuration":
                     provider.discovery_requests += 1
+                    provider.discovery_times.append(time.time())
                     self._json(200, provider.discovery)
                 elif self.path == f"/{name}/jwks":
                     provider.jwks_requests += 1
@@ -130,7 +132,7 @@ class IdentityProvider:
                 self._json(200, answers.get(form.get("token", ""), {"active": False}))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()

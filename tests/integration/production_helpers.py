@@ -9,17 +9,21 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import jwt
 import yaml
@@ -27,14 +31,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from smartgate.demo.runner import find_envoy
+from smartgate.demo.upstream import start_upstream
+from smartgate.envoy_config import EnvoySettings, render
 
-from .harness import SigningKeys, free_port, wait_for
-
-SMART_HEADERS = ("x-smart-patient", "x-smart-fhir-user", "x-smart-scope", "x-smart-client-id", "x-smart-subject",
-                 "x-smart-issuer")
+from .harness import IdentityProvider, SigningKeys, free_port, new_keys, wait_for
 
 
 def free_port_pair() -> int:
@@ -92,6 +96,10 @@ class Smartgate:
         response = httpx.get(self.url("/metrics"), timeout=5)
         assert response.status_code == 200, response.text
         return Metrics.parse(response.text)
+
+    def read_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = json.loads(self.config_path.read_text(encoding="utf-8"))
+        return config
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         self.config_path.write_text(json.dumps(config), encoding="utf-8")
@@ -166,6 +174,21 @@ def running_smartgate(config: dict[str, Any], workdir: Path, **kwargs: Any) -> I
         stop(handle.process)
 
 
+def grpc_health(address: str, service: str = "", credentials: grpc.ChannelCredentials | None = None,
+                server_name: str | None = None) -> str:
+    """grpc.health.v1 Check: SERVING / NOT_SERVING / ..., or the gRPC status code name on failure."""
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    channel = (grpc.secure_channel(address, credentials, options=options) if credentials
+               else grpc.insecure_channel(address))
+    with channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=3)
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
 # --- Envoy ----------------------------------------------------------------------------------------
 
 
@@ -173,6 +196,15 @@ def running_smartgate(config: dict[str, Any], workdir: Path, **kwargs: Any) -> I
 class Envoy:
     process: subprocess.Popen[bytes]
     admin: str  # host:port
+
+    def stat(self, name: str) -> int:
+        """One counter from the admin ``/stats`` (0 when absent)."""
+        text = httpx.get(f"http://{self.admin}/stats", params={"filter": f"^{re.escape(name)}$"}, timeout=5).text
+        for line in text.splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
 
     def cluster_requests(self, cluster: str) -> dict[str, int]:
         """Requests Envoy sent to each endpoint of a cluster (admin ``/clusters``: ``rq_total``)."""
@@ -213,6 +245,128 @@ def running_envoy(config: dict[str, Any], workdir: Path, name: str = "envoy") ->
         stop(envoy.process)
 
 
+# --- the whole path: IdP stand-in + demo FHIR server + smartgate + Envoy ----------------------------
+
+
+@dataclass
+class GatedFhir:
+    """A FHIR API behind Envoy and smartgate, as a client sees it."""
+
+    base_url: str  # the public FHIR base, through Envoy (also the token audience)
+    keys: SigningKeys
+    idp: IdentityProvider
+    smartgate: Smartgate
+    envoy: Envoy
+    client: httpx.Client
+    envoy_config: dict[str, Any]  # what Envoy runs, as rendered (and edited)
+
+    def token(self, scope: str = "launch/patient patient/*.rs", patient: str | None = "123", **claims: Any) -> str:
+        body = {**base_claims(self.idp.issuer, self.base_url), "sub": "user-1", "client_id": "app-1",
+                "scope": scope, **claims}
+        if patient is not None:
+            body["patient"] = patient
+        return sign(self.keys, {k: v for k, v in body.items() if v is not None})
+
+    def get(self, path: str, token: str | None = None, headers: Mapping[str, str] | None = None) -> httpx.Response:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["authorization"] = f"Bearer {token}"
+        return self.client.get(self.base_url + path, headers=sent)
+
+
+def received_smart_headers(response: httpx.Response) -> dict[str, str] | None:
+    """The x-smart-* headers the demo FHIR server received; None when the request never reached it."""
+    echoed = response.headers.get("x-demo-received-smart")
+    return None if echoed is None else dict(json.loads(echoed))
+
+
+@contextlib.contextmanager
+def gated_fhir(workdir: Path, *, issuers: Callable[[IdentityProvider], list[dict[str, Any]]] | None = None,
+               introspection: dict[str, dict[str, Any]] | None = None, keys: SigningKeys | None = None,
+               upstream_url: str | None = None, lookup_url: str | None = None, workers: int = 1,
+               smartgate_args: tuple[str, ...] = (), smartgate_env: Mapping[str, str] | None = None,
+               envoy: Mapping[str, Any] | None = None,
+               edit_envoy: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+               **config: Any) -> Iterator[GatedFhir]:
+    """Start the demo FHIR server (unless ``upstream_url``), an IdP stand-in, smartgate and Envoy.
+
+    ``issuers`` builds the issuer list from the IdP stand-in (default: that IdP through discovery,
+    audience the public base); ``introspection`` holds the IdP's RFC 7662 answers by token;
+    ``lookup_url`` points smartgate's compartment look-ups somewhere other than the upstream;
+    ``config`` entries are added to the smartgate config, ``envoy`` entries to EnvoySettings.
+    """
+    keys = keys or new_keys()
+    idp = IdentityProvider(keys, introspection=introspection)
+    demo = None
+    if upstream_url is None:
+        port = free_port()
+        demo = start_upstream("127.0.0.1", port)
+        upstream_url = f"http://127.0.0.1:{port}/fhir"
+    grpc_port = free_port_pair() if workers > 1 else free_port()
+    http_port, envoy_port, admin_port = free_port(), free_port(), free_port()
+    base_url = f"http://127.0.0.1:{envoy_port}/fhir"
+    settings = smartgate_config(
+        grpc_port=grpc_port, http_port=http_port, base_url=base_url, upstream_url=lookup_url or upstream_url,
+        issuers=issuers(idp) if issuers is not None else [{"issuer": idp.issuer}], workdir=workdir, **config)
+    envoy_settings = EnvoySettings(**{
+        "listen_host": "127.0.0.1", "listen_port": envoy_port, "admin_port": admin_port, "authz_port": grpc_port,
+        "authz_workers": workers, "upstream_url": upstream_url, "smartgate_http_port": http_port, **(envoy or {})})
+    envoy_config = render(envoy_settings)
+    if edit_envoy is not None:
+        envoy_config = edit_envoy(envoy_config)
+    try:
+        with running_smartgate(settings, workdir, args=smartgate_args, env=smartgate_env) as smartgate, \
+                running_envoy(envoy_config, workdir) as proxy, httpx.Client(timeout=10) as client:
+            yield GatedFhir(base_url, keys, idp, smartgate, proxy, client, envoy_config)
+    finally:
+        if demo is not None:
+            demo.shutdown()
+            demo.server_close()
+        idp.close()
+
+
+class RecordingUpstream:
+    """An HTTP upstream that records what it received and answers every GET with a searchset Bundle
+    of total 1 (0 for smartgate's probe patient), after ``delay`` seconds when the path holds
+    ``slow_marker`` (never for the probe): a FHIR server whose searches are slow."""
+
+    def __init__(self, delay: float = 0.0, slow_marker: str = "") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/fhir"
+        self.received: list[tuple[str, dict[str, str]]] = []  # (path, lower-cased headers)
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_GET(self) -> None:
+                upstream.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                probe = "smartgate-probe-" in self.path
+                if delay and slow_marker in self.path and not probe:
+                    time.sleep(delay)
+                total = 0 if probe else 1
+                data = json.dumps({"resourceType": "Bundle", "type": "searchset", "total": total}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/fhir+json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def headers_for(self, marker: str) -> list[dict[str, str]]:
+        return [headers for path, headers in self.received if marker in path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 # --- Prometheus -----------------------------------------------------------------------------------
 
 
@@ -220,18 +374,19 @@ def running_envoy(config: dict[str, Any], workdir: Path, name: str = "envoy") ->
 class Metrics:
     """A parsed scrape: families by name, and sample values by (sample name, labels)."""
 
+    raw: str
     types: dict[str, str]
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = field(default_factory=dict)
-    label_sets: list[dict[str, str]] = field(default_factory=list)
+    rows: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # every sample's name and labels
 
     @classmethod
     def parse(cls, text: str) -> Metrics:
-        metrics = cls(types={})
+        metrics = cls(raw=text, types={})
         for family in text_string_to_metric_families(text):
             metrics.types[family.name] = family.type
             for sample in family.samples:
                 metrics.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-                metrics.label_sets.append(dict(sample.labels))
+                metrics.rows.append((sample.name, dict(sample.labels)))
         return metrics
 
     def value(self, name: str, **labels: str) -> float:
@@ -290,11 +445,6 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-
-
 def make_tls_files(directory: Path) -> TlsFiles:
     """A CA, a server certificate for 127.0.0.1/localhost, and a client certificate, as PEM files."""
     now = datetime.datetime.now(datetime.UTC)
@@ -343,8 +493,10 @@ def with_upstream_tls(envoy: dict[str, Any], cluster: str, tls: TlsFiles, client
     """Add an UpstreamTlsContext (ALPN h2 for gRPC; a client certificate for mTLS) to one cluster."""
     common: dict[str, Any] = {
         "alpn_protocols": ["h2"],
-        "validation_context": {"trusted_ca": {"filename": str(tls.ca)},
-                               "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "localhost"}}]},
+        "validation_context": {
+            "trusted_ca": {"filename": str(tls.ca)},
+            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "localhost"}}],
+        },
     }
     if client_cert:
         common["tls_certificates"] = [{"certificate_chain": {"filename": str(tls.client_cert)},

@@ -112,3 +112,8 @@ def test_decision_log_names_the_reason_and_never_the_token(stack: Stack) -> None
     assert token not in log and token.split(".")[2] not in log
     entries = [json.loads(line) for line in log.splitlines()]
     assert {"allowed_compartment_search", "compartment_other_patient"} <= {e["reason"] for e in entries}
+
+
+def test_vread_of_a_compartment_member_checks_that_version_too(stack: Stack) -> None:
+    assert stack.get("/Observation/obs-123-a/_history/1", stack.token()).status_code == 200
+    assert stack.get("/Observation/obs-123-a/_history", stack.token()).status_code == 200

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from smartgate.config import DEFAULT_PATIENT_CLOSED_TYPES
-from smartgate.decision import BinaryCheck, Decision, MembershipCheck, Pending, compartment_check
+from smartgate.decision import BinaryCheck, Decision, MembershipCheck, Pending, VersionCheck, compartment_check
 from smartgate.fhir_request import FhirRequest, Interaction, parse_fhir_request
 from smartgate.policy import PolicySettings, decide
 from smartgate.reasons import Reason
@@ -285,14 +285,16 @@ def test_read_of_an_observation_needs_a_membership_lookup() -> None:
     assert not check.absent_ok
 
 
-def test_vread_of_an_observation_needs_a_membership_lookup() -> None:
-    assert membership("Observation/abc/_history/3") == MembershipCheck("Observation", "abc",
-                                                                       by_param("subject", "performer"))
+def test_vread_of_an_observation_needs_a_membership_lookup_and_a_check_of_that_version() -> None:
+    checks = pending("Observation/abc/_history/3").checks
+    assert checks == (MembershipCheck("Observation", "abc", by_param("subject", "performer")),
+                      VersionCheck("Observation", "abc", "3", "123"))
 
 
-def test_instance_history_of_an_observation_needs_a_membership_lookup() -> None:
-    assert membership("Observation/abc/_history") == MembershipCheck("Observation", "abc",
-                                                                     by_param("subject", "performer"))
+def test_instance_history_of_an_observation_needs_a_membership_lookup_and_a_check_of_every_version() -> None:
+    checks = pending("Observation/abc/_history").checks
+    assert checks == (MembershipCheck("Observation", "abc", by_param("subject", "performer")),
+                      VersionCheck("Observation", "abc", None, "123"))
 
 
 def test_instance_history_of_the_context_patient_needs_no_lookup() -> None:

@@ -184,9 +184,13 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
                 except RuntimeError:
                     self._send(500, {"resourceType": "OperationOutcome"})
             elif len(parts) == 3 and parts[2] == "_history" and method == "GET":
+                # One version per resource: the current one (or a stub for a deleted one).
                 existed = (parts[0], parts[1]) in store.ever_existed
-                found = [{"resourceType": parts[0], "id": parts[1]}] if existed else []
-                self._send(200 if existed else 404, _bundle(found, False))
+                current = store.resources.get((parts[0], parts[1]), {"resourceType": parts[0], "id": parts[1]})
+                self._send(200 if existed else 404, _bundle([current] if existed else [], False))
+            elif len(parts) == 4 and parts[2] == "_history" and method == "GET":
+                resource = store.resources.get((parts[0], parts[1]))
+                self._send(200 if resource else 404, resource or {"resourceType": "OperationOutcome"})
             elif len(parts) == 2 and method == "GET":
                 resource = store.resources.get((parts[0], parts[1]))
                 if resource is None:

@@ -1,0 +1,108 @@
+"""Config reload on SIGHUP, through Envoy: a changed valid config takes effect in the running
+process; an invalid one (bad value, bad YAML, or an issuer whose keys cannot be fetched) is
+rejected with an error line and the config in force stays in force."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from smartgate.config import DEFAULT_PATIENT_CLOSED_TYPES
+
+from .harness import IdentityProvider, free_port, new_keys
+from .production_helpers import GatedFhir, gated_fhir, launch_smartgate, smartgate_config, stop, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Reloading:
+    gated: GatedFhir
+    original: dict[str, Any]
+    pid: int
+
+    def statuses(self) -> tuple[int, int]:
+        """(anonymous GET of an Organization, patient-token read of a Practitioner)."""
+        organization = self.gated.get("/Organization/payer-1").status_code
+        practitioner = self.gated.get("/Practitioner/prac-1", self.gated.token()).status_code
+        return organization, practitioner
+
+    def hang_up(self, marker: str) -> None:
+        before = self.gated.smartgate.output().count(marker)
+        self.gated.smartgate.signal(signal.SIGHUP)
+        assert wait_until(lambda: self.gated.smartgate.output().count(marker) > before, seconds=5), marker
+
+
+NEW_SETTINGS = {
+    "public_routes": [{"path": "/Organization", "methods": ["GET"], "prefix": True}],
+    "patient_closed_types": sorted(DEFAULT_PATIENT_CLOSED_TYPES | {"Practitioner"}),
+}
+
+
+@pytest.fixture(scope="module")
+def reloading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reloading]:
+    with gated_fhir(tmp_path_factory.mktemp("reload"), shutdown_grace_seconds=1) as gated:
+        yield Reloading(gated, gated.smartgate.read_config(), gated.smartgate.process.pid)
+
+
+def test_a_valid_new_config_takes_effect_without_a_restart(reloading: Reloading) -> None:
+    assert reloading.statuses() == (401, 200)  # Organization needs a token; Practitioner is open to patient/*
+    reloading.gated.smartgate.write_config({**reloading.original, **NEW_SETTINGS})
+    reloading.hang_up("config reloaded")
+    assert reloading.statuses() == (200, 403)
+    assert reloading.gated.smartgate.process.poll() is None
+    assert reloading.gated.smartgate.process.pid == reloading.pid
+
+
+@pytest.mark.parametrize("name", ["bad value", "bad yaml", "keys unavailable"])
+def test_an_invalid_config_is_rejected_and_the_current_one_stays(reloading: Reloading, name: str) -> None:
+    assert reloading.statuses() == (200, 403), "runs after the valid reload"
+    current = {**reloading.original, **NEW_SETTINGS}
+    smartgate = reloading.gated.smartgate
+    if name == "bad value":
+        smartgate.write_config({**current, "issuers": [{**current["issuers"][0], "algorithms": ["HS256"]}]})
+        expected = "ERROR smartgate.server: config reload rejected, keeping the current config: " \
+                   "issuers[0].algorithms[0]: 'HS256' is not an allowed algorithm"
+    elif name == "bad yaml":
+        smartgate.config_path.write_text("fhir: [unclosed\n", encoding="utf-8")
+        expected = "ERROR smartgate.server: config reload rejected, keeping the current config: (file): not valid YAML"
+    else:
+        down = f"http://127.0.0.1:{free_port()}/idp"  # nothing listens there
+        smartgate.write_config({**current, "public_routes": [], "issuers": [*current["issuers"], {"issuer": down}]})
+        expected = "ERROR smartgate.server: config reload rejected: the new issuers' keys are unavailable"
+    reloading.hang_up(expected)
+    assert reloading.statuses() == (200, 403)
+    assert smartgate.process.poll() is None and smartgate.process.pid == reloading.pid
+    smartgate.write_config(current)
+
+
+def test_a_hangup_during_start_up_does_not_kill_smartgate(tmp_path: Path) -> None:
+    idp = IdentityProvider(new_keys())
+    config = smartgate_config(grpc_port=free_port(), http_port=free_port(), base_url="http://127.0.0.1:1/fhir",
+                              upstream_url="http://127.0.0.1:1/fhir", issuers=[{"issuer": idp.issuer}],
+                              workdir=tmp_path)
+    smartgate = launch_smartgate(config, tmp_path, wait="none")
+    try:
+        time.sleep(0.25)  # past interpreter start-up, still importing (imports alone take about 0.6 s)
+        smartgate.signal(signal.SIGHUP)
+
+        def settled() -> bool:
+            if smartgate.process.poll() is not None:
+                return True
+            try:
+                return httpx.get(smartgate.url("/readyz"), timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(settled, seconds=10)
+        assert smartgate.process.poll() is None, f"smartgate exited with {smartgate.process.returncode}"
+    finally:
+        stop(smartgate.process)
+        idp.close()
