@@ -205,6 +205,13 @@ def e2e_verified(components: Components) -> Iterator[E2EStack]:
         yield stack
 
 
+@pytest.fixture(scope="session")
+def e2e_reporting(components: Components) -> Iterator[E2EStack]:
+    """A third gateway with response verification in report mode."""
+    with _gateway(components, "reporting", free_port(), "report") as stack:
+        yield stack
+
+
 @pytest.fixture(params=["default", "verified"])
 def gateway(request: pytest.FixtureRequest) -> E2EStack:
     """Each gateway in turn: as shipped, and with response verification enforcing."""

@@ -312,6 +312,14 @@ async function handle(req, res) {
     repo
   );
   const status = getStatus(outcome);
+  // A wrapper that misbehaves on purpose: `x-e2e-misbehave: Type/id` appends that resource to a
+  // searchset, as a server quirk or a bad _include would. Response verification must catch it.
+  const misbehave = req.headers['x-e2e-misbehave'];
+  if (typeof misbehave === 'string' && resource?.resourceType === 'Bundle') {
+    const [type, id] = misbehave.split('/');
+    const extra = await repo.readResource(type, id);
+    resource.entry = [...(resource.entry ?? []), { resource: extra, search: { mode: 'include' } }];
+  }
   const headers = {};
   if (resource?.meta?.versionId) {
     headers.etag = `W/"${resource.meta.versionId}"`;
