@@ -23,7 +23,7 @@ def _bundle(request: FhirRequest, settings: PolicySettings) -> list[dict[str, An
         raise DenyError(Reason.BODY_INVALID, "the Bundle must be application/fhir+json")
     try:
         bundle = json.loads(request.body or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise DenyError(Reason.BODY_INVALID, "the Bundle is not JSON") from exc
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise DenyError(Reason.BODY_INVALID, "a POST to the base must carry a Bundle")

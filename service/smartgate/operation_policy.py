@@ -48,6 +48,8 @@ def decide_operation(request: FhirRequest, token: TokenContext, settings: Policy
 def _everything(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision:
     if request.resource_id is None:
         raise DenyError(Reason.OPERATION_NOT_PERMITTED, "type-level Patient/$everything is not open")
+    if request.body:  # a POSTed Parameters body would carry parameters (_type...) this check never sees
+        raise DenyError(Reason.SEARCH_PARAMETER_NOT_PERMITTED, "$everything parameters are accepted in the query only")
     for param in request.params:
         if param.code not in _EVERYTHING_PARAMS:
             raise DenyError(Reason.SEARCH_PARAMETER_NOT_PERMITTED, f"{param.code} is not a $everything parameter")

@@ -35,7 +35,7 @@ def parse_resource(body: bytes | None, expected_type: str | None) -> dict[str, A
         raise BodyError("a resource body is required")
     try:
         resource = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BodyError("the body is not JSON") from exc
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         raise BodyError("the body is not a FHIR resource")

@@ -165,7 +165,7 @@ def _check_patch(request: FhirRequest, resource_type: str, patient: str | None, 
     body = request.body or b""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise DenyError(Reason.BODY_INVALID, "the patch is not JSON") from exc
     protected = {"id", "resourceType", "contained", "meta"} | _constraint_elements(resource_type, constraints)
     if patient is not None:

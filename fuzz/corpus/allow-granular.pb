@@ -1,0 +1,8 @@
+
+Ì"ÉÆGET
+
+:authorityfhir.example.orgò
+authorizationàBearer eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImZ1enotZXMyNTYifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlLm9yZyIsImF1ZCI6Imh0dHBzOi8vZmhpci5leGFtcGxlLm9yZy9yNCIsInN1YiI6InVzZXItMSIsImNsaWVudF9pZCI6ImZ1enotYXBwIiwic2NvcGUiOiJwYXRpZW50L09ic2VydmF0aW9uLnJzP2NhdGVnb3J5PWh0dHA6Ly90ZXJtaW5vbG9neS5obDcub3JnL0NvZGVTeXN0ZW0vb2JzZXJ2YXRpb24tY2F0ZWdvcnl8bGFib3JhdG9yeSBwYXRpZW50L0NvbmRpdGlvbi5yZWFkIHBhdGllbnQvUHJhY3RpdGlvbmVyLnJzIiwiaWF0IjoxNzQ5OTk5OTQwLCJleHAiOjE3NTAwMDM2MDAsImp0aSI6ImZ1enoiLCJwYXRpZW50IjoiY2Fyb2wzIn0.ZmpFoyh5YRB5pj-m3T6tm85Mpo2om602lh2fQuZCOWvRSa5p0BitvG-a46zjVyUnpOra53PgW4x4en4LEwk28w
+:methodGETv
+:pathm/r4/Observation?patient=carol3&category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory
+:schemehttps"m/r4/Observation?patient=carol3&category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory*fhir.example.org2httpsRHTTP/1.1

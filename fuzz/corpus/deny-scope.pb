@@ -1,0 +1,8 @@
+
+Æ"ÃÀGET
+
+:authorityfhir.example.org’
+authorization€Bearer eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImZ1enotZXMyNTYifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlLm9yZyIsImF1ZCI6Imh0dHBzOi8vZmhpci5leGFtcGxlLm9yZy9yNCIsInN1YiI6InVzZXItMSIsImNsaWVudF9pZCI6ImZ1enotYXBwIiwic2NvcGUiOiJsYXVuY2gvcGF0aWVudCBwYXRpZW50L09ic2VydmF0aW9uLnJzIHBhdGllbnQvUGF0aWVudC5yIHBhdGllbnQvRW5jb3VudGVyLnJlYWQiLCJpYXQiOjE3NDk5OTk5NDAsImV4cCI6MTc1MDAwMzYwMCwianRpIjoiZnV6eiIsInBhdGllbnQiOiJib2I5In0.wbWVDltiuwshSrmbCCJQBtnWDhTZTG3TOjhJu1meomSERFJ8jPIsSYbHaltWkWdhNq4r7avWG94vf0EpzShj6Q
+:methodGET#
+:path/r4/Condition?patient=bob9
+:schemehttps"/r4/Condition?patient=bob9*fhir.example.org2httpsRHTTP/1.1
