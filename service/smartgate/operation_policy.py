@@ -6,6 +6,9 @@
 - type-level and system-level ``_history`` and system-level search (``GET [base]?_type=``, and so
   server-minted paging links such as HAPI's ``[base]?_getpages=``) are denied for patient-context
   tokens: they cannot be bound to a patient. user/ and system/ scopes open them by type.
+- the one exception: with response verification in ``enforce`` mode, a bare paging link
+  (``GET [base]?_getpages=…`` with only paging parameters) is allowed for a patient-context token,
+  because every resource of the page it returns is then checked against the patient and the scopes.
 """
 
 from __future__ import annotations
@@ -95,9 +98,25 @@ def _configured(
     return Pending((MembershipCheck(request.resource_type, request.resource_id, tuple(queries)),), allow)
 
 
-def decide_type_level(request: FhirRequest, token: TokenContext) -> Decision:
-    """Type/system history and system search: open to user/ and system/ scopes only."""
+_PAGING_PARAMS = frozenset({"_getpages", "_getpagesoffset", "_count", "_format", "_pretty", "_bundletype"})
+
+
+def _is_paging_link(request: FhirRequest) -> bool:
+    codes = [param.code for param in request.params]
+    plain = all(param.code in _PAGING_PARAMS and param.modifier is None and param.chain is None
+                for param in request.params)
+    return request.method in ("GET", "HEAD") and "_getpages" in codes and len(set(codes)) == len(codes) and plain
+
+
+def decide_type_level(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision:
+    """Type/system history and system search: open to user/ and system/ scopes only, except a
+    paging link when every response is verified."""
     grants = token.grants
+    if (settings.responses_verified and grants.has_patient_scopes
+            and request.interaction is Interaction.SEARCH_SYSTEM and _is_paging_link(request)):
+        require_patient(token)
+        return decision(Reason.ALLOWED_PAGING_LINK,
+                        "a server-minted paging link: every resource of the page is verified", request, token)
     if request.interaction is Interaction.SEARCH_SYSTEM:
         named = {t for p in request.params if p.code == "_type" for t in p.value.split(",")}
         types = named or {"*"}

@@ -52,6 +52,7 @@ class PolicySettings:
     patient_closed_types: frozenset[str] = DEFAULT_PATIENT_CLOSED_TYPES
     operations: tuple[OperationRule, ...] = field(default_factory=tuple)
     max_bundle_entries: int = 500
+    responses_verified: bool = False  # response verification enforces: every patient-context response is checked
 
 
 class DenyError(Exception):
@@ -88,7 +89,7 @@ def _decide(request: FhirRequest, token: TokenContext, settings: PolicySettings)
     if interaction is Interaction.OPERATION:
         return operation_policy.decide_operation(request, token, settings)
     if interaction in (Interaction.HISTORY_TYPE, Interaction.HISTORY_SYSTEM, Interaction.SEARCH_SYSTEM):
-        return operation_policy.decide_type_level(request, token)
+        return operation_policy.decide_type_level(request, token, settings)
     raise DenyError(Reason.INTERACTION_NOT_SUPPORTED, f"the {interaction.value} interaction is not open")
 
 

@@ -22,6 +22,7 @@ class Reason(enum.Enum):
     ALLOWED_WRITE = ("allowed_write", 200, None)
     ALLOWED_BUNDLE = ("allowed_bundle", 200, None)
     ALLOWED_OPERATION = ("allowed_operation", 200, None)
+    ALLOWED_PAGING_LINK = ("allowed_paging_link", 200, None)
 
     # 401: no usable token.
     TOKEN_MISSING = ("token_missing", 401, None)

@@ -80,7 +80,8 @@ def build_components(config: Config) -> Components:
         base_path=config.fhir.base_path,
         public_routes=PublicRoutes(config.fhir.base_path, config.public_routes),
         verifier=verifier,
-        policy=PolicySettings(config.fhir.base_url, config.patient_closed_types, config.operations),
+        policy=PolicySettings(config.fhir.base_url, config.patient_closed_types, config.operations,
+                              responses_verified=config.response_verification.mode == "enforce"),
         lookup=MembershipLookup(config.fhir.upstream_url, config.fhir.lookup, client),
         max_token_bytes=config.tokens.max_token_bytes,
     )

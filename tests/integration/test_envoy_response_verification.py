@@ -63,3 +63,28 @@ def test_report_mode_passes_the_response_but_logs_and_counts_it(reporting: Stack
     log = (reporting.workdir / "smartgate.stderr").read_text()
     entries = [json.loads(line) for line in log.splitlines() if line.startswith('{"time"') and '"stage"' in line]
     assert any(e["outcome"] == "reported" and e["reason"] == "response_foreign_resource" for e in entries)
+
+
+def test_a_paging_link_is_denied_to_a_patient_token_without_response_verification(stack: Stack) -> None:
+    response = stack.get("?_getpages=page-123", stack.token())
+    assert response.status_code == 403
+    assert "interaction_not_supported" in response.text
+
+
+def test_enforce_mode_opens_a_paging_link_and_verifies_its_page(enforcing: Stack) -> None:
+    response = enforcing.get("?_getpages=page-123", enforcing.token())
+    assert response.status_code == 200
+    assert {e["resource"]["id"] for e in response.json()["entry"]} == {"obs-123-a", "obs-123-b"}
+
+
+def test_enforce_mode_blocks_a_paging_link_to_another_patients_page(enforcing: Stack) -> None:
+    response = enforcing.get("?_getpages=page-456", enforcing.token())
+    assert response.status_code == 403
+    assert "obs-456-a" not in response.text
+    assert response.json()["issue"][0]["details"]["coding"][0]["code"] == "response_foreign_resource"
+
+
+def test_enforce_mode_keeps_denying_a_paging_link_with_search_parameters(enforcing: Stack) -> None:
+    response = enforcing.get("?_getpages=page-123&patient=456", enforcing.token())
+    assert response.status_code == 403
+    assert "interaction_not_supported" in response.text

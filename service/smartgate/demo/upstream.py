@@ -169,7 +169,12 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
                 return
             parts = [p for p in path[len(base_path):].split("/") if p]
             count = dict(params).get("_summary") == "count"
-            if parts == ["metadata"]:
+            if not parts and method == "GET" and "_getpages" in dict(params):
+                # A server-minted paging link (HAPI's form): the page id names the patient whose
+                # Observations the page holds, so tests can mint a link to any patient's page.
+                patient = dict(params)["_getpages"].removeprefix("page-")
+                self._send(200, _bundle(store.search("Observation", [("patient", f"Patient/{patient}")]), False))
+            elif parts == ["metadata"]:
                 self._send(200, {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
                                  "fhirVersion": "4.0.1", "format": ["json"]})
             elif parts == [".well-known", "smart-configuration"]:
