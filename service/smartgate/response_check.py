@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from smartgate.access import resolve_access
-from smartgate.resource_body import belongs_to_patient, resolve_reference, token_matches
+from smartgate.resource_body import (
+    BodyError,
+    all_reference_strings,
+    belongs_to_patient,
+    resolve_reference,
+    token_matches,
+)
 from smartgate.scopes import ScopeGrants
 
 _BUNDLE_TYPES = frozenset({"searchset", "history", "batch-response", "transaction-response"})
@@ -43,7 +49,7 @@ def check_response_body(body: bytes, context: ResponseContext, nested: bool = Fa
     """Return (resources checked, findings). A body that is not FHIR JSON is one finding."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         return 0, [Finding("resource", "", "the response is not JSON")]
     if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
         return 0, [Finding("resource", "", "the response is not a FHIR resource")]
@@ -104,11 +110,32 @@ def _check_resource(
         return _check_binary(resource, context)
     if resource_type in context.closed_types:
         return f"{resource_type} is not open to patient/ scopes"
-    if belongs_to_patient(resource, context.patient, context.fhir_base_url):
+    if not belongs_to_patient(resource, context.patient, context.fhir_base_url):
+        return "another patient's record" if resource_type == "Patient" else \
+            "a resource outside the context patient's compartment"
+    return _check_contained(resource, context)
+
+
+def _check_contained(resource: dict[str, Any], context: ResponseContext) -> str:
+    """A contained resource has no id of its own to look up: it must not be a Patient, and must
+    not reference any patient but the context patient."""
+    contained = resource.get("contained")
+    if contained is None:
         return ""
-    if resource_type == "Patient":
-        return "another patient's record"
-    return "a resource outside the context patient's compartment"
+    for inner in contained if isinstance(contained, list) else [contained]:
+        if not isinstance(inner, dict):
+            return "a contained resource that is not a FHIR resource"
+        if inner.get("resourceType") == "Patient":
+            return "a contained Patient"
+        try:
+            references = list(all_reference_strings(inner))
+        except BodyError:
+            return "a contained resource nested too deeply to check"
+        for reference in references:
+            resolved = resolve_reference(reference, context.fhir_base_url)
+            if resolved is not None and resolved.resource_type == "Patient" and resolved.resource_id != context.patient:
+                return "a contained resource naming another patient"
+    return ""
 
 
 def _check_binary(resource: dict[str, Any], context: ResponseContext) -> str:

@@ -88,3 +88,13 @@ def test_enforce_mode_keeps_denying_a_paging_link_with_search_parameters(enforci
     response = enforcing.get("?_getpages=page-123&patient=456", enforcing.token())
     assert response.status_code == 403
     assert "interaction_not_supported" in response.text
+
+
+def test_enforce_mode_refuses_a_response_too_large_to_verify(tmp_path_factory: pytest.TempPathFactory) -> None:
+    overrides = {"response_verification": {"mode": "enforce", "max_body_bytes": 200}}
+    with start_stack(tmp_path_factory.mktemp("small"), overrides, {"response_verification": "enforce"}) as small:
+        single = small.get("/Patient/123", small.token())  # a small resource still passes
+        search = small.get("/Observation?patient=123", small.token())  # the searchset is over 200 bytes
+    assert single.status_code == 200 and len(single.content) <= 200
+    assert search.status_code == 403
+    assert "too large to verify" in search.text and "obs-123-a" not in search.text
