@@ -126,6 +126,8 @@ def _read(request: FhirRequest, token: TokenContext, settings: PolicySettings) -
         patient = require_patient(token)
         check_patient_params(request.params, patient, allowed)
         if resource_type == "Binary" and access.patient_unconstrained:
+            if request.interaction is not Interaction.READ:  # the look-up sees the current securityContext only
+                raise DenyError(Reason.INTERACTION_NOT_SUPPORTED, "past Binary versions cannot be bound to the patient")
             allow = decision(Reason.ALLOWED_COMPARTMENT_MEMBER, "Binary in the compartment", request, token)
             return Pending((BinaryCheck(resource_id, patient),), allow)
         require_open_type(resource_type, settings)

@@ -15,6 +15,7 @@ Patient context:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from smartgate.access import Access
@@ -47,6 +48,10 @@ from smartgate.token_context import TokenContext
 _PERMISSION = {Interaction.CREATE: "c", Interaction.UPDATE: "u", Interaction.PATCH: "u", Interaction.DELETE: "d"}
 _JSON_PATCH = "application/json-patch+json"
 _FHIR_JSON = ("application/fhir+json", "application/json", "")
+# A FHIRPath Patch path is read by its first step after the type, which must be a plain element name:
+# a function there (where, select, descendants...), whitespace, a comment or a `delimited` name would
+# hide the element really reached; and %resource/%context can jump back to the root from anywhere.
+_FHIRPATH_HEAD = re.compile(r"([A-Za-z][A-Za-z0-9_]*)(?:\[[0-9]+\])?(?:\..*)?", re.DOTALL)
 
 
 def decide_write(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:
@@ -204,14 +209,21 @@ def _json_patch_elements(document: Any) -> set[str]:
 def _fhirpath_patch_elements(document: dict[str, Any], resource_type: str) -> set[str]:
     touched: set[str] = set()
     for operation in document.get("parameter") or []:
+        if not isinstance(operation, dict):
+            raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch operation must be a parameter")
         parts = {part.get("name"): part for part in (operation.get("part") or []) if isinstance(part, dict)}
         path = parts.get("path", {}).get("valueString")
         if operation.get("name") != "operation" or not isinstance(path, str):
             raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch operation needs a path")
-        segments = path.split(".")
-        if segments[0] != resource_type:
+        if "%" in path:
+            raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch path may not use environment variables")
+        type_name, dot, rest = path.partition(".")
+        if type_name != resource_type:
             raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch path must start with the resource type")
-        element = segments[1].split("(")[0].split("[")[0] if len(segments) > 1 else ""
+        head = _FHIRPATH_HEAD.fullmatch(rest) if dot else None
+        if dot and head is None:
+            raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch path must name an element after the resource type")
+        element = head.group(1) if head is not None else ""
         name = parts.get("name", {}).get("valueString")
         if element:
             touched.add(element)

@@ -95,6 +95,35 @@ def decide_path(
     return decide(fhir_request(path, method), token_context(scope, patient), settings)
 
 
+def body_request(
+    path: str,
+    method: str,
+    body: Any,
+    content_type: str = "application/fhir+json",
+    headers: dict[str, str] | None = None,
+) -> FhirRequest:
+    """Parse a request to ``path`` (relative to the base) carrying ``body``: JSON-encoded unless it
+    is already bytes (or None, for no body at all)."""
+    encoded = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    all_headers = {"content-type": content_type, **(headers or {})}
+    return fhir_request(path, method, headers=all_headers, body=encoded)
+
+
+def decide_body(
+    path: str,
+    method: str,
+    body: Any,
+    scope: str = "patient/*.cruds",
+    *,
+    content_type: str = "application/fhir+json",
+    headers: dict[str, str] | None = None,
+    patient: str | None = PATIENT,
+    settings: PolicySettings = SETTINGS,
+) -> Decision | Pending:
+    """Run the policy on a request carrying ``body`` for a token with ``scope``."""
+    return decide(body_request(path, method, body, content_type, headers), token_context(scope, patient), settings)
+
+
 def request_error(request: HttpRequest) -> RequestError:
     parsed = parse_fhir_request(request, BASE_PATH)
     assert isinstance(parsed, RequestError), parsed
