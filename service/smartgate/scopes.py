@@ -9,6 +9,7 @@ proves the constraint itself. Anything unparseable grants nothing.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -99,6 +100,13 @@ class ScopeGrants:
         return self.permits("user", resource_type, permission) or self.permits(
             "system", resource_type, permission
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def grants_for(scope_values: tuple[str, ...]) -> ScopeGrants:
+    """``parse_scopes``, memoised (bounded): an app sends the same scope string token after token,
+    so a fresh token rarely needs its scopes parsed again. ScopeGrants is never mutated."""
+    return parse_scopes(scope_values)
 
 
 def parse_scopes(scope_values: Iterable[str]) -> ScopeGrants:

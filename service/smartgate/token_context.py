@@ -11,7 +11,7 @@ from smartgate.claim_names import ClaimNames
 from smartgate.fhir_request import is_valid_id
 from smartgate.profiles import undot_scope
 from smartgate.reasons import Reason
-from smartgate.scopes import ScopeGrants, parse_scopes
+from smartgate.scopes import ScopeGrants, grants_for
 
 # Header-safe text: printable ASCII and no separators that could split a header.
 _HEADER_SAFE = re.compile(r"^[\x20-\x7e]{1,2048}\Z")
@@ -96,7 +96,7 @@ def context_from_claims(
             patient = patient[len("Patient/") :]
         if not is_valid_id(patient):
             return ClaimsError(Reason.TOKEN_CLAIMS_INVALID, "the patient claim is not a FHIR id")
-    grants = parse_scopes(scope_values)
+    grants = grants_for(tuple(scope_values))
     if grants.has_patient_scopes and patient is None:
         return ClaimsError(Reason.PATIENT_CONTEXT_MISSING, "patient/ scopes need a patient launch context")
     fhir_user = texts["fhir_user"]

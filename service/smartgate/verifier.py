@@ -19,6 +19,7 @@ from smartgate import metrics
 from smartgate.config import IssuerConfig, TokenPolicy
 from smartgate.introspection import IntrospectionError, Introspector
 from smartgate.jwks_cache import JwksCache
+from smartgate.jws import JwsError, read_compact, verify_signature
 from smartgate.reasons import Reason
 from smartgate.token_cache import ExpiringCache
 from smartgate.token_context import ClaimsError, TokenContext, context_from_claims
@@ -96,11 +97,11 @@ class TokenVerifier:
         if token.count(".") != 2:
             return TokenError(Reason.TOKEN_MALFORMED, "the token is not a signed JWT (JWS compact form)")
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.InvalidTokenError:
+            jws = read_compact(token)
+        except JwsError:
             return TokenError(Reason.TOKEN_MALFORMED, "the token is not a well-formed JWT")
-        issuer_name = unverified.get("iss")
+        header = jws.header
+        issuer_name = jws.claims.get("iss")
         entry = self._issuers.get(issuer_name) if isinstance(issuer_name, str) else None
         if entry is None:
             return TokenError(Reason.TOKEN_UNKNOWN_ISSUER, "the token issuer is not trusted")
@@ -115,19 +116,13 @@ class TokenVerifier:
             return TokenError(Reason.JWKS_UNAVAILABLE, "the issuer's signing keys are unavailable")
         if not keys:
             return TokenError(Reason.TOKEN_UNKNOWN_KEY, "no key of the issuer matches the token")
-        claims: dict[str, Any] | None = None
-        last_error: Exception | None = None
-        for key in keys:
-            try:
-                claims = self._decode(token, key.key, alg, issuer, now)
-                break
-            except jwt.InvalidTokenError as exc:
-                last_error = exc
-                if not isinstance(exc, jwt.InvalidSignatureError):
-                    break
-        if claims is None:
-            return _error_for(last_error or jwt.InvalidTokenError())
-        return self._context(claims, issuer)
+        if not any(verify_signature(jws, alg, key.key) for key in keys):
+            return _error_for(jwt.InvalidSignatureError())
+        try:
+            self._check_claims(jws.claims, issuer, now)
+        except jwt.InvalidTokenError as exc:
+            return _error_for(exc)
+        return self._context(jws.claims, issuer)
 
     def _check_header(self, header: Mapping[str, Any], issuer: IssuerConfig) -> TokenError | None:
         alg = header.get("alg")
@@ -135,8 +130,7 @@ class TokenVerifier:
             return TokenError(Reason.TOKEN_ALGORITHM_NOT_ALLOWED, "the token algorithm is not allowed")
         if "crit" in header:
             return TokenError(Reason.TOKEN_MALFORMED, "critical header parameters are not supported")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
+        if "kid" in header and not isinstance(header["kid"], str):
             return TokenError(Reason.TOKEN_MALFORMED, "the kid header must be a string")
         typ = header.get("typ")
         if typ is None:
@@ -146,18 +140,21 @@ class TokenVerifier:
             return TokenError(Reason.TOKEN_TYPE_NOT_ALLOWED, "the token typ is not an access token type")
         return None
 
-    def _decode(self, token: str, key: Any, alg: str, issuer: IssuerConfig, now: float) -> dict[str, Any]:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            key,
-            algorithms=[alg],
-            audience=list(issuer.audiences),
-            issuer=issuer.issuer,
-            options={"require": _REQUIRED_CLAIMS, "verify_signature": True,
-                     "verify_exp": False, "verify_nbf": False, "verify_iat": False},
-        )
+    def _check_claims(self, claims: Mapping[str, Any], issuer: IssuerConfig, now: float) -> None:
+        """After the signature: the required claims, ``iss`` exactly, ``aud`` containing one of the
+        issuer's audiences, and the times."""
+        for name in _REQUIRED_CLAIMS:
+            if claims.get(name) in (None, "", []):
+                raise jwt.MissingRequiredClaimError(name)
+        if claims["iss"] != issuer.issuer:
+            raise jwt.InvalidIssuerError("iss")
+        audience = claims["aud"]
+        audiences = [audience] if isinstance(audience, str) else audience
+        if not isinstance(audiences, list) or not all(isinstance(value, str) for value in audiences):
+            raise jwt.InvalidAudienceError("aud must be a string or a list of strings")
+        if not any(value in issuer.audiences for value in audiences):
+            raise jwt.InvalidAudienceError("aud")
         self._check_times(claims, now)
-        return claims
 
     def _check_times(self, claims: Mapping[str, Any], now: float) -> None:
         """exp, nbf and iat against our own clock, with the configured skew."""
