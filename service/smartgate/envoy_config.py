@@ -31,6 +31,7 @@ class EnvoySettings:
     max_request_bytes: int = 1_048_576
     response_verification: str = "off"  # off | report | enforce (ext_proc to smartgate)
     max_response_bytes: int = 4 * 1024 * 1024
+    ready_port: int | None = None  # a listener serving only the admin's /ready (Kubernetes probes); admin stays local
 
 
 def _cluster(name: str, host: str, ports: list[int], http2: bool) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def _ext_authz(settings: EnvoySettings) -> dict[str, Any]:
             "transport_api_version": "V3",
             "grpc_service": {
                 "envoy_grpc": {"cluster_name": "smartgate"},
-                "timeout": f"{settings.authz_timeout_seconds}s",
+                "timeout": f"{settings.authz_timeout_seconds:g}s",
             },
             # Fail closed: if smartgate cannot answer, the request is refused with 503, not 403.
             "failure_mode_allow": False,
@@ -182,7 +183,7 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": hcm,
                 }]}],
-            }],
+            }, *_ready_listener(settings)],
             "clusters": [
                 _with_health_checks(_cluster("smartgate", settings.authz_host,
                                              [settings.authz_port + i for i in range(settings.authz_workers)],
@@ -190,9 +191,39 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
                 upstream_cluster,
                 *([_cluster("smartgate_http", settings.authz_host, [settings.smartgate_http_port], http2=False)]
                   if settings.smartgate_http_port else []),
+                *([_cluster("envoy_admin", settings.admin_host, [settings.admin_port], http2=False)]
+                  if settings.ready_port is not None else []),
             ],
         },
     }
+
+
+def _ready_listener(settings: EnvoySettings) -> list[dict[str, Any]]:
+    """Kubernetes probes cannot reach an admin bound to loopback: this listener proxies GET /ready,
+    and nothing else, to it."""
+    if settings.ready_port is None:
+        return []
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                 ".HttpConnectionManager",
+        "stat_prefix": "envoy_ready",
+        "route_config": {"name": "ready", "virtual_hosts": [{
+            "name": "ready", "domains": ["*"],
+            "routes": [
+                {"match": {"path": "/ready", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+                 "route": {"cluster": "envoy_admin", "timeout": "2s"}},
+                {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+            ],
+        }]},
+        "http_filters": [{"name": "envoy.filters.http.router",
+                          "typed_config": {"@type": f"{_HTTP_FILTERS_PREFIX}.router.v3.Router"}}],
+    }
+    return [{
+        "name": "envoy_ready",
+        "address": {"socket_address": {"address": settings.listen_host, "port_value": settings.ready_port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}],
+    }]
 
 
 def render_yaml(settings: EnvoySettings) -> str:

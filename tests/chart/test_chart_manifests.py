@@ -1,0 +1,274 @@
+"""The Helm chart, rendered by the real Helm engine for each values file under charts/smartgate/ci:
+valid Kubernetes manifests, configs smartgate and Envoy accept, the same Envoy config smartgate
+itself renders, hardened pods, and values the schema refuses with a clear error."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python import HelmError
+from prometheus_client.metrics import MetricWrapperBase
+
+from smartgate import metrics
+from smartgate.demo.runner import find_envoy
+from smartgate.envoy_config import EnvoySettings, render
+
+from .rendering import CHART, VALUES_FILES, Rendering, load_values
+from .rendering import render as render_chart
+
+pytestmark = pytest.mark.chart
+
+KUBERNETES = "1.33.0"
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+IDS = [path.stem for path in VALUES_FILES]
+
+
+@pytest.fixture(scope="module", params=VALUES_FILES, ids=IDS)
+def rendering(request: pytest.FixtureRequest) -> Rendering:
+    return render_chart(load_values(request.param))
+
+
+@pytest.fixture(scope="module")
+def production() -> Rendering:
+    return render_chart(load_values(CHART / "ci" / "production-values.yaml"))
+
+
+def test_there_are_minimal_and_production_values_files() -> None:
+    assert {"minimal-values", "production-values"} <= set(IDS)
+
+
+def test_every_manifest_is_valid_against_the_kubernetes_api_schemas(rendering: Rendering) -> None:
+    checked = 0
+    for manifest in rendering.manifests:
+        if manifest["kind"] in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+        checked += 1
+    assert checked >= 6
+
+
+def test_the_schema_validation_is_not_a_no_op(production: Rendering) -> None:
+    deployment = copy.deepcopy(production.one("Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pathh"] = "/ready"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES, strict=True)
+
+
+def test_the_production_values_turn_every_option_on(production: Rendering) -> None:
+    kinds = {m["kind"] for m in production.manifests}
+    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+            "NetworkPolicy", "ServiceMonitor", "PrometheusRule"} <= kinds
+    assert len(production.of_kind("NetworkPolicy")) == 2
+    assert any(m["metadata"]["name"].endswith("-dashboard") for m in production.of_kind("ConfigMap"))
+
+
+def test_minimal_values_leave_the_optional_objects_out() -> None:
+    minimal = render_chart(load_values(CHART / "ci" / "minimal-values.yaml"))
+    kinds = {m["kind"] for m in minimal.manifests}
+    assert not kinds & {"HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PrometheusRule"}
+
+
+# --- the configs ---------------------------------------------------------------------------------
+
+
+def test_the_rendered_smartgate_config_passes_check_config(rendering: Rendering, tmp_path: Path) -> None:
+    path = tmp_path / "smartgate.yaml"
+    path.write_text(yaml.safe_dump(rendering.config("smartgate.yaml")), encoding="utf-8")
+    secrets = {f"SMARTGATE_INTROSPECTION_SECRET_{i}": "s3cret" for i in range(4)}
+    result = subprocess.run([sys.executable, "-m", "smartgate", "check-config", str(path)],
+                            capture_output=True, text=True, env={**os.environ, **secrets}, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _envoy_settings(values: dict[str, Any]) -> EnvoySettings:
+    base_path = re.sub(r"^https?://[^/]+", "", values["fhir"]["baseUrl"]).rstrip("/")
+    limits = values.get("limits", {})
+    verification = values.get("responseVerification", {})
+    return EnvoySettings(
+        listen_host="0.0.0.0", listen_port=8080, admin_host="127.0.0.1", admin_port=9901,
+        authz_host="127.0.0.1", authz_port=9191, authz_workers=values.get("workers", 1), smartgate_http_port=9190,
+        authz_timeout_seconds=limits.get("authzTimeoutSeconds", 1), upstream_url=values["fhir"]["upstreamUrl"],
+        base_path=base_path, max_request_bytes=limits.get("maxRequestBytes", 1048576),
+        response_verification=verification.get("mode", "off"),
+        max_response_bytes=verification.get("maxBodyBytes", 4194304), ready_port=9902,
+    )
+
+
+@pytest.mark.parametrize("path", VALUES_FILES, ids=IDS)
+def test_the_rendered_envoy_config_is_the_one_smartgate_renders_for_the_same_values(path: Path) -> None:
+    values = load_values(path)
+    rendered = render_chart(values).config("envoy.yaml")
+    expected = json.loads(json.dumps(render(_envoy_settings(values))))
+    assert rendered == expected
+
+
+def test_the_rendered_envoy_config_passes_envoy_mode_validate(rendering: Rendering, tmp_path: Path) -> None:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(rendering.config("envoy.yaml")), encoding="utf-8")
+    result = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0 and "OK" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_envoy_fails_closed_and_keeps_its_admin_on_loopback(rendering: Rendering) -> None:
+    envoy = rendering.config("envoy.yaml")
+    assert envoy["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    listener = envoy["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    ext_authz = hcm["http_filters"][0]["typed_config"]
+    assert ext_authz["failure_mode_allow"] is False and ext_authz["status_on_error"] == {"code": "ServiceUnavailable"}
+    assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+
+
+def test_the_envoy_image_matches_the_envoy_version_tested_here(rendering: Rendering) -> None:
+    version = subprocess.run([find_envoy(), "--version"], capture_output=True, text=True, check=True).stdout
+    tested = re.search(r"/(\d+\.\d+)\.\d+/", version)
+    assert tested is not None, version
+    image = next(c["image"] for c in _containers(rendering) if c["name"] == "envoy")
+    assert image.split(":")[1].startswith(f"v{tested.group(1)}.")
+
+
+# --- the pod -------------------------------------------------------------------------------------
+
+
+def _containers(rendering: Rendering) -> list[dict[str, Any]]:
+    containers: list[dict[str, Any]] = rendering.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+def test_every_container_is_hardened(rendering: Rendering) -> None:
+    pod = rendering.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    for container in _containers(rendering):
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] > 0
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+def test_smartgate_is_probed_by_grpc_health_and_envoy_by_its_ready_endpoint(rendering: Rendering) -> None:
+    containers = {c["name"]: c for c in _containers(rendering)}
+    assert containers["smartgate"]["readinessProbe"]["grpc"]["port"] == 9191
+    assert containers["smartgate"]["startupProbe"]["grpc"]["port"] == 9191
+    assert containers["smartgate"]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert containers["envoy"]["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "envoy-ready"}
+
+
+def test_the_service_exposes_only_envoy(rendering: Rendering) -> None:
+    service = rendering.one("Service", "gw-smartgate")
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
+
+
+def test_the_introspection_secret_comes_from_the_existing_secret_by_reference(production: Rendering) -> None:
+    smartgate = next(c for c in _containers(production) if c["name"] == "smartgate")
+    env = {item["name"]: item for item in smartgate["env"]}
+    reference = env["SMARTGATE_INTROSPECTION_SECRET_1"]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": "smartgate-introspection", "key": "client-secret"}
+    introspection = production.config("smartgate.yaml")["issuers"][1]["introspection"]
+    assert introspection["client_secret_env"] == "SMARTGATE_INTROSPECTION_SECRET_1"
+    assert "s3cret" not in json.dumps(production.manifests)
+
+
+def test_a_config_change_rolls_the_pods() -> None:
+    values = load_values(CHART / "ci" / "minimal-values.yaml")
+    before = render_chart(values).one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    changed = copy.deepcopy(values)
+    changed["tokens"] = {"clockSkewSeconds": 30}
+    after = render_chart(changed).one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert before["checksum/smartgate-config"] != after["checksum/smartgate-config"]
+    assert before["checksum/envoy-config"] == after["checksum/envoy-config"]
+
+
+def test_only_the_gateway_may_reach_the_fhir_servers_port(production: Rendering) -> None:
+    policy = production.one("NetworkPolicy", "gw-smartgate-fhir-server")
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "fhir-server"}}
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8443, "protocol": "TCP"}]
+    assert rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "smartgate"
+
+
+# --- monitoring ------------------------------------------------------------------------------------
+
+
+def _metric_names() -> set[str]:
+    """Every family smartgate exports, by its family name (counters without ``_total``)."""
+    collectors = [value for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)]
+    return {family.name for collector in collectors for family in collector.describe()}
+
+
+def _families(expr: str) -> set[str]:
+    return {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in re.findall(r"smartgate_[a-z_]+", expr)}
+
+
+def test_the_alerts_cover_the_four_failure_modes_with_real_metric_names(production: Rendering) -> None:
+    rule = production.one("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    alerts = {r["alert"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) == {"SmartgateDenyRateSpike", "SmartgateJwksStale", "SmartgateLookupErrors", "SmartgateNotReady"}
+    known = _metric_names()
+    for expr in alerts.values():
+        used = _families(expr)
+        assert used and used <= known, (used - known, expr)
+
+
+def test_the_service_monitor_scrapes_the_metrics_service(production: Rendering) -> None:
+    monitor = production.one("ServiceMonitor")
+    metrics_service = production.one("Service", "gw-smartgate-metrics")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= metrics_service["metadata"]["labels"].items()
+    assert not selector.items() <= production.one("Service", "gw-smartgate")["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_the_grafana_dashboard_queries_real_metrics(production: Rendering) -> None:
+    config_map = production.one("ConfigMap", "gw-smartgate-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["smartgate.json"])
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {family for expr in expressions for family in _families(expr)}
+    assert len(used) >= 8 and used <= _metric_names(), used - _metric_names()
+    assert len(dashboard["panels"]) >= 6
+
+
+def test_the_notes_tell_the_installer_how_to_call_the_api(rendering: Rendering) -> None:
+    notes = rendering.notes
+    assert "kubectl -n fhir port-forward svc/gw-smartgate 8080:8080" in notes
+    assert "Authorization: Bearer" in notes and "/.well-known/smart-configuration" in notes
+
+
+# --- values the schema refuses ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (lambda v: v["fhir"].pop("upstreamUrl"), "upstreamUrl"),
+    (lambda v: v["fhir"].update(baseUrl="fhir.example.org/r4"), "baseUrl"),
+    (lambda v: v.update(issuers=[]), "issuers"),
+    (lambda v: v["issuers"][0].update(jwksUri="ftp://idp/keys"), "jwksUri"),
+    (lambda v: v["issuers"][0].update(algorithms=["HS256"]), "algorithms"),
+    (lambda v: v.update(mode="allow_all"), "mode"),
+    (lambda v: v.update(responseVerification={"mode": "on"}), "mode"),
+    (lambda v: v.update(tokenz={}), "tokenz"),
+    (lambda v: v["issuers"][0].update(introspection={"endpoint": "https://idp/introspect", "clientId": "x",
+                                                     "clientSecret": "plain-text-secret"}), "clientSecret"),
+], ids=["no-upstream", "base-not-url", "no-issuers", "jwks-not-http", "hmac", "bad-mode", "bad-verification",
+        "unknown-key", "inline-secret"])
+def test_bad_values_fail_to_render_naming_the_value(change: Any, named: str) -> None:
+    values = load_values(CHART / "ci" / "minimal-values.yaml")
+    change(values)
+    with pytest.raises(HelmError) as raised:
+        render_chart(values)
+    assert named in str(raised.value), str(raised.value)
