@@ -8,12 +8,13 @@ import json
 import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from smartgate.demo.http_server import DemoHTTPServer
 from tests.integration.harness import SigningKeys, new_keys
 
 
@@ -107,7 +108,7 @@ class CountingUpstream:
             def do_DELETE(self) -> None:
                 self._answer()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = DemoHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}/fhir"

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,6 +22,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from smartgate.demo.http_server import DemoHTTPServer
 from smartgate.demo.runner import find_envoy
 from smartgate.envoy_config import EnvoySettings, render_yaml
 
@@ -131,7 +132,7 @@ class IdentityProvider:
                     {**form, "authorization": self.headers.get("authorization", "")})
                 self._json(200, answers.get(form.get("token", ""), {"active": False}))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = DemoHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self) -> None:

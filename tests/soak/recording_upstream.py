@@ -9,9 +9,9 @@ through, to compare with what should have been denied. A batch/transaction POST 
 from __future__ import annotations
 
 import threading
-from http.server import ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from smartgate.demo.http_server import DemoHTTPServer
 from smartgate.demo.upstream import SEED, FhirStore, make_handler
 
 from ..integration.harness import free_port
@@ -55,7 +55,7 @@ class RecordingFhirServer:
                     return
                 super().do_POST()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = DemoHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, args=(0.05,), name="soak-fhir", daemon=True).start()
 

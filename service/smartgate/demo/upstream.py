@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from .http_server import DemoHTTPServer
 
 SEED: list[dict[str, Any]] = [
     {"resourceType": "Patient", "id": "123", "name": [{"family": "Alvarez", "given": ["Ana"]}]},
@@ -211,9 +213,9 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
     return Handler
 
 
-def start_upstream(host: str, port: int, base_path: str = "/fhir") -> ThreadingHTTPServer:
+def start_upstream(host: str, port: int, base_path: str = "/fhir") -> DemoHTTPServer:
     """Start the demo FHIR server in a background thread; returns it (``server_address`` has the port)."""
-    server = ThreadingHTTPServer((host, port), make_handler(FhirStore(SEED), base_path))
+    server = DemoHTTPServer((host, port), make_handler(FhirStore(SEED), base_path))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="demo-fhir-upstream", daemon=True).start()
     return server
