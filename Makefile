@@ -79,7 +79,7 @@ bench: $(STAMP) bench-deps
 bench-micro: $(STAMP)
 	$(BIN)/pytest -q bench/micro --benchmark-only
 
-## fuzz: a long coverage-guided pass (atheris) over CheckRequest bytes; new crashes land in fuzz/corpus
+## fuzz: a long coverage-guided pass (atheris) over CheckRequest bytes; new inputs land in fuzz/corpus, crashes and wrong decisions in fuzz/regressions
 FUZZ_SECONDS ?= 600
 fuzz: $(STAMP)
 	$(BIN)/python fuzz/fuzz_check_request.py -max_total_time=$(FUZZ_SECONDS) fuzz/corpus

@@ -65,7 +65,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             decision = Decision(Reason.REQUEST_MALFORMED, "the request could not be read")
         else:
             decision = await pipeline.authorizer.authorize(http)
-        response = _DRY_RUN_ALLOW if pipeline.dry_run else pipeline.responses.build(decision)
+        response = _DRY_RUN_ALLOW if pipeline.dry_run else pipeline.responses.build(decision, http.request_id)
         elapsed = time.perf_counter() - started
         metrics.DECISIONS.labels(outcome_of(decision), str(decision.http_status), decision.reason.code).inc()
         metrics.DECISION_SECONDS.observe(elapsed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from smartgate.decision import Decision
 from smartgate.request import HttpRequest
@@ -22,6 +22,13 @@ class DecisionLog:
             self._stream = sys.stderr
         else:
             self._stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the server
+
+    def write(self, entry: dict[str, Any]) -> None:
+        """One line; also used by the response stage (``"stage": "response"`` entries)."""
+        if self._stream is None:
+            return
+        self._stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._stream.flush()
 
     def record(self, http: HttpRequest, decision: Decision, latency_seconds: float, dry_run: bool = False) -> None:
         if self._stream is None:
@@ -44,5 +51,4 @@ class DecisionLog:
         }
         if dry_run:
             entry["dry_run"] = True
-        self._stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self._stream.flush()
+        self.write(entry)

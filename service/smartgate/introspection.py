@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,13 +108,14 @@ class Introspector:
         audience = answer.get("aud")
         if audience is not None:
             audiences = [audience] if isinstance(audience, str) else audience
-            if not isinstance(audiences, list) or not set(audiences) & set(issuer.audiences):
+            if (not isinstance(audiences, list) or not all(isinstance(value, str) for value in audiences)
+                    or not set(audiences) & set(issuer.audiences)):
                 return IntrospectionError(Reason.TOKEN_AUDIENCE_MISMATCH, "the token is not meant for this server")
         exp = answer.get("exp")
         if exp is None:
             exp = now + (issuer.introspection.cache_max_ttl_seconds if issuer.introspection else 60)
-        if isinstance(exp, bool) or not isinstance(exp, int | float):
-            return IntrospectionError(Reason.TOKEN_CLAIMS_INVALID, "exp is not a number")
+        if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+            return IntrospectionError(Reason.TOKEN_CLAIMS_INVALID, "exp is not a finite number")
         if exp <= now:
             return IntrospectionError(Reason.TOKEN_EXPIRED, "the token has expired")
         claims = {**answer, "exp": exp, "iss": issuer.issuer}

@@ -76,9 +76,13 @@ def _decode_segment(segment: bytes) -> bytes:
     return decoded
 
 
+def _refuse_non_finite(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # Python's parser accepts NaN/Infinity; RFC 8259 does not
+
+
 def _json_object(data: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_constant=_refuse_non_finite)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise JwsError("a segment is not JSON") from exc
     if not isinstance(value, dict):

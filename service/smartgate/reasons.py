@@ -23,6 +23,7 @@ class Reason(enum.Enum):
     ALLOWED_BUNDLE = ("allowed_bundle", 200, None)
     ALLOWED_OPERATION = ("allowed_operation", 200, None)
     ALLOWED_PAGING_LINK = ("allowed_paging_link", 200, None)
+    RESPONSE_CLEAN = ("response_clean", 200, None)  # response verification found nothing foreign
 
     # 401: no usable token.
     TOKEN_MISSING = ("token_missing", 401, None)

@@ -22,6 +22,7 @@ from smartgate.reasons import Reason
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK = status_pb2.Status(code=code_pb2.OK)
+_MAX_REQUEST_ID = 200  # x-request-id is client-chosen; the response stage logs it, bounded
 _UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
 _PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
 _UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
@@ -74,12 +75,12 @@ class ResponseBuilder:
         self._realm = realm
         self._hand_over = hand_over_context  # for response verification (ext_proc)
 
-    def build(self, decision: Decision) -> external_auth_pb2.CheckResponse:
+    def build(self, decision: Decision, request_id: str = "") -> external_auth_pb2.CheckResponse:
         if decision.allowed:
-            return self._allow(decision)
+            return self._allow(decision, request_id)
         return self._deny(decision)
 
-    def _allow(self, decision: Decision) -> external_auth_pb2.CheckResponse:
+    def _allow(self, decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
         ok = external_auth_pb2.OkHttpResponse()
         names = self._names
         context = decision.context
@@ -101,7 +102,7 @@ class ResponseBuilder:
             # Emitted by Envoy as dynamic metadata (namespace envoy.filters.http.ext_authz) for ext_proc.
             response.dynamic_metadata.update({
                 "patient": context.patient, "scope": context.scope_text, "interaction": decision.interaction,
-                "resource_type": decision.resource_type,
+                "resource_type": decision.resource_type, "request_id": request_id[:_MAX_REQUEST_ID],
             })
         return response
 

@@ -13,11 +13,9 @@ OperationOutcome. ``report``: it is logged and counted, and the response passes.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -62,7 +60,9 @@ def _context_from_metadata(request: ext_proc.ProcessingRequest) -> dict[str, Any
 
 
 class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, mode: str, max_body_bytes: int, fhir_base_url: str, closed_types: frozenset[str]) -> None:
+    def __init__(self, mode: str, max_body_bytes: int, fhir_base_url: str, closed_types: frozenset[str],
+                 write_log: Callable[[dict[str, Any]], None]) -> None:
+        self._write_log = write_log  # the decision log's destination (stdout, stderr, a file or off)
         self._enforce = mode == "enforce"
         self._mode = mode
         self._max_body_bytes = max_body_bytes
@@ -158,9 +158,8 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
             "request_id": handed_over.get("request_id", ""), "patient": handed_over.get("patient", ""),
             "interaction": handed_over.get("interaction", ""), "resource_type": handed_over.get("resource_type", ""),
             "outcome": ("blocked" if self._enforce else "reported") if findings else "clean",
-            "reason": Reason.RESPONSE_FOREIGN_RESOURCE.code if findings else "response_clean",
+            "reason": (Reason.RESPONSE_FOREIGN_RESOURCE if findings else Reason.RESPONSE_CLEAN).code,
             "resources_checked": checked, "findings": findings[:5], "bytes": size,
             "latency_ms": round(seconds * 1000, 3),
         }
-        sys.stdout.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        sys.stdout.flush()
+        self._write_log(entry)

@@ -201,6 +201,7 @@ class Worker:
         if verification.mode != "off":
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ResponseVerifier(
                 verification.mode, verification.max_body_bytes, config.fhir.base_url, config.patient_closed_types,
+                lambda entry: self.components.pipeline.decision_log.write(entry),
             ), server)
         await self._set_serving(False)
         address = grpc_address(config, self._index)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from smartgate.demo.upstream import start_upstream
 from smartgate.envoy_config import EnvoySettings
@@ -30,6 +31,7 @@ class Stack:
     audience: str
     workdir: Path
     client: httpx.Client
+    smartgate_http: str  # smartgate's own HTTP listener (metrics, health), not through Envoy
 
     def token(self, scope: str = "launch/patient patient/*.rs", patient: str | None = "123",
               alg: str = "ES256", **overrides: Any) -> str:
@@ -60,6 +62,15 @@ class Stack:
     def decision_log(self) -> str:
         return (self.workdir / "decisions.jsonl").read_text(encoding="utf-8")
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The current value of one sample on smartgate's /metrics (0 when it has not appeared yet)."""
+        text = self.client.get(f"{self.smartgate_http}/metrics").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
 
 @contextlib.contextmanager
 def start_stack(workdir: Path, config_overrides: dict[str, Any] | None = None,
@@ -88,7 +99,7 @@ def start_stack(workdir: Path, config_overrides: dict[str, Any] | None = None,
                 max_request_bytes=MAX_REQUEST_BYTES, smartgate_http_port=http_port, **(envoy_overrides or {}),
             )
             with running(start_envoy(settings, workdir)), httpx.Client(timeout=10) as client:
-                yield Stack(base_url, keys, idp.issuer, audience, workdir, client)
+                yield Stack(base_url, keys, idp.issuer, audience, workdir, client, f"http://127.0.0.1:{http_port}")
     finally:
         upstream.shutdown()
         idp.close()

@@ -4,7 +4,7 @@ upstream never reached."""
 from __future__ import annotations
 
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -128,6 +128,7 @@ def test_absolute_reference_to_our_base_for_another_patient_is_denied(stack: Sta
 OTHER_PATIENT_FORMS = [
     ("", b"patient=456"),
     ("", b"subject=Patient%2F456"),
+    ("", b"patient=Patient%2F456"),
     ("", b"patient=123,456"),
     ("?patient=123", b"patient=456"),
     ("?patient=456", b"patient=123"),
@@ -143,6 +144,19 @@ def test_patient_token_cannot_post_search_other_patients_data(stack: Stack, quer
                           headers={"content-type": "application/x-www-form-urlencoded"})
     assert response.status_code in (400, 403), f"{query} {body!r} -> {response.status_code}"
     assert "x-demo-received-path" not in response.headers
+
+
+def test_patient_token_cannot_post_search_another_patient_by_absolute_reference(stack: Stack) -> None:
+    body = urlencode({"subject": f"{stack.base_url}/Patient/456"}).encode()
+    response = stack.post("/Observation/_search", stack.token(), content=body,
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+    assert_denied(response, 403, "compartment_other_patient")
+
+
+def test_patient_token_cannot_post_search_another_patients_compartment(stack: Stack) -> None:
+    response = stack.post("/Patient/456/Observation/_search", stack.token(), content=b"code=1234",
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+    assert_denied(response, 403, "compartment_other_patient")
 
 
 def test_post_search_with_non_form_body_is_400(stack: Stack) -> None:
@@ -170,6 +184,16 @@ def test_header_with_underscore_is_rejected(stack: Stack) -> None:
     response = stack.get("/Observation?patient=123", stack.token(), headers={"x_smart_patient": "456"})
     assert response.status_code == 400
     assert "x-demo-received-path" not in response.headers
+
+
+def test_merged_slashes_are_decided_as_the_fhir_server_will_read_them(stack: Stack) -> None:
+    token = {"authorization": f"Bearer {stack.token()}"}
+    allowed = stack.client.get(stack.base_url + "//Observation?patient=123", headers=token)
+    assert allowed.status_code == 200
+    assert allowed.headers["x-demo-received-path"].startswith("/fhir/Observation?")
+    denied = stack.client.get(stack.base_url + "//Observation//obs-456-a", headers=token)
+    assert denied.status_code == 403
+    assert "x-demo-received-path" not in denied.headers
 
 
 def test_dot_segments_are_normalised_before_the_decision(stack: Stack) -> None:

@@ -44,6 +44,22 @@ def test_enforce_mode_blocks_a_response_with_another_patients_resource(enforcing
     assert outcome["issue"][0]["details"]["coding"][0]["code"] == "response_foreign_resource"
 
 
+def test_enforce_mode_logs_and_counts_a_blocked_response(enforcing: Stack) -> None:
+    blocked_before = enforcing.metric("smartgate_response_checks_total", mode="enforce", result="blocked")
+    clean_before = enforcing.metric("smartgate_response_checks_total", mode="enforce", result="clean")
+    timed_before = enforcing.metric("smartgate_response_check_duration_seconds_count")
+    request_id = "blocked-response-1"
+    assert enforcing.get(LEAKY_SEARCH, enforcing.token(), headers={"x-request-id": request_id}).status_code == 403
+    assert enforcing.get("/Observation?patient=123", enforcing.token()).status_code == 200
+    assert enforcing.metric("smartgate_response_checks_total", mode="enforce", result="blocked") == blocked_before + 1
+    assert enforcing.metric("smartgate_response_checks_total", mode="enforce", result="clean") == clean_before + 1
+    assert enforcing.metric("smartgate_response_check_duration_seconds_count") == timed_before + 2
+    entries = [json.loads(line) for line in enforcing.decision_log().splitlines()]
+    [response_entry] = [e for e in entries if e.get("stage") == "response" and e["request_id"] == request_id]
+    assert (response_entry["outcome"], response_entry["reason"]) == ("blocked", "response_foreign_resource")
+    assert response_entry["patient"] == "123" and response_entry["findings"]
+
+
 def test_enforce_mode_passes_ordinary_responses_untouched(enforcing: Stack) -> None:
     plain = enforcing.get("/Observation?patient=123", enforcing.token())
     assert plain.status_code == 200
@@ -60,9 +76,10 @@ def test_enforce_mode_leaves_user_scoped_responses_alone(enforcing: Stack) -> No
 def test_report_mode_passes_the_response_but_logs_and_counts_it(reporting: Stack) -> None:
     response = reporting.get(LEAKY_SEARCH, reporting.token())
     assert response.status_code == 200 and "obs-456-a" in response.text
-    log = (reporting.workdir / "smartgate.stderr").read_text()
-    entries = [json.loads(line) for line in log.splitlines() if line.startswith('{"time"') and '"stage"' in line]
-    assert any(e["outcome"] == "reported" and e["reason"] == "response_foreign_resource" for e in entries)
+    entries = [json.loads(line) for line in reporting.decision_log().splitlines()]
+    assert any(e.get("stage") == "response" and e["outcome"] == "reported"
+               and e["reason"] == "response_foreign_resource" for e in entries)
+    assert reporting.metric("smartgate_response_checks_total", mode="report", result="reported") >= 1
 
 
 def test_a_paging_link_is_denied_to_a_patient_token_without_response_verification(stack: Stack) -> None:

@@ -83,6 +83,12 @@ def test_a_header_or_payload_that_is_not_a_json_object_is_malformed(header: obje
         read_compact(token(header, claims))
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")], ids=["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(number: float) -> None:
+    with pytest.raises(JwsError):
+        read_compact(token(claims={"iss": "https://issuer.example.org", "exp": number}))
+
+
 def test_bytes_that_are_not_json_are_malformed() -> None:
     with pytest.raises(JwsError):
         read_compact(f"{b64(b'not json')}.e30.{b64(b'x')}")

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
@@ -18,8 +19,10 @@ BASE = "https://fhir.example.org/r4"
 CONTEXT = {"patient": "123", "scope": "patient/*.rs", "interaction": "search-type", "resource_type": "Observation"}
 
 
-def verifier(mode: str = "enforce", max_body_bytes: int = 1024 * 1024) -> ResponseVerifier:
-    return ResponseVerifier(mode, max_body_bytes, BASE, frozenset({"Binary"}))
+def verifier(mode: str = "enforce", max_body_bytes: int = 1024 * 1024,
+             log: list[dict[str, Any]] | None = None) -> ResponseVerifier:
+    entries = log if log is not None else []
+    return ResponseVerifier(mode, max_body_bytes, BASE, frozenset({"Binary"}), entries.append)
 
 
 def headers_message(context: dict[str, str] | None, content_type: str = "application/fhir+json",
@@ -131,3 +134,22 @@ async def test_a_binary_read_as_json_is_still_checked() -> None:
     foreign = {"resourceType": "Binary", "id": "b", "securityContext": {"reference": "Patient/456"}}
     answers = await run(verifier(), headers_message(binary_context), body_message(foreign))
     assert answers[1].immediate_response.status.code == 403
+
+
+async def test_each_checked_response_is_one_decision_log_entry_with_its_reason_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log: list[dict[str, Any]] = []
+    service = verifier(log=log)
+    await run(service, headers_message(CONTEXT), body_message(searchset("123")))
+    await run(service, headers_message(CONTEXT), body_message(searchset("123", "456")))
+    assert [(e["stage"], e["outcome"], e["reason"]) for e in log] == [
+        ("response", "clean", "response_clean"), ("response", "blocked", "response_foreign_resource")]
+    assert log[1]["patient"] == "123" and log[1]["resources_checked"] == 2
+    assert capsys.readouterr().out == ""  # written where the decision log goes, not to stdout regardless
+
+
+async def test_report_mode_logs_the_finding_as_reported() -> None:
+    log: list[dict[str, Any]] = []
+    await run(verifier("report", log=log), headers_message(CONTEXT), body_message(searchset("456")))
+    assert [(e["outcome"], e["reason"]) for e in log] == [("reported", "response_foreign_resource")]

@@ -532,6 +532,15 @@ async def test_token_with_exp_not_a_number_is_rejected(verifier: TokenVerifier, 
     assert await rejected(verifier, token(exp=exp)) is Reason.TOKEN_MALFORMED
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")], ids=["NaN", "Infinity", "-Infinity"])
+async def test_token_with_a_time_claim_that_is_not_a_finite_number_is_rejected(
+    verifier: TokenVerifier, claim: str, number: float
+) -> None:
+    # Python's JSON parser reads NaN and Infinity; a NaN exp never compares as past and would never lapse.
+    assert await rejected(verifier, token(**{claim: number})) is Reason.TOKEN_MALFORMED
+
+
 async def test_token_with_fractional_exp_is_accepted(verifier: TokenVerifier) -> None:
     exp = time.time() + 600.5
     context = await accepted(verifier, token(exp=exp))
