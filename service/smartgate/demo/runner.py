@@ -80,7 +80,7 @@ async def _serve_and_announce(config: object, token: str) -> None:
 smartgate demo is running: Envoy on {base} -> smartgate (ext_authz) -> demo FHIR server.
 Development token (NOT FOR PRODUCTION) for patient 123 with patient/*.rs:
 
-  curl -s -H "Authorization: Bearer {token}" "{base}/Observation?patient=124"
+  curl -s -H "Authorization: Bearer {token}" "{base}/Observation?patient=123"
 
 Try another patient (403) or no token (401):
   curl -si -H "Authorization: Bearer {token}" "{base}/Observation?patient=456"
@@ -89,4 +89,3 @@ More tokens: smartgate dev-token --patient 123 --scope 'launch/patient patient/O
 Press Ctrl-C to stop.
 """, flush=True)
     await server
-    await asyncio.sleep(3600)
