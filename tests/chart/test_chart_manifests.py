@@ -39,8 +39,13 @@ def rendering(request: pytest.FixtureRequest) -> Rendering:
 
 
 @pytest.fixture(scope="module")
-def production() -> Rendering:
-    return render_chart(load_values(CHART / "ci" / "production-values.yaml"))
+def production_values() -> dict[str, Any]:
+    return load_values(CHART / "ci" / "production-values.yaml")
+
+
+@pytest.fixture(scope="module")
+def production(production_values: dict[str, Any]) -> Rendering:
+    return render_chart(production_values)
 
 
 def test_there_are_minimal_and_production_values_files() -> None:
@@ -199,6 +204,123 @@ def test_only_the_gateway_may_reach_the_fhir_servers_port(production: Rendering)
     [rule] = policy["spec"]["ingress"]
     assert rule["ports"] == [{"port": 8443, "protocol": "TCP"}]
     assert rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "smartgate"
+
+
+# --- scaling and disruption ----------------------------------------------------------------------
+
+
+def test_the_disruption_budget_selects_exactly_the_deployments_pods(production: Rendering) -> None:
+    deployment = production.one("Deployment")
+    selector = production.one("PodDisruptionBudget")["spec"]["selector"]
+    assert selector == deployment["spec"]["selector"]
+    assert selector["matchLabels"] and selector["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items())
+
+
+def test_the_disruption_budget_keeps_min_available_from_values(production: Rendering,
+                                                               production_values: dict[str, Any]) -> None:
+    budget = production.one("PodDisruptionBudget")["spec"]
+    assert budget["minAvailable"] == production_values["podDisruptionBudget"]["minAvailable"]
+    assert "maxUnavailable" not in budget
+
+
+def test_the_autoscaler_scales_the_deployment(production: Rendering) -> None:
+    target = production.one("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert target == {"apiVersion": "apps/v1", "kind": "Deployment",
+                      "name": production.one("Deployment")["metadata"]["name"]}
+
+
+def test_the_autoscaler_takes_its_bounds_and_cpu_target_from_values(production: Rendering,
+                                                                     production_values: dict[str, Any]) -> None:
+    spec = production.one("HorizontalPodAutoscaler")["spec"]
+    autoscaling = production_values["autoscaling"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (autoscaling["minReplicas"], autoscaling["maxReplicas"])
+    assert spec["metrics"] == [{"type": "Resource", "resource": {"name": "cpu", "target": {
+        "type": "Utilization", "averageUtilization": autoscaling["targetCPUUtilizationPercentage"]}}}]
+
+
+def test_the_deployment_leaves_the_replica_count_to_the_autoscaler_when_autoscaling_is_on(
+        production: Rendering) -> None:
+    assert "replicas" not in production.one("Deployment")["spec"]
+
+
+def test_the_deployment_runs_replica_count_pods_when_autoscaling_is_off() -> None:
+    values = load_values(CHART / "ci" / "minimal-values.yaml")
+    values["replicaCount"] = 4
+    assert render_chart(values).one("Deployment")["spec"]["replicas"] == 4
+
+
+# --- every value reaches the smartgate config --------------------------------------------------------
+
+
+def _snake(name: str) -> str:
+    """A values key (camelCase) as the smartgate config spells it (snake_case)."""
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def _snake_keys(section: dict[str, Any]) -> dict[str, Any]:
+    return {_snake(key): value for key, value in section.items()}
+
+
+ISSUER_KEYS = ("issuer", "jwksUri", "audiences", "profile", "claimsNamespace", "algorithms")
+
+
+def test_each_issuers_audiences_profile_and_algorithms_reach_the_smartgate_config(
+        production: Rendering, production_values: dict[str, Any]) -> None:
+    rendered = production.config("smartgate.yaml")["issuers"]
+    assert len(rendered) == len(production_values["issuers"])
+    for issuer, values in zip(rendered, production_values["issuers"], strict=True):
+        assert {key: issuer.get(_snake(key)) for key in ISSUER_KEYS} == {key: values.get(key) for key in ISSUER_KEYS}
+    assert rendered[0]["audiences"] == ["https://fhir.payer.example.org/r4", "api://fhir"]  # the file sets them
+
+
+def test_an_issuers_claims_namespace_reaches_the_smartgate_config(production_values: dict[str, Any]) -> None:
+    values = copy.deepcopy(production_values)
+    values["issuers"][0].update(profile="auth0", claimsNamespace="https://payer.example.org/claims/")
+    issuer = render_chart(values).config("smartgate.yaml")["issuers"][0]
+    assert (issuer["profile"], issuer["claims_namespace"]) == ("auth0", "https://payer.example.org/claims/")
+
+
+def test_an_issuers_introspection_settings_reach_the_smartgate_config(production: Rendering,
+                                                                      production_values: dict[str, Any]) -> None:
+    values = production_values["issuers"][1]["introspection"]
+    rendered = production.config("smartgate.yaml")["issuers"][1]["introspection"]
+    assert rendered == {"endpoint": values["endpoint"], "client_id": values["clientId"],
+                        "client_secret_env": "SMARTGATE_INTROSPECTION_SECRET_1", "auth_method": values["authMethod"],
+                        "cache_max_ttl_seconds": values["cacheMaxTtlSeconds"]}
+
+
+def test_the_public_routes_reach_the_smartgate_config(production: Rendering,
+                                                       production_values: dict[str, Any]) -> None:
+    assert production.config("smartgate.yaml")["public_routes"] == production_values["publicRoutes"]
+
+
+def test_the_token_settings_reach_the_smartgate_config(production: Rendering,
+                                                        production_values: dict[str, Any]) -> None:
+    assert production.config("smartgate.yaml")["tokens"] == _snake_keys(production_values["tokens"])
+
+
+def test_the_jwks_settings_reach_the_smartgate_config(production: Rendering,
+                                                       production_values: dict[str, Any]) -> None:
+    assert production.config("smartgate.yaml")["jwks"] == _snake_keys(production_values["jwks"])
+
+
+def test_the_fhir_server_and_look_up_settings_reach_the_smartgate_config(production: Rendering,
+                                                                          production_values: dict[str, Any]) -> None:
+    fhir = production_values["fhir"]
+    assert production.config("smartgate.yaml")["fhir"] == {
+        "base_url": fhir["baseUrl"], "upstream_url": fhir["upstreamUrl"], "lookup": _snake_keys(fhir["lookup"])}
+
+
+def test_the_mode_limits_workers_logging_and_verification_reach_the_smartgate_config(
+        production: Rendering, production_values: dict[str, Any]) -> None:
+    config, values = production.config("smartgate.yaml"), production_values
+    assert (config["mode"], config["workers"], config["decision_log"]) == (
+        values["mode"], values["workers"], values["decisionLog"])
+    assert config["max_request_bytes"] == values["limits"]["maxRequestBytes"]
+    assert config["response_verification"] == _snake_keys(values["responseVerification"])
+    assert config["audit"] == _snake_keys(values["audit"])
+    assert config["smart_configuration"] == {"capabilities": values["smartConfiguration"]["capabilities"]}
 
 
 # --- monitoring ------------------------------------------------------------------------------------

@@ -1,13 +1,18 @@
 """The chart's rendered configs run for real: the Envoy config and the smartgate config out of the
 ConfigMaps, with only the in-pod addresses moved to free loopback ports (and the issuer and FHIR
-server pointed at stand-ins), serve a request through Envoy to a real upstream."""
+server pointed at stand-ins), serve a request through Envoy to a real upstream. Two renderings run:
+inline minimal values, and the committed production values file (two workers, two IdPs, one with
+introspection, public routes, response verification)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +26,14 @@ import yaml
 from smartgate.demo.runner import find_envoy
 from smartgate.demo.upstream import start_upstream
 
-from ..integration.harness import IdentityProvider, free_port, new_keys, running, wait_for
-from .rendering import render
+from ..integration.harness import IdentityProvider, SigningKeys, free_port, new_keys, running, wait_for
+from .rendering import CHART, Rendering, load_values, render
 
 pytestmark = pytest.mark.chart
 
 AUDIENCE = "https://fhir.example.org/fhir"
+PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
+INTROSPECTION_SECRET_STAND_IN = {"SMARTGATE_INTROSPECTION_SECRET_1": "stand-in-introspection-secret"}
 
 
 @dataclass
@@ -34,12 +41,27 @@ class ChartStack:
     url: str
     ready_url: str
     idp: IdentityProvider
-    keys: Any
+    keys: SigningKeys
 
     def token(self, patient: str = "123", scope: str = "launch/patient patient/*.rs") -> str:
         claims = {"iss": self.idp.issuer, "aud": AUDIENCE, "sub": "user-1", "client_id": "app-1", "scope": scope,
                   "patient": patient, "exp": 4_000_000_000, "iat": 1_700_000_000}
         return jwt.encode(claims, self.keys.ec_key, algorithm="ES256", headers={"kid": "ec-1", "typ": "at+jwt"})
+
+
+@dataclass
+class ProductionStack:
+    """The production values' gateway; tokens are what its first IdP (profile okta, RS256 only) issues."""
+    url: str
+    okta: IdentityProvider
+    keys: SigningKeys
+    audience: str
+
+    def token(self, patient: str = "123") -> str:
+        claims = {"iss": self.okta.issuer, "aud": self.audience, "sub": "user-1", "cid": "app-1",
+                  "scp": ["launch/patient", "patient/*.rs"], "launch_response_patient": patient,
+                  "exp": 4_000_000_000, "iat": 1_700_000_000}
+        return jwt.encode(claims, self.keys.rsa_key, algorithm="RS256", headers={"kid": "rsa-1", "typ": "at+jwt"})
 
 
 def _move_ports(envoy: dict[str, Any], smartgate: dict[str, Any], ports: dict[int, int]) -> None:
@@ -61,53 +83,113 @@ def _move_ports(envoy: dict[str, Any], smartgate: dict[str, Any], ports: dict[in
         smartgate["listen"][name] = f"127.0.0.1:{ports[int(port)]}"
 
 
-@pytest.fixture(scope="module")
-def chart_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartStack]:
-    workdir = tmp_path_factory.mktemp("chart-run")
-    keys = new_keys()
-    idp = IdentityProvider(keys)
-    upstream_port = free_port()
-    upstream = start_upstream("127.0.0.1", upstream_port, "/fhir")
-    values = {"fhir": {"baseUrl": AUDIENCE, "upstreamUrl": f"http://127.0.0.1:{upstream_port}/fhir"},
-              "issuers": [{"issuer": idp.issuer}], "responseVerification": {"mode": "enforce"}}
-    rendering = render(values)
+def _free_consecutive_ports(count: int) -> int:
+    """A first port whose next ``count - 1`` ports are free too (worker i serves on the gRPC port + i)."""
+    while True:
+        first = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for offset in range(1, count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", first + offset))
+            except OSError:
+                continue
+        return first
+
+
+def _pod_ports(workers: int) -> dict[int, int]:
+    """In-pod port -> free loopback port: Envoy 8080/9902/9901, smartgate HTTP 9190, gRPC 9191 + worker."""
+    grpc = _free_consecutive_ports(workers)
+    ports = {8080: free_port(), 9902: free_port(), 9901: free_port(), 9190: free_port()}
+    ports.update({9191 + worker: grpc + worker for worker in range(workers)})
+    return ports
+
+
+@contextlib.contextmanager
+def _serving(rendering: Rendering, workdir: Path, env: dict[str, str] | None = None) -> Iterator[dict[int, int]]:
+    """Run the rendering's smartgate and Envoy configs on loopback; yield the pod-port -> loopback-port map."""
     envoy_config, smartgate_config = rendering.config("envoy.yaml"), rendering.config("smartgate.yaml")
-    grpc = free_port()
-    ports = {8080: free_port(), 9902: free_port(), 9901: free_port(), 9191: grpc, 9190: free_port()}
+    ports = _pod_ports(smartgate_config.get("workers", 1))
     _move_ports(envoy_config, smartgate_config, ports)
     (workdir / "envoy.yaml").write_text(yaml.safe_dump(envoy_config), encoding="utf-8")
     (workdir / "smartgate.yaml").write_text(yaml.safe_dump(smartgate_config), encoding="utf-8")
     smartgate = subprocess.Popen(
         [sys.executable, "-m", "smartgate", "serve", "--config", str(workdir / "smartgate.yaml")],
         stdout=(workdir / "smartgate.log").open("wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    with running(smartgate):
+        wait_for(f"http://127.0.0.1:{ports[9190]}/readyz", process=smartgate)
+        envoy = subprocess.Popen(
+            [find_envoy(), "-c", str(workdir / "envoy.yaml"), "--use-dynamic-base-id", "--concurrency", "1",
+             "--log-level", "warn"], stdout=(workdir / "envoy.log").open("wb"), stderr=subprocess.STDOUT)
+        with running(envoy):
+            wait_for(f"http://127.0.0.1:{ports[9902]}/ready", process=envoy)
+            yield ports
+
+
+def wait_for_allow(url: str, seconds: float = 20) -> None:
+    """Envoy health-checks smartgate before sending it checks: wait for the first decision."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if httpx.get(url + "/metadata", timeout=2).status_code == 200:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the chart-rendered Envoy never answered through smartgate")
+
+
+@pytest.fixture(scope="module")
+def chart_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartStack]:
+    keys = new_keys()
+    idp = IdentityProvider(keys)
+    upstream_port = free_port()
+    upstream = start_upstream("127.0.0.1", upstream_port, "/fhir")
+    values = {"fhir": {"baseUrl": AUDIENCE, "upstreamUrl": f"http://127.0.0.1:{upstream_port}/fhir"},
+              "issuers": [{"issuer": idp.issuer}], "responseVerification": {"mode": "enforce"}}
     try:
-        with running(smartgate):
-            wait_for(f"http://127.0.0.1:{ports[9190]}/readyz", process=smartgate)
-            envoy = subprocess.Popen(
-                [find_envoy(), "-c", str(workdir / "envoy.yaml"), "--use-dynamic-base-id", "--concurrency", "1",
-                 "--log-level", "warn"], stdout=(workdir / "envoy.log").open("wb"), stderr=subprocess.STDOUT)
-            with running(envoy):
-                ready_url = f"http://127.0.0.1:{ports[9902]}/ready"
-                wait_for(ready_url, process=envoy)
-                stack = ChartStack(f"http://127.0.0.1:{ports[8080]}/fhir", ready_url, idp, keys)
-                wait_for_allow(stack)
-                yield stack
+        with _serving(render(values), tmp_path_factory.mktemp("chart-run")) as ports:
+            stack = ChartStack(f"http://127.0.0.1:{ports[8080]}/fhir", f"http://127.0.0.1:{ports[9902]}/ready",
+                               idp, keys)
+            wait_for_allow(stack.url)
+            yield stack
     finally:
         upstream.shutdown()
         upstream.server_close()
         idp.close()
 
 
-def wait_for_allow(stack: ChartStack, seconds: float = 20) -> None:
-    """Envoy health-checks smartgate before sending it checks: wait for the first decision."""
-    import time
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if httpx.get(stack.url + "/metadata", timeout=2).status_code == 200:
-            return
-        time.sleep(0.2)
-    raise TimeoutError("the chart-rendered Envoy never answered through smartgate")
+def _production_values_on_loopback(upstream_url: str, okta_issuer: str, keycloak_issuer: str) -> dict[str, Any]:
+    """The committed production values with only the outside addresses pointed at loopback stand-ins."""
+    values = load_values(PRODUCTION_VALUES)
+    values["fhir"]["upstreamUrl"] = upstream_url
+    okta_values, keycloak_values = values["issuers"]
+    okta_values.update(issuer=okta_issuer, jwksUri=f"{okta_issuer}/jwks")
+    keycloak_values["issuer"] = keycloak_issuer  # no jwksUri: OpenID discovery, as in the values file
+    keycloak_values["introspection"]["endpoint"] = f"{keycloak_issuer}/introspect"
+    return values
+
+
+@pytest.fixture(scope="module")
+def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionStack]:
+    keys = new_keys()
+    okta, keycloak = IdentityProvider(keys, name="okta"), IdentityProvider(keys, name="keycloak")
+    upstream_port = free_port()
+    upstream = start_upstream("127.0.0.1", upstream_port, "/fhir/R4")
+    values = _production_values_on_loopback(f"http://127.0.0.1:{upstream_port}/fhir/R4", okta.issuer,
+                                            keycloak.issuer)
+    try:
+        with _serving(render(values), tmp_path_factory.mktemp("chart-run-production"),
+                      INTROSPECTION_SECRET_STAND_IN) as ports:
+            stack = ProductionStack(f"http://127.0.0.1:{ports[8080]}/r4", okta, keys, values["fhir"]["baseUrl"])
+            wait_for_allow(stack.url)
+            yield stack
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+        okta.close()
+        keycloak.close()
+
+
+# --- inline minimal values -------------------------------------------------------------------------
 
 
 def test_a_good_token_is_allowed_through_the_chart_rendered_configs(chart_stack: ChartStack) -> None:
@@ -160,3 +242,60 @@ def test_the_rendered_configs_really_were_the_charts(tmp_path: Path) -> None:
     smartgate = rendering.config("smartgate.yaml")
     assert smartgate["listen"] == {"grpc": "0.0.0.0:9191", "http": "0.0.0.0:9190"}
     assert smartgate["mode"] == "enforce"
+
+
+# --- the committed production values file ------------------------------------------------------------
+
+
+def test_production_values_allow_a_good_token_and_inject_the_smart_headers(production_stack: ProductionStack) -> None:
+    response = httpx.get(production_stack.url + "/Observation?patient=123",
+                         headers={"authorization": f"Bearer {production_stack.token()}"})
+    assert response.status_code == 200
+    assert {e["resource"]["id"] for e in response.json()["entry"]} == {"obs-123-a", "obs-123-b"}
+    assert response.headers["x-demo-received-path"].startswith("/fhir/R4/Observation")
+    injected = json.loads(response.headers["x-demo-received-smart"])
+    assert injected["x-smart-patient"] == "123" and injected["x-smart-client-id"] == "app-1"
+
+
+def test_production_values_deny_no_token_with_401(production_stack: ProductionStack) -> None:
+    response = httpx.get(production_stack.url + "/Observation?patient=123")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer realm=")
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_production_values_deny_another_patients_data_with_403(production_stack: ProductionStack) -> None:
+    response = httpx.get(production_stack.url + "/Observation?patient=456",
+                         headers={"authorization": f"Bearer {production_stack.token()}"})
+    assert response.status_code == 403
+    assert "obs-456" not in response.text
+
+
+def test_production_values_let_a_configured_public_route_pass_without_a_token(
+        production_stack: ProductionStack) -> None:
+    response = httpx.get(production_stack.url + "/Organization/payer-1")  # publicRoutes: GET /Organization*
+    assert response.status_code == 200
+    assert response.json()["id"] == "payer-1"
+    assert json.loads(response.headers["x-demo-received-smart"]) == {}  # no identity was made up
+
+
+def test_production_values_keep_a_method_the_public_route_does_not_list_behind_a_token(
+        production_stack: ProductionStack) -> None:
+    response = httpx.post(production_stack.url + "/Organization",  # the public route lists GET only
+                          json={"resourceType": "Organization", "name": "Walk-in"})
+    assert response.status_code == 401
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_the_production_run_changed_only_addresses_in_the_smartgate_config() -> None:
+    """Guard against a run that drifts from the committed values: outside addresses are all it replaced."""
+    committed = render(load_values(PRODUCTION_VALUES)).config("smartgate.yaml")
+    moved = render(_production_values_on_loopback("http://127.0.0.1:3/fhir/R4", "http://127.0.0.1:1/okta",
+                                                  "http://127.0.0.1:2/keycloak")).config("smartgate.yaml")
+    for config in (committed, moved):
+        config["fhir"].pop("upstream_url")
+        for issuer in config["issuers"]:
+            issuer.pop("issuer")
+            issuer.pop("jwks_uri", None)
+            issuer.get("introspection", {}).pop("endpoint", None)
+    assert moved == committed
