@@ -3,21 +3,39 @@ token or a query value) and the IHE BALP AuditEvent written for every decision."
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smartgate.demo.upstream import start_upstream
+from smartgate.envoy_config import EnvoySettings, render
 
-from .harness import free_port
-from .production_helpers import GatedFhir, RecordingUpstream, base_claims, gated_fhir
+from .harness import IdentityProvider, free_port, new_keys, wait_for
+from .production_helpers import (
+    GatedFhir,
+    RecordingUpstream,
+    base_claims,
+    gated_fhir,
+    running_envoy,
+    sign,
+    smartgate_config,
+    stop,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +225,112 @@ def test_an_anonymous_denial_is_audited_as_a_minor_failure(logged: Logged) -> No
     assert event["outcome"] == "4"
     assert event["agent"][0]["who"] == {"identifier": {"value": "anonymous"}}
     assert not [e for e in event["entity"] if "reference" in e.get("what", {})]
+
+
+# --- where the decision log goes when the config does not say, and ``off`` ------------------------------
+
+# request id -> (path, with the token?, expected status)
+PLAIN_REQUESTS: dict[str, tuple[str, bool, int]] = {
+    "out-allowed": ("/Observation?patient=123", True, 200),
+    "out-denied": ("/Observation?patient=456", True, 403),
+    "out-anonymous": ("/Observation?patient=123", False, 401),
+}
+
+
+@dataclass
+class Streams:
+    """smartgate's stdout and stderr, captured apart, after ``PLAIN_REQUESTS`` went through Envoy."""
+
+    statuses: dict[str, int]
+    token: str
+    stdout: str
+    stderr: str
+
+
+def _decision_lines(text: str) -> list[dict[str, Any]]:
+    lines = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and "reason" in entry:
+                lines.append(entry)
+    return lines
+
+
+@contextlib.contextmanager
+def _streams(workdir: Path, decision_log: str | None) -> Iterator[Streams]:
+    """IdP stand-in + demo FHIR server + smartgate (``decision_log`` as given, or no such key) + Envoy."""
+    keys = new_keys()
+    idp = IdentityProvider(keys)
+    demo_port, grpc_port, http_port, envoy_port, admin_port = (free_port() for _ in range(5))
+    demo = start_upstream("127.0.0.1", demo_port)
+    base_url, upstream_url = f"http://127.0.0.1:{envoy_port}/fhir", f"http://127.0.0.1:{demo_port}/fhir"
+    config = smartgate_config(grpc_port=grpc_port, http_port=http_port, base_url=base_url,
+                              upstream_url=upstream_url, issuers=[{"issuer": idp.issuer}], workdir=workdir)
+    del config["decision_log"]
+    if decision_log is not None:
+        config["decision_log"] = decision_log
+    config_path = workdir / "smartgate.yaml"
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    stdout_path, stderr_path = workdir / "smartgate.stdout", workdir / "smartgate.stderr"
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "smartgate", "serve", "--config", str(config_path)],
+            stdout=stdout, stderr=stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for(f"http://127.0.0.1:{http_port}/readyz", process=process)
+        settings = EnvoySettings(listen_host="127.0.0.1", listen_port=envoy_port, admin_port=admin_port,
+                                 authz_port=grpc_port, upstream_url=upstream_url, smartgate_http_port=http_port)
+        with running_envoy(render(settings), workdir), httpx.Client(timeout=10) as client:
+            token = sign(keys, {**base_claims(idp.issuer, base_url), "sub": "user-1", "client_id": "app-1",
+                                "scope": "launch/patient patient/*.rs", "patient": "123"})
+            statuses = {}
+            for request_id, (path, with_token, _) in PLAIN_REQUESTS.items():
+                headers = {"x-request-id": request_id}
+                if with_token:
+                    headers["authorization"] = f"Bearer {token}"
+                statuses[request_id] = client.get(base_url + path, headers=headers).status_code
+        if decision_log is None:
+            wait_until(lambda: len(_decision_lines(stdout_path.read_text())) >= len(PLAIN_REQUESTS), seconds=5)
+        else:
+            time.sleep(0.5)  # time enough for a line that should not come
+        yield Streams(statuses, token, stdout_path.read_text(encoding="utf-8"),
+                      stderr_path.read_text(encoding="utf-8"))
+    finally:
+        stop(process)
+        demo.shutdown()
+        demo.server_close()
+        idp.close()
+
+
+@pytest.fixture(scope="module")
+def default_destination(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Streams]:
+    with _streams(tmp_path_factory.mktemp("decision-log-default"), decision_log=None) as streams:
+        yield streams
+
+
+def test_without_a_decision_log_key_each_decision_is_one_json_line_on_stdout(
+        default_destination: Streams) -> None:
+    expected = {request_id: status for request_id, (_, _, status) in PLAIN_REQUESTS.items()}
+    assert default_destination.statuses == expected
+    lines = default_destination.stdout.splitlines()
+    entries = [json.loads(line) for line in lines]  # stdout holds decision lines only, each whole JSON
+    assert {entry["request_id"]: entry["status"] for entry in entries} == expected
+    assert len(entries) == len(PLAIN_REQUESTS)
+    assert all(set(entry) >= LOG_FIELDS for entry in entries)
+    assert _decision_lines(default_destination.stderr) == []  # the log lines go to stderr, decisions do not
+
+
+def test_the_default_decision_log_never_holds_the_token(default_destination: Streams) -> None:
+    output = default_destination.stdout + default_destination.stderr
+    assert _decision_lines(default_destination.stdout), "decisions were logged"
+    assert default_destination.token not in output
+    for part in default_destination.token.split("."):  # header, claims, signature: none of them either
+        assert part not in output
+
+
+def test_decision_log_off_writes_no_decision_line(tmp_path: Path) -> None:
+    with _streams(tmp_path, decision_log="off") as streams:
+        assert streams.statuses == {request_id: status for request_id, (_, _, status) in PLAIN_REQUESTS.items()}
+        assert streams.stdout == ""
+        assert _decision_lines(streams.stderr) == []

@@ -106,3 +106,79 @@ def test_a_hangup_during_start_up_does_not_kill_smartgate(tmp_path: Path) -> Non
     finally:
         stop(smartgate.process)
         idp.close()
+
+
+# --- several workers: the supervisor passes SIGHUP on, and every worker reloads -----------------------
+
+ROUNDS = 10  # requests of each kind per look: round robin over two endpoints hits each worker several times
+
+
+@dataclass
+class ReloadingWorkers:
+    gated: GatedFhir
+    original: dict[str, Any]
+
+    def statuses(self) -> tuple[set[int], set[int], dict[str, int]]:
+        """Every status seen for anonymous Organization reads and patient-token Practitioner reads, and
+        how many of these checks Envoy sent to each worker's endpoint."""
+        before = self.gated.envoy.cluster_requests("smartgate")
+        token = self.gated.token()
+        organization = {self.gated.get("/Organization/payer-1").status_code for _ in range(ROUNDS)}
+        practitioner = {self.gated.get("/Practitioner/prac-1", token).status_code for _ in range(ROUNDS)}
+        after = self.gated.envoy.cluster_requests("smartgate")
+        return organization, practitioner, {endpoint: after[endpoint] - before.get(endpoint, 0) for endpoint in after}
+
+    def hang_up(self, marker: str, workers: int = 2) -> None:
+        """SIGHUP to the supervisor; wait until each worker has logged ``marker`` once more."""
+        before = self.gated.smartgate.output().count(marker)
+        self.gated.smartgate.signal(signal.SIGHUP)
+        assert wait_until(lambda: self.gated.smartgate.output().count(marker) >= before + workers, seconds=10), \
+            marker
+        time.sleep(0.3)  # no further line comes
+        assert self.gated.smartgate.output().count(marker) == before + workers, marker
+
+
+@pytest.fixture(scope="module")
+def reloading_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReloadingWorkers]:
+    with gated_fhir(tmp_path_factory.mktemp("reload-workers"), workers=2, smartgate_args=("--workers", "2"),
+                    shutdown_grace_seconds=1) as gated:
+        yield ReloadingWorkers(gated, gated.smartgate.read_config())
+
+
+def _both_workers_checked(sent: dict[str, int]) -> bool:
+    return len(sent) == 2 and all(count >= ROUNDS // 2 for count in sent.values())
+
+
+def test_sighup_to_the_supervisor_reloads_a_valid_config_in_every_worker(
+        reloading_workers: ReloadingWorkers) -> None:
+    smartgate = reloading_workers.gated.smartgate
+    smartgate.write_config(reloading_workers.original)
+    reloading_workers.hang_up("config reloaded")  # start from the original config in every worker
+    organization, practitioner, sent = reloading_workers.statuses()
+    assert (organization, practitioner) == ({401}, {200})
+    smartgate.write_config({**reloading_workers.original, **NEW_SETTINGS})
+    reloading_workers.hang_up("config reloaded")
+    organization, practitioner, sent = reloading_workers.statuses()
+    assert _both_workers_checked(sent), sent
+    assert (organization, practitioner) == ({200}, {403})  # a worker on the old config would answer 401 / 200
+    assert smartgate.process.poll() is None
+
+
+def test_an_invalid_config_is_rejected_by_every_worker_naming_the_key_and_the_old_one_stays(
+        reloading_workers: ReloadingWorkers) -> None:
+    smartgate = reloading_workers.gated.smartgate
+    current = {**reloading_workers.original, **NEW_SETTINGS}
+    smartgate.write_config(current)
+    reloading_workers.hang_up("config reloaded")
+    assert reloading_workers.statuses()[:2] == ({200}, {403})
+    try:
+        smartgate.write_config({**current, "public_routes": [], "patient_closed_types": ["Practitioner"],
+                                "issuers": [{**current["issuers"][0], "algorithms": ["HS256"]}]})
+        reloading_workers.hang_up("ERROR smartgate.server: config reload rejected, keeping the current config: "
+                                  "issuers[0].algorithms[0]: 'HS256' is not an allowed algorithm")
+        organization, practitioner, sent = reloading_workers.statuses()
+        assert _both_workers_checked(sent), sent
+        assert (organization, practitioner) == ({200}, {403})
+        assert smartgate.process.poll() is None
+    finally:
+        smartgate.write_config(current)

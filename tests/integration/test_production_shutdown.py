@@ -1,19 +1,24 @@
 """Graceful shutdown: SIGTERM while checks wait on a slow compartment look-up. The checks in flight
 finish and are allowed, a check that arrives after the signal is refused (Envoy fails closed), and
-the process exits within the grace period."""
+the process exits within the grace period. A check that outlasts the grace period is cut off:
+smartgate still exits on time, and Envoy denies that request (503) rather than forward it."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from .production_helpers import RecordingUpstream, gated_fhir, wait_until
+from . import production_helpers
+from .production_helpers import RecordingUpstream, gated_fhir, smartgate_config, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +67,67 @@ def test_sigterm_finishes_in_flight_checks_and_exits_within_the_grace_period(tmp
             assert after.status_code == 503
     finally:
         slow.close()
+
+
+# --- a check that outlasts the grace period ---------------------------------------------------------
+
+SHORT_GRACE_SECONDS = 1.0
+EXIT_MARGIN_SECONDS = 1.0  # cancelling the cut-off checks, closing clients, interpreter exit
+STALLED_LOOKUP_SECONDS = 8.0  # the FHIR stand-in answers look-ups only after this
+LOOKUP_TIMEOUT_SECONDS = 15.0  # smartgate would wait this long for the answer if nothing cut it off
+
+
+@dataclass
+class CutOff:
+    answer: httpx.Response
+    forwarded: list[dict[str, str]]  # the read as the upstream received it (never, if the check was cut off)
+    exited_after: float  # seconds from SIGTERM to the process exit
+    returncode: int
+
+
+@pytest.fixture(scope="module")
+def cut_off(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CutOff]:
+    """One read whose compartment look-up stalls far longer than the grace period, SIGTERM while it waits."""
+    stalled = RecordingUpstream(delay=STALLED_LOOKUP_SECONDS, slow_marker="_summary=count")
+
+    def with_long_lookup_timeout(**kwargs: Any) -> dict[str, Any]:
+        config = smartgate_config(**kwargs)
+        config["fhir"]["lookup"] = {"timeout_seconds": LOOKUP_TIMEOUT_SECONDS}
+        return config
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(production_helpers, "smartgate_config", with_long_lookup_timeout)
+            stack = gated_fhir(tmp_path_factory.mktemp("shutdown-grace"), upstream_url=stalled.url,
+                               shutdown_grace_seconds=SHORT_GRACE_SECONDS, envoy={"authz_timeout_seconds": 30.0})
+            with stack as gated, ThreadPoolExecutor(1) as pool:
+                process = gated.smartgate.process
+                pending = pool.submit(gated.get, "/Observation/stalled-1", gated.token())
+                assert wait_until(lambda: len(stalled.headers_for("_summary=count")) >= 1, seconds=5)
+                time.sleep(0.2)  # the check is now waiting on the stalled look-up
+                signalled = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=STALLED_LOOKUP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"smartgate still running {STALLED_LOOKUP_SECONDS}s after SIGTERM")
+                exited_after = time.monotonic() - signalled
+                answer = pending.result(timeout=30)
+                print(f"shutdown: exited {exited_after:.2f}s after SIGTERM (grace {SHORT_GRACE_SECONDS}s, "
+                      f"look-up stalled {STALLED_LOOKUP_SECONDS}s); client got {answer.status_code}")
+                yield CutOff(answer, stalled.headers_for("/fhir/Observation/stalled-1"), exited_after,
+                             process.returncode)
+    finally:
+        stalled.close()
+
+
+def test_smartgate_exits_when_the_grace_period_ends_even_if_a_check_is_still_running(cut_off: CutOff) -> None:
+    assert SHORT_GRACE_SECONDS * 0.9 <= cut_off.exited_after <= SHORT_GRACE_SECONDS + EXIT_MARGIN_SECONDS
+    assert cut_off.returncode == 0
+
+
+def test_a_check_cut_off_by_the_grace_period_is_denied_with_503_and_never_forwarded(cut_off: CutOff) -> None:
+    assert cut_off.answer.status_code == 503  # Envoy's status_on_error: fail closed
+    assert cut_off.forwarded == []  # the upstream never saw the read
+    assert "x-demo-received-path" not in cut_off.answer.headers
+    assert "Bundle" not in cut_off.answer.text  # none of the upstream's data

@@ -63,3 +63,34 @@ def test_cors_preflight_is_answered_through_envoy(gated: GatedFhir) -> None:
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == "*"
     assert "GET" in response.headers["access-control-allow-methods"]
+
+
+# --- capabilities from the config ----------------------------------------------------------------------
+
+CONFIGURED_CAPABILITIES = ["launch-standalone", "client-public", "context-standalone-patient", "permission-v2",
+                           "sso-openid-connect"]
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatedFhir, httpx.Response]]:
+    with gated_fhir(tmp_path_factory.mktemp("smart-configuration-capabilities"),
+                    smart_configuration={"capabilities": CONFIGURED_CAPABILITIES}) as running:
+        yield running, running.get(PATH)
+
+
+def test_configured_capabilities_are_served_exactly(configured: tuple[GatedFhir, httpx.Response]) -> None:
+    _, response = configured
+    assert response.status_code == 200
+    assert response.json()["capabilities"] == CONFIGURED_CAPABILITIES
+
+
+def test_required_fields_stay_when_capabilities_are_configured(configured: tuple[GatedFhir, httpx.Response]) -> None:
+    gated, response = configured
+    document = response.json()
+    discovery = gated.idp.discovery
+    # SMART App Launch 2.x: required, or required by launch-standalone / sso-openid-connect
+    for field in ("issuer", "jwks_uri", "authorization_endpoint", "token_endpoint", "grant_types_supported"):
+        assert document[field] == discovery[field], field
+    assert document["code_challenge_methods_supported"] == ["S256"]
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["access-control-allow-origin"] == "*"
