@@ -22,7 +22,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from smartgate.config import Config, grpc_address
+from smartgate.config import Config, ConfigError, grpc_address, load_config
 from smartgate.http_listener import HttpListener, Response, Route, text
 from smartgate.smart_configuration import CORS_HEADERS, SmartConfiguration
 
@@ -48,15 +48,22 @@ async def worker_serving(address: str, timeout: float = 0.5) -> bool:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str, workers: int) -> None:
+    """Workers read the last config the supervisor accepted (a private copy), never the operator's file
+    directly: a worker restarted after a rejected reload starts with the config the others run."""
+
+    def __init__(self, config: Config, config_path: str, workers: int, accepted_copy: str) -> None:
         self._config = config
         self._config_path = config_path
+        self._accepted_copy = accepted_copy
         self._workers = workers
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
+        self._smart: SmartConfiguration | None = None
+        self._client: httpx.AsyncClient | None = None
+        shutil.copyfile(config_path, accepted_copy)
 
     def _spawn(self, index: int) -> None:
-        command = [sys.executable, "-m", "smartgate", "serve", "--config", self._config_path,
+        command = [sys.executable, "-m", "smartgate", "serve", "--config", self._accepted_copy,
                    "--worker-index", str(index), "--no-http"]
         self._children[index] = subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
 
@@ -79,7 +86,7 @@ class Supervisor:
     def _alive(self) -> int:
         return sum(1 for child in self._children.values() if child.poll() is None)
 
-    def _routes(self, smart: SmartConfiguration | None) -> dict[str, Route]:
+    def _routes(self) -> dict[str, Route]:
         async def healthz() -> Response:
             return text("200 OK", "ok\n") if self._alive() else text("503 Service Unavailable", "no workers\n")
 
@@ -91,8 +98,11 @@ class Supervisor:
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(_registry()), {}
 
         routes: dict[str, Route] = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
-        if smart is not None:
+        if self._smart is not None:
             async def smart_configuration() -> Response:
+                smart = self._smart
+                if smart is None:
+                    return "404 Not Found", "application/json", b'{"error":"not configured"}', {}
                 document = await smart.document()
                 if document is None:
                     return "503 Service Unavailable", "application/json", b'{"error":"discovery unavailable"}', {}
@@ -105,18 +115,19 @@ class Supervisor:
         for index in range(self._workers):
             self._spawn(index)
         async with httpx.AsyncClient() as client:
-            smart = (SmartConfiguration(self._config.smart_configuration, client)
-                     if self._config.smart_configuration else None)
-            http = HttpListener(self._config.listen.http, self._routes(smart))
+            self._client = client
+            self._smart = (SmartConfiguration(self._config.smart_configuration, client)
+                           if self._config.smart_configuration else None)
+            http = HttpListener(self._config.listen.http, self._routes())
             await http.start()
             watcher = asyncio.create_task(self._watch())
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, stop.set)
             loop.add_signal_handler(signal.SIGINT, stop.set)
-            loop.add_signal_handler(signal.SIGHUP, self._forward_hangup)
+            loop.add_signal_handler(signal.SIGHUP, self._reload)
             if getattr(sys, "_smartgate_early_hangup", False):
-                self._forward_hangup()
+                self._reload()
             log.info("smartgate supervisor: %d workers, http %s", self._workers, self._config.listen.http)
             await stop.wait()
             self._stopping = True
@@ -124,7 +135,21 @@ class Supervisor:
             await http.stop()
             await asyncio.to_thread(self._stop_children)
 
-    def _forward_hangup(self) -> None:
+    def _reload(self) -> None:
+        """SIGHUP: check the operator's file here; only a valid one reaches the workers (as the new copy)."""
+        try:
+            config = load_config(self._config_path)
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the current config: %s", exc)
+            return
+        staged = f"{self._accepted_copy}.new"
+        shutil.copyfile(self._config_path, staged)
+        os.replace(staged, self._accepted_copy)
+        self._config = config
+        if self._client is not None:
+            self._smart = (SmartConfiguration(config.smart_configuration, self._client)
+                           if config.smart_configuration else None)
+        log.info("config accepted by the supervisor; reloading %d workers", len(self._children))
         for child in self._children.values():
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGHUP)
@@ -144,8 +169,11 @@ def run_supervisor(config: Config, config_path: str, workers: int) -> None:
     """Run N workers. Sets PROMETHEUS_MULTIPROC_DIR for them (and this process) first."""
     directory = tempfile.mkdtemp(prefix="smartgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    accepted = tempfile.mkdtemp(prefix="smartgate-config-")
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(Supervisor(config, config_path, workers).run())
+            supervisor = Supervisor(config, config_path, workers, os.path.join(accepted, "accepted.yaml"))
+            asyncio.run(supervisor.run())
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(accepted, ignore_errors=True)

@@ -4,6 +4,7 @@ rejected with an error line and the config in force stays in force."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -164,7 +165,35 @@ def test_sighup_to_the_supervisor_reloads_a_valid_config_in_every_worker(
     assert smartgate.process.poll() is None
 
 
-def test_an_invalid_config_is_rejected_by_every_worker_naming_the_key_and_the_old_one_stays(
+def test_the_supervisor_serves_the_reloaded_smart_configuration(reloading_workers: ReloadingWorkers) -> None:
+    smartgate = reloading_workers.gated.smartgate
+    current = {**reloading_workers.original, **NEW_SETTINGS}
+    capabilities = ["launch-standalone", "client-public", "context-standalone-patient", "permission-v2"]
+    smart = {**current.get("smart_configuration", {}), "capabilities": capabilities}
+    try:
+        smartgate.write_config({**current, "smart_configuration": smart})
+        reloading_workers.hang_up("config reloaded")
+        document = reloading_workers.gated.get("/.well-known/smart-configuration").json()
+        assert document["capabilities"] == capabilities
+    finally:
+        smartgate.write_config(current)
+
+
+REJECTED = ("ERROR smartgate.supervisor: config reload rejected, keeping the current config: "
+            "issuers[0].algorithms[0]: 'HS256' is not an allowed algorithm")
+
+
+def _bad_config(current: dict[str, Any]) -> dict[str, Any]:
+    """Invalid (an HMAC algorithm), and it would also change both observable settings if it were taken."""
+    return {**current, "public_routes": [], "patient_closed_types": ["Practitioner"],
+            "issuers": [{**current["issuers"][0], "algorithms": ["HS256"]}]}
+
+
+def _worker_pids(supervisor_pid: int) -> list[int]:
+    return [int(pid) for pid in Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text().split()]
+
+
+def test_an_invalid_config_is_rejected_naming_the_key_and_every_worker_keeps_the_old_one(
         reloading_workers: ReloadingWorkers) -> None:
     smartgate = reloading_workers.gated.smartgate
     current = {**reloading_workers.original, **NEW_SETTINGS}
@@ -172,13 +201,35 @@ def test_an_invalid_config_is_rejected_by_every_worker_naming_the_key_and_the_ol
     reloading_workers.hang_up("config reloaded")
     assert reloading_workers.statuses()[:2] == ({200}, {403})
     try:
-        smartgate.write_config({**current, "public_routes": [], "patient_closed_types": ["Practitioner"],
-                                "issuers": [{**current["issuers"][0], "algorithms": ["HS256"]}]})
-        reloading_workers.hang_up("ERROR smartgate.server: config reload rejected, keeping the current config: "
-                                  "issuers[0].algorithms[0]: 'HS256' is not an allowed algorithm")
+        smartgate.write_config(_bad_config(current))
+        reloading_workers.hang_up(REJECTED, workers=1)  # the supervisor rejects it; no worker is asked to reload
         organization, practitioner, sent = reloading_workers.statuses()
         assert _both_workers_checked(sent), sent
         assert (organization, practitioner) == ({200}, {403})
         assert smartgate.process.poll() is None
+    finally:
+        smartgate.write_config(current)
+
+
+def test_a_worker_restarted_after_a_rejected_reload_runs_the_accepted_config(
+        reloading_workers: ReloadingWorkers) -> None:
+    smartgate = reloading_workers.gated.smartgate
+    current = {**reloading_workers.original, **NEW_SETTINGS}
+    smartgate.write_config(current)
+    reloading_workers.hang_up("config reloaded")
+    try:
+        smartgate.write_config(_bad_config(current))  # still on disk when the worker comes back
+        reloading_workers.hang_up(REJECTED, workers=1)
+        victim = _worker_pids(smartgate.process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        readyz = smartgate.url("/readyz")
+        assert wait_until(lambda: victim not in (pids := _worker_pids(smartgate.process.pid)) and len(pids) == 2
+                          and httpx.get(readyz).status_code == 200, seconds=20), "the worker did not come back"
+        rounds: list[tuple[set[int], set[int], dict[str, int]]] = []
+        # Envoy takes the restarted endpoint back after its connect-failure back-off; until then one worker answers.
+        assert wait_until(lambda: _both_workers_checked((rounds.append(reloading_workers.statuses()) or rounds)[-1][2]),
+                          seconds=20), rounds[-1][2]
+        for organization, practitioner, _ in rounds:
+            assert (organization, practitioner) == ({200}, {403})  # the accepted config, not the file on disk
     finally:
         smartgate.write_config(current)
