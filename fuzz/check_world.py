@@ -181,7 +181,8 @@ class CheckWorld:
     """
 
     def __init__(self, jwks_file: str) -> None:
-        logging.getLogger("smartgate").setLevel(logging.CRITICAL)  # the authorizer logs surprises loudly
+        self._quieted_level = logging.getLogger("smartgate").level
+        logging.getLogger("smartgate").setLevel(logging.CRITICAL)  # the authorizer logs surprises loudly; until close()
         self.loop = asyncio.new_event_loop()
         self.client = httpx.AsyncClient(transport=httpx.MockTransport(_no_network))
         issuer = IssuerConfig(issuer=ISSUER, audiences=(FHIR_BASE_URL,), jwks_file=jwks_file,
@@ -207,6 +208,7 @@ class CheckWorld:
     def close(self) -> None:
         self.loop.run_until_complete(self.client.aclose())
         self.loop.close()
+        logging.getLogger("smartgate").setLevel(self._quieted_level)
 
 
 def write_jwks(path: str) -> str:

@@ -78,9 +78,17 @@ class E2EStack:
     def get(self, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
         return self.request("GET", path, token, **kwargs)
 
-    def decisions(self) -> list[dict[str, Any]]:
+    def _log_entries(self) -> list[dict[str, Any]]:
         text = (self.workdir / "decisions.jsonl").read_text(encoding="utf-8")
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """The request decisions (ext_authz); response checks share the log and the request id."""
+        return [entry for entry in self._log_entries() if "stage" not in entry]
+
+    def response_checks(self) -> list[dict[str, Any]]:
+        """The response verification entries (``"stage": "response"``)."""
+        return [entry for entry in self._log_entries() if entry.get("stage") == "response"]
 
 
 def _idp_config(host: str, base_url: str, ports: list[int], data: seed.Dataset) -> dict[str, Any]:

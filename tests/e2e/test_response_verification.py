@@ -4,8 +4,6 @@ and reported in report mode; the same search without the quirk passes untouched.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from .checks import assert_ok
@@ -52,6 +50,6 @@ def test_report_mode_passes_the_response_and_reports_it(e2e_reporting: E2EStack)
     path, headers = _leaky_search(e2e_reporting)
     response = e2e_reporting.get(path, e2e_reporting.token("alice", SCOPE), headers=headers)
     assert response.status_code == 200
-    log = (e2e_reporting.workdir / "smartgate.stderr").read_text(encoding="utf-8")
-    reports = [json.loads(line) for line in log.splitlines() if '"stage":"response"' in line]
-    assert any(entry["outcome"] == "reported" and "Observation" in entry["findings"][0] for entry in reports)
+    reports = e2e_reporting.response_checks()
+    assert any(entry["outcome"] == "reported" and entry["reason"] == "response_foreign_resource"
+               and "Observation" in entry["findings"][0] for entry in reports)

@@ -10,7 +10,7 @@ from fuzz.check_target import CheckTarget
 from fuzz.check_world import CheckWorld, write_jwks
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # closed (and the smartgate loggers restored) when tests/fuzz is done
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CheckWorld]:
     directory: Path = tmp_path_factory.mktemp("fuzz-world")
     checks = CheckWorld(write_jwks(str(directory / "jwks.json")))
@@ -18,6 +18,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CheckWorld]:
     checks.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def target(world: CheckWorld) -> CheckTarget:
     return CheckTarget(world)

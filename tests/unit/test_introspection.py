@@ -272,7 +272,7 @@ async def test_a_failure_is_logged_without_the_token_or_the_secret(
     endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
     endpoint.failure = httpx.ConnectError  # whose message echoes the request body
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG, logger="smartgate.introspection"):
         await introspector(endpoint, None, issuer_config(auth_method="client_secret_post")).introspect(TOKEN)
     assert caplog.records, "the failure is logged"
     assert TOKEN not in caplog.text and CLIENT_SECRET not in caplog.text
