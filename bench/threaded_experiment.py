@@ -55,10 +55,10 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from smartgate import metrics
-from smartgate.authz_service import _DRY_RUN_ALLOW, Pipeline, outcome_of
+from smartgate.authz_service import Pipeline, answer, read_check_request
 from smartgate.decision import Decision
 from smartgate.reasons import Reason
-from smartgate.request import HttpRequest, from_check_request
+from smartgate.request import HttpRequest
 from smartgate.server import Components, build_components
 
 log = logging.getLogger("threaded_experiment")
@@ -135,21 +135,9 @@ class ThreadedAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # ty
     def Check(self, request: external_auth_pb2.CheckRequest, context: Any) -> external_auth_pb2.CheckResponse:  # noqa: N802
         pipeline = self.pipeline
         started = time.perf_counter()
-        try:
-            http = from_check_request(request)
-        except Exception:
-            log.exception("unreadable CheckRequest; denying")
-            http = HttpRequest(method="", path="")
-            decision = Decision(Reason.REQUEST_MALFORMED, "the request could not be read")
-        else:
-            decision = self._decide(pipeline, http)
-        response = _DRY_RUN_ALLOW if pipeline.dry_run else pipeline.responses.build(decision, http.request_id)
-        elapsed = time.perf_counter() - started
-        metrics.DECISIONS.labels(outcome_of(decision), str(decision.http_status), decision.reason.code).inc()
-        metrics.DECISION_SECONDS.observe(elapsed)
-        pipeline.decision_log.record(http, decision, elapsed, dry_run=pipeline.dry_run)
-        pipeline.audit_log.record(http, decision)
-        return response
+        http, unreadable = read_check_request(request)
+        decision = unreadable if unreadable is not None else self._decide(pipeline, http)
+        return answer(pipeline, http, decision, started)
 
 
 async def _build(config: Any) -> Components:

@@ -48,6 +48,28 @@ def outcome_of(decision: Decision) -> str:
     return "error" if decision.http_status >= 500 else "deny"
 
 
+def read_check_request(request: external_auth_pb2.CheckRequest) -> tuple[HttpRequest, Decision | None]:
+    """The HTTP request Envoy asks about, or (an empty request, a deny) when it cannot be read."""
+    try:
+        return from_check_request(request), None
+    except Exception:
+        log.exception("unreadable CheckRequest; denying")
+        return HttpRequest(method="", path=""), Decision(Reason.REQUEST_MALFORMED, "the request could not be read")
+
+
+def answer(
+    pipeline: Pipeline, http: HttpRequest, decision: Decision, started: float
+) -> external_auth_pb2.CheckResponse:
+    """The CheckResponse for a decision, with its metrics, decision-log line and audit event."""
+    response = _DRY_RUN_ALLOW if pipeline.dry_run else pipeline.responses.build(decision, http.request_id)
+    elapsed = time.perf_counter() - started
+    metrics.DECISIONS.labels(outcome_of(decision), str(decision.http_status), decision.reason.code).inc()
+    metrics.DECISION_SECONDS.observe(elapsed)
+    pipeline.decision_log.record(http, decision, elapsed, dry_run=pipeline.dry_run)
+    pipeline.audit_log.record(http, decision)
+    return response
+
+
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
@@ -57,18 +79,6 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
     ) -> external_auth_pb2.CheckResponse:
         pipeline = self.pipeline  # one consistent pipeline per request, even across a reload
         started = time.perf_counter()
-        try:
-            http = from_check_request(request)
-        except Exception:
-            log.exception("unreadable CheckRequest; denying")
-            http = HttpRequest(method="", path="")
-            decision = Decision(Reason.REQUEST_MALFORMED, "the request could not be read")
-        else:
-            decision = await pipeline.authorizer.authorize(http)
-        response = _DRY_RUN_ALLOW if pipeline.dry_run else pipeline.responses.build(decision, http.request_id)
-        elapsed = time.perf_counter() - started
-        metrics.DECISIONS.labels(outcome_of(decision), str(decision.http_status), decision.reason.code).inc()
-        metrics.DECISION_SECONDS.observe(elapsed)
-        pipeline.decision_log.record(http, decision, elapsed, dry_run=pipeline.dry_run)
-        pipeline.audit_log.record(http, decision)
-        return response
+        http, unreadable = read_check_request(request)
+        decision = unreadable if unreadable is not None else await pipeline.authorizer.authorize(http)
+        return answer(pipeline, http, decision, started)

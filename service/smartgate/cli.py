@@ -36,7 +36,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from smartgate.supervisor import run_supervisor
 
         assert path is not None
-        run_supervisor(config, path, workers)
+        run_supervisor(path, workers)
         return 0
     from smartgate.server import run_worker
 

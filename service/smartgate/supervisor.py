@@ -51,8 +51,7 @@ class Supervisor:
     """Workers read the last config the supervisor accepted (a private copy), never the operator's file
     directly: a worker restarted after a rejected reload starts with the config the others run."""
 
-    def __init__(self, config: Config, config_path: str, workers: int, accepted_copy: str) -> None:
-        self._config = config
+    def __init__(self, config_path: str, workers: int, accepted_copy: str) -> None:
         self._config_path = config_path
         self._accepted_copy = accepted_copy
         self._workers = workers
@@ -60,7 +59,7 @@ class Supervisor:
         self._stopping = False
         self._smart: SmartConfiguration | None = None
         self._client: httpx.AsyncClient | None = None
-        shutil.copyfile(config_path, accepted_copy)
+        self._config = self._accept()  # a ConfigError here stops start-up, as it does without workers
 
     def _spawn(self, index: int) -> None:
         command = [sys.executable, "-m", "smartgate", "serve", "--config", self._accepted_copy,
@@ -135,16 +134,26 @@ class Supervisor:
             await http.stop()
             await asyncio.to_thread(self._stop_children)
 
+    def _accept(self) -> Config:
+        """Copy the operator's file once, validate that copy, and only then make it the workers' config:
+        what the workers read is exactly what was validated, even if the file changes meanwhile."""
+        staged = f"{self._accepted_copy}.new"
+        shutil.copyfile(self._config_path, staged)
+        try:
+            config = load_config(staged)
+        except ConfigError:
+            os.unlink(staged)
+            raise
+        os.replace(staged, self._accepted_copy)
+        return config
+
     def _reload(self) -> None:
         """SIGHUP: check the operator's file here; only a valid one reaches the workers (as the new copy)."""
         try:
-            config = load_config(self._config_path)
+            config = self._accept()
         except ConfigError as exc:
             log.error("config reload rejected, keeping the current config: %s", exc)
             return
-        staged = f"{self._accepted_copy}.new"
-        shutil.copyfile(self._config_path, staged)
-        os.replace(staged, self._accepted_copy)
         self._config = config
         if self._client is not None:
             self._smart = (SmartConfiguration(config.smart_configuration, self._client)
@@ -165,14 +174,14 @@ class Supervisor:
                 child.kill()
 
 
-def run_supervisor(config: Config, config_path: str, workers: int) -> None:
+def run_supervisor(config_path: str, workers: int) -> None:
     """Run N workers. Sets PROMETHEUS_MULTIPROC_DIR for them (and this process) first."""
     directory = tempfile.mkdtemp(prefix="smartgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     accepted = tempfile.mkdtemp(prefix="smartgate-config-")
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            supervisor = Supervisor(config, config_path, workers, os.path.join(accepted, "accepted.yaml"))
+            supervisor = Supervisor(config_path, workers, os.path.join(accepted, "accepted.yaml"))
             asyncio.run(supervisor.run())
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -109,7 +109,6 @@ class CountingUpstream:
                 self._answer()
 
         self.server = DemoHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}/fhir"
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()

@@ -357,7 +357,6 @@ class RecordingUpstream:
                 self.wfile.write(data)
 
         self.server = DemoHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def headers_for(self, marker: str) -> list[dict[str, str]]:

@@ -4,6 +4,7 @@ rejected with an error line and the config in force stays in force."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -193,8 +194,10 @@ def _worker_pids(supervisor_pid: int) -> list[int]:
     return [int(pid) for pid in Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text().split()]
 
 
-def test_an_invalid_config_is_rejected_naming_the_key_and_every_worker_keeps_the_old_one(
-        reloading_workers: ReloadingWorkers) -> None:
+@contextlib.contextmanager
+def _after_a_rejected_reload(reloading_workers: ReloadingWorkers) -> Iterator[None]:
+    """Every worker on the new settings, then an invalid file put in place and SIGHUP'd (it stays on disk
+    until the block ends)."""
     smartgate = reloading_workers.gated.smartgate
     current = {**reloading_workers.original, **NEW_SETTINGS}
     smartgate.write_config(current)
@@ -203,33 +206,36 @@ def test_an_invalid_config_is_rejected_naming_the_key_and_every_worker_keeps_the
     try:
         smartgate.write_config(_bad_config(current))
         reloading_workers.hang_up(REJECTED, workers=1)  # the supervisor rejects it; no worker is asked to reload
+        yield
+    finally:
+        smartgate.write_config(current)
+
+
+def test_an_invalid_config_is_rejected_naming_the_key_and_every_worker_keeps_the_old_one(
+        reloading_workers: ReloadingWorkers) -> None:
+    with _after_a_rejected_reload(reloading_workers):
         organization, practitioner, sent = reloading_workers.statuses()
         assert _both_workers_checked(sent), sent
         assert (organization, practitioner) == ({200}, {403})
-        assert smartgate.process.poll() is None
-    finally:
-        smartgate.write_config(current)
+        assert reloading_workers.gated.smartgate.process.poll() is None
 
 
 def test_a_worker_restarted_after_a_rejected_reload_runs_the_accepted_config(
         reloading_workers: ReloadingWorkers) -> None:
     smartgate = reloading_workers.gated.smartgate
-    current = {**reloading_workers.original, **NEW_SETTINGS}
-    smartgate.write_config(current)
-    reloading_workers.hang_up("config reloaded")
-    try:
-        smartgate.write_config(_bad_config(current))  # still on disk when the worker comes back
-        reloading_workers.hang_up(REJECTED, workers=1)
+    with _after_a_rejected_reload(reloading_workers):  # the bad file is still on disk when the worker comes back
         victim = _worker_pids(smartgate.process.pid)[0]
         os.kill(victim, signal.SIGKILL)
         readyz = smartgate.url("/readyz")
         assert wait_until(lambda: victim not in (pids := _worker_pids(smartgate.process.pid)) and len(pids) == 2
                           and httpx.get(readyz).status_code == 200, seconds=20), "the worker did not come back"
         rounds: list[tuple[set[int], set[int], dict[str, int]]] = []
+
+        def both_workers_answered() -> bool:
+            rounds.append(reloading_workers.statuses())
+            return _both_workers_checked(rounds[-1][2])
+
         # Envoy takes the restarted endpoint back after its connect-failure back-off; until then one worker answers.
-        assert wait_until(lambda: _both_workers_checked((rounds.append(reloading_workers.statuses()) or rounds)[-1][2]),
-                          seconds=20), rounds[-1][2]
+        assert wait_until(both_workers_answered, seconds=20), rounds[-1][2]
         for organization, practitioner, _ in rounds:
             assert (organization, practitioner) == ({200}, {403})  # the accepted config, not the file on disk
-    finally:
-        smartgate.write_config(current)

@@ -56,7 +56,6 @@ class RecordingFhirServer:
                 super().do_POST()
 
         self.server = DemoHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, args=(0.05,), name="soak-fhir", daemon=True).start()
 
     def received(self, marker: str) -> bool:

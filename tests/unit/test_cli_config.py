@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,10 @@ import yaml
 
 from smartgate.cli import main
 
+pytestmark = pytest.mark.usefixtures("cli_isolation")
+
 SMARTGATE = str(Path(sys.executable).parent / "smartgate")
 SERVE_TIMEOUT_SECONDS = 60
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No stray SMARTGATE_CONFIG, and pytest's SIGHUP handler back after ``main`` replaced it."""
-    monkeypatch.delenv("SMARTGATE_CONFIG", raising=False)
-    previous = signal.getsignal(signal.SIGHUP)
-    yield
-    signal.signal(signal.SIGHUP, previous)
 
 
 @pytest.fixture

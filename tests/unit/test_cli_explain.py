@@ -8,7 +8,6 @@ so nothing leaves the machine.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import time
 import uuid
@@ -26,6 +25,8 @@ from smartgate.cli import main
 from smartgate.demo.upstream import start_upstream
 
 from .token_helpers import b64url_json
+
+pytestmark = pytest.mark.usefixtures("cli_isolation")
 
 ISSUER = "https://idp.explain.test"
 BASE_URL = "https://fhir.explain.test/fhir"
@@ -87,15 +88,6 @@ def write_config(directory: Path, upstream_url: str, key: ec.EllipticCurvePrivat
 def world(tmp_path: Path, fhir_upstream: str) -> ExplainWorld:
     key = ec.generate_private_key(ec.SECP256R1())
     return ExplainWorld(write_config(tmp_path, fhir_upstream, key), key)
-
-
-@pytest.fixture(autouse=True)
-def _keep_sighup_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """``main`` installs a SIGHUP handler; give pytest its own back afterwards, and no stray config."""
-    monkeypatch.delenv("SMARTGATE_CONFIG", raising=False)
-    previous = signal.getsignal(signal.SIGHUP)
-    yield
-    signal.signal(signal.SIGHUP, previous)
 
 
 @pytest.fixture

@@ -216,6 +216,5 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
 def start_upstream(host: str, port: int, base_path: str = "/fhir") -> DemoHTTPServer:
     """Start the demo FHIR server in a background thread; returns it (``server_address`` has the port)."""
     server = DemoHTTPServer((host, port), make_handler(FhirStore(SEED), base_path))
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="demo-fhir-upstream", daemon=True).start()
     return server
