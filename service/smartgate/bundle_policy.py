@@ -16,6 +16,9 @@ from smartgate.request import HttpRequest
 from smartgate.token_context import TokenContext
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+# A conforming server ignores a resource on these entries, but an entry that carries one is malformed, and
+# a server that reads it would act on data the policy never looked at.
+_BODILESS_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 
 
 def _bundle(request: FhirRequest, settings: PolicySettings) -> list[dict[str, Any]]:
@@ -53,6 +56,8 @@ def _entry_request(entry: dict[str, Any], base_path: str, fhir_base_url: str) ->
     if request.get("ifNoneExist"):
         headers["if-none-exist"] = str(request["ifNoneExist"])
     resource = entry.get("resource")
+    if resource is not None and method in _BODILESS_METHODS:
+        raise DenyError(Reason.BODY_INVALID, f"a {method} entry carries no resource")
     body = json.dumps(resource).encode() if resource is not None else None
     if method == "PATCH" and isinstance(resource, dict) and resource.get("resourceType") == "Binary":
         raise DenyError(Reason.BODY_INVALID, "Binary-wrapped patches in Bundles are not accepted")

@@ -202,8 +202,19 @@ def _json_patch_elements(document: Any) -> set[str]:
         for key in ("path", "from"):
             pointer = operation.get(key)
             if isinstance(pointer, str):
-                touched.add(pointer.split("/")[1].replace("~1", "/").replace("~0", "~") if "/" in pointer else "")
+                touched.add(_pointer_head(pointer))
     return touched
+
+
+def _pointer_head(pointer: str) -> str:
+    """The top-level element an RFC 6901 pointer reaches ("" for the whole document). A non-empty pointer
+    must start with "/": ``subject/reference`` is no pointer, and a lenient server might read it as
+    ``/subject/reference``, so it is refused rather than read as touching ``reference``."""
+    if not pointer:
+        return ""
+    if not pointer.startswith("/"):
+        raise DenyError(Reason.BODY_INVALID, "a JSON Patch path or from must be a JSON Pointer starting with /")
+    return pointer.split("/")[1].replace("~1", "/").replace("~0", "~")
 
 
 def _fhirpath_patch_elements(document: dict[str, Any], resource_type: str) -> set[str]:

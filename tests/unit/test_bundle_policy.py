@@ -221,6 +221,18 @@ def test_a_nested_bundle_in_an_entry_is_invalid(url: str) -> None:
     assert (outcome.reason, outcome.message) == (Reason.BODY_INVALID, "entry 0: nested Bundles are not accepted")
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
+def test_an_entry_whose_method_takes_no_body_may_not_carry_a_resource(method: str) -> None:
+    """Found by the fuzzer: a GET entry carrying another patient's resource was allowed (a conforming
+    server ignores it, but the entry is malformed and a lenient server could act on it)."""
+    outcome = decided(bundle(entry(method, "Observation/123-o1", FOREIGN_OBSERVATION)))
+    assert (outcome.reason, outcome.message.split(":")[0]) == (Reason.BODY_INVALID, "entry 0")
+
+
+def test_an_entry_whose_method_takes_no_body_may_not_carry_even_the_patients_own_resource() -> None:
+    assert decided(bundle(entry("GET", "Observation?patient=123", OWN_OBSERVATION))).reason is Reason.BODY_INVALID
+
+
 def test_a_binary_wrapped_patch_entry_is_invalid() -> None:
     binary = {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": "W10="}
     assert decided(bundle(entry("PATCH", "Observation/abc", binary))).reason is Reason.BODY_INVALID

@@ -352,6 +352,24 @@ def test_json_patch_touching_a_compartment_or_identity_element_is_denied(operati
     assert denial(json_patch(operation)) is Reason.COMPARTMENT_AMBIGUOUS
 
 
+@pytest.mark.parametrize("operation", [
+    {"op": "remove", "path": "subject/reference"},
+    {"op": "remove", "path": "subject"},
+    {"op": "replace", "path": "status", "value": "amended"},
+    {"op": "move", "from": "subject/reference", "path": "/note/0/text"},
+    {"op": "copy", "from": "subject", "path": "/focus"},
+    {"op": "move", "from": "/note/0/text", "path": "subject/reference"},
+])
+def test_json_patch_pointer_without_the_leading_slash_is_invalid(operation: dict[str, Any]) -> None:
+    """RFC 6901: a non-empty pointer starts with "/". ``subject/reference`` was read as touching the
+    element ``reference`` and forwarded; a lenient server would apply it to ``/subject/reference``."""
+    assert denial(json_patch(operation)) is Reason.BODY_INVALID
+
+
+def test_json_patch_pointer_with_the_leading_slash_is_read_as_before() -> None:
+    assert denial(json_patch({"op": "remove", "path": "/subject/reference"})) is Reason.COMPARTMENT_AMBIGUOUS
+
+
 def test_json_patch_naming_another_patient_is_denied() -> None:
     operation = {"op": "add", "path": "/focus", "value": [{"reference": "Patient/456"}]}
     assert denial(json_patch(operation)) is Reason.COMPARTMENT_OTHER_PATIENT
