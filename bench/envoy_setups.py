@@ -14,7 +14,7 @@ import copy
 import json
 from typing import Any
 
-from smartgate.envoy_config import EnvoySettings, render
+from smartgate.envoy_glue.bootstrap import EnvoySettings, render
 
 BASE_PATH = "/fhir"
 OK_BODY = {"direct_response": {"status": 200, "body": {"inline_string": "{}"}}}

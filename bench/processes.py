@@ -20,7 +20,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from smartgate.demo.runner import find_envoy
+from smartgate.dev.demo.runner import find_envoy
 
 BENCH_DIR = Path(__file__).resolve().parent
 

@@ -24,7 +24,7 @@ import processes
 import tokens
 from load import THROUGHPUT, run_wrk, write_requests
 
-from smartgate.compartment import MEMBERSHIP_PARAMS
+from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
 
 SEARCH = "/fhir/Observation?patient=123"
 AUDIENCE = "https://bench.smartgate.invalid/fhir"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import time
 
-from smartgate.response_check import ResponseContext, check_response_body
-from smartgate.scopes import parse_scopes
+from smartgate.policy.response_rules import ResponseContext, check_response_body
+from smartgate.tokens.scopes import parse_scopes
 
 
 def searchset(count: int) -> bytes:

@@ -29,7 +29,7 @@ import report
 import tokens
 from load import LATENCY, THROUGHPUT, Load, run_wrk, write_requests
 
-from smartgate.compartment import MEMBERSHIP_PARAMS
+from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
 
 SETUP_TITLES = {
     "A": "A Envoy alone",

@@ -54,12 +54,12 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from smartgate import metrics
-from smartgate.authz_service import Pipeline, answer, read_check_request
-from smartgate.decision import Decision
-from smartgate.reasons import Reason
-from smartgate.request import HttpRequest
-from smartgate.server import Components, build_components
+from smartgate.core.http import HttpRequest
+from smartgate.core.reasons import Reason
+from smartgate.envoy_glue.authz_service import Pipeline, answer, read_check_request
+from smartgate.policy.decision import Decision
+from smartgate.runtime.worker import Components, build_components
+from smartgate.telemetry import metrics
 
 log = logging.getLogger("threaded_experiment")
 FALLBACK_TIMEOUT_SECONDS = 15.0
@@ -147,7 +147,7 @@ async def _build(config: Any) -> Components:
 
 
 def serve(config_path: Path, port: int, threads: int) -> None:
-    from smartgate.config import load_config
+    from smartgate.config.model import load_config
 
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited")  # gather stopped by the probe
     config = load_config(config_path)
@@ -235,7 +235,7 @@ def measure(duration: float, thread_counts: list[int], wait: bool = True) -> int
     from load import LATENCY, THROUGHPUT, run_wrk, write_requests
     from run_bench import SEARCH, _wait_for_allow
 
-    from smartgate.compartment import MEMBERSHIP_PARAMS
+    from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
 
     def say(message: str) -> None:
         print(f"[threaded-experiment {time.strftime('%H:%M:%S')}] {message}", flush=True)

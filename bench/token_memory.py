@@ -30,9 +30,9 @@ import processes
 import tokens
 from load import THROUGHPUT, Load, parse_output, write_requests, wrk_command
 
-from smartgate.config import TokenPolicy, parse_config
-from smartgate.token_cache import ExpiringCache
-from smartgate.token_context import TokenContext, context_from_claims
+from smartgate.config.model import TokenPolicy, parse_config
+from smartgate.core.expiring_cache import ExpiringCache
+from smartgate.tokens.context import TokenContext, context_from_claims
 
 MB = 1024 * 1024
 HEADROOM = 100 * MB
@@ -133,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=100_000)
     args = parser.parse_args()
-    from smartgate.compartment import MEMBERSHIP_PARAMS
+    from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
 
     with tempfile.TemporaryDirectory(prefix="smartgate-memory-") as tmp:
         workdir = Path(tmp)

@@ -20,20 +20,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.service.auth.v3 import external_auth_pb2
 from jwt.algorithms import ECAlgorithm
 
-from smartgate.audit_event import AuditEventLog
-from smartgate.authorizer import Authorizer
-from smartgate.authz_service import AuthorizationService, Pipeline
-from smartgate.compartment import MEMBERSHIP_PARAMS
-from smartgate.config import HeaderNames, IssuerConfig, JwksPolicy, LookupConfig, TokenPolicy
-from smartgate.decision import MembershipCheck
-from smartgate.decision_log import DecisionLog
-from smartgate.jwks_cache import JwksCache
-from smartgate.membership import LookupResult, MembershipLookup
-from smartgate.policy import PolicySettings
-from smartgate.public_routes import PublicRoutes
-from smartgate.resource_body import element_paths
-from smartgate.response import ResponseBuilder
-from smartgate.verifier import TokenVerifier
+from smartgate.config.model import HeaderNames, IssuerConfig, JwksPolicy, LookupConfig, TokenPolicy
+from smartgate.envoy_glue.authz_service import AuthorizationService, Pipeline
+from smartgate.envoy_glue.check_response import ResponseBuilder
+from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
+from smartgate.fhir.resources import element_paths
+from smartgate.pipeline.audit_event import AuditEventLog
+from smartgate.pipeline.authorizer import Authorizer
+from smartgate.pipeline.decision_log import DecisionLog
+from smartgate.pipeline.fhir_lookup import LookupResult, MembershipLookup
+from smartgate.pipeline.public_routes import PublicRoutes
+from smartgate.policy.base import PolicySettings
+from smartgate.policy.plan import MembershipCheck
+from smartgate.tokens.jwks import JwksCache
+from smartgate.tokens.verifier import TokenVerifier
 
 FHIR_BASE_URL = "https://fhir.example.org/r4"
 BASE_PATH = "/r4"

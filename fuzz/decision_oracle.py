@@ -35,8 +35,8 @@ from fuzz.check_world import (
     TokenSpec,
     token_for,
 )
-from smartgate.compartment import BINDING_PARAMS, MEMBERSHIP_PARAMS
-from smartgate.fhir_definitions import RESOURCE_TYPES, search_parameter
+from smartgate.fhir.compartment import BINDING_PARAMS, MEMBERSHIP_PARAMS
+from smartgate.fhir.definitions import RESOURCE_TYPES, search_parameter
 
 _PUBLIC_PATHS = (f"{BASE_PATH}/metadata", f"{BASE_PATH}/.well-known/smart-configuration")
 _SIGNED_CONTENT: dict[str, TokenSpec] = {token_for(spec).rsplit(".", 1)[0]: spec for spec in TOKEN_SPECS}

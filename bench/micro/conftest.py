@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tokens
 
-from smartgate.config import Config, parse_config
-from smartgate.jwks_cache import JwksCache
-from smartgate.verifier import TokenVerifier
+from smartgate.config.model import Config, parse_config
+from smartgate.tokens.jwks import JwksCache
+from smartgate.tokens.verifier import TokenVerifier
 
 AUDIENCE = "https://bench.smartgate.invalid/fhir"
 T = TypeVar("T")

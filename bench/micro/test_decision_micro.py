@@ -14,18 +14,19 @@ import tokens
 from conftest import AUDIENCE, run_now
 from envoy.service.auth.v3 import external_auth_pb2
 
-from smartgate.authorizer import Authorizer
-from smartgate.config import Config
-from smartgate.decision import Decision
-from smartgate.fhir_request import FhirRequest, parse_fhir_request
-from smartgate.membership import MembershipLookup
-from smartgate.policy import PolicySettings, decide
-from smartgate.public_routes import PublicRoutes
-from smartgate.reasons import Reason
-from smartgate.request import HttpRequest, from_check_request
-from smartgate.scopes import parse_scopes
-from smartgate.token_context import TokenContext
-from smartgate.verifier import TokenVerifier
+from smartgate.config.model import Config
+from smartgate.core.http import HttpRequest
+from smartgate.core.reasons import Reason
+from smartgate.envoy_glue.check_request import from_check_request
+from smartgate.fhir.request import FhirRequest, parse_fhir_request
+from smartgate.pipeline.authorizer import Authorizer
+from smartgate.pipeline.fhir_lookup import MembershipLookup
+from smartgate.pipeline.public_routes import PublicRoutes
+from smartgate.policy.base import PolicySettings, decide
+from smartgate.policy.decision import Decision
+from smartgate.tokens.context import TokenContext
+from smartgate.tokens.scopes import parse_scopes
+from smartgate.tokens.verifier import TokenVerifier
 
 SEARCH = "/fhir/Observation?patient=123&category=laboratory&_count=50&_sort=-date"
 POOL = 600  # distinct tokens per algorithm: every round verifies one never seen before

@@ -11,11 +11,11 @@ import signal
 import sys
 from pathlib import Path
 
-from smartgate.config import Config, ConfigError, load_config
-from smartgate.dev_keys import DEV_ISSUER, dev_token
-from smartgate.envoy_config import EnvoySettings, render_yaml
-from smartgate.request import HttpRequest
-from smartgate.response import ResponseBuilder
+from smartgate.config.model import Config, ConfigError, load_config
+from smartgate.core.http import HttpRequest
+from smartgate.dev.keys import DEV_ISSUER, dev_token
+from smartgate.envoy_glue.bootstrap import EnvoySettings, render_yaml
+from smartgate.envoy_glue.check_response import ResponseBuilder
 
 
 def _config_or_exit(path: str | None) -> Config:
@@ -33,12 +33,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = _config_or_exit(path)
     workers = args.workers or config.workers
     if args.worker_index is None and workers > 1:
-        from smartgate.supervisor import run_supervisor
+        from smartgate.runtime.supervisor import run_supervisor
 
         assert path is not None
         run_supervisor(path, workers)
         return 0
-    from smartgate.server import run_worker
+    from smartgate.runtime.worker import run_worker
 
     run_worker(config, path, args.worker_index or 0, serve_http=not args.no_http)
     return 0
@@ -55,7 +55,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 async def _explain(config: Config, http: HttpRequest) -> dict[str, object]:
-    from smartgate.server import build_components
+    from smartgate.runtime.worker import build_components
 
     components = build_components(config)
     try:
@@ -121,7 +121,7 @@ def _cmd_dev_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from smartgate.demo.runner import run_demo
+    from smartgate.dev.demo.runner import run_demo
 
     return run_demo(Path(args.state_dir))
 

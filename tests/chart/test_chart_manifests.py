@@ -19,9 +19,9 @@ import yaml
 from helm_python import HelmError
 from prometheus_client.metrics import MetricWrapperBase
 
-from smartgate import metrics
-from smartgate.demo.runner import find_envoy
-from smartgate.envoy_config import EnvoySettings, render
+from smartgate.dev.demo.runner import find_envoy
+from smartgate.envoy_glue.bootstrap import EnvoySettings, render
+from smartgate.telemetry import metrics
 
 from .rendering import CHART, VALUES_FILES, Rendering, load_values
 from .rendering import render as render_chart

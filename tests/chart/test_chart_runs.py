@@ -23,8 +23,8 @@ import jwt
 import pytest
 import yaml
 
-from smartgate.demo.runner import find_envoy
-from smartgate.demo.upstream import start_upstream
+from smartgate.dev.demo.runner import find_envoy
+from smartgate.dev.demo.upstream import start_upstream
 
 from ..integration.harness import IdentityProvider, SigningKeys, free_port, new_keys, running, wait_for
 from .rendering import CHART, Rendering, load_values, render

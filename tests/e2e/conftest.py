@@ -1,6 +1,6 @@
 """The end-to-end stack, real components only, session-scoped, on free loopback ports:
 
-    httpx ──► Envoy 1.40 (config rendered by smartgate.envoy_config) ──► Medplum FHIR router (Node 22)
+    httpx ──► Envoy 1.40 (config rendered by smartgate.envoy_glue.bootstrap) ──► Medplum FHIR router (Node 22)
                  │ ext_authz gRPC                                           ▲ compartment look-ups
                  ▼                                                          │
               smartgate serve ──── discovery, JWKS, RFC 7662 introspection ──► oidc-provider (Node 22)
@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from smartgate.envoy_config import EnvoySettings
+from smartgate.envoy_glue.bootstrap import EnvoySettings
 from tests.integration.harness import free_port, running, start_envoy, start_smartgate
 
 from . import seed
@@ -180,7 +180,7 @@ def components(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Components]
 
 @contextlib.contextmanager
 def _gateway(parts: Components, name: str, envoy_port: int, response_verification: str) -> Iterator[E2EStack]:
-    """smartgate + Envoy (rendered by smartgate.envoy_config) in front of the shared FHIR server."""
+    """smartgate + Envoy (rendered by smartgate.envoy_glue.bootstrap) in front of the shared FHIR server."""
     started = time.monotonic()
     workdir = parts.workdir / name
     workdir.mkdir()

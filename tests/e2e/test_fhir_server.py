@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from smartgate.fhir_definitions import PATIENT_COMPARTMENT_PARAMS
+from smartgate.fhir.definitions import PATIENT_COMPARTMENT_PARAMS
 
 from .checks import assert_ok, entry_refs
 from .components import NODE_DIR

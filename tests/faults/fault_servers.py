@@ -14,7 +14,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from smartgate.demo.http_server import DemoHTTPServer
+from smartgate.dev.demo.http_server import DemoHTTPServer
 from tests.integration.harness import SigningKeys, new_keys
 
 

@@ -14,7 +14,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from smartgate.envoy_config import EnvoySettings, render
+from smartgate.envoy_glue.bootstrap import EnvoySettings, render
 from tests.integration.harness import SigningKeys, free_port
 from tests.integration.production_helpers import (
     Envoy,

@@ -12,13 +12,13 @@ from fuzz.check_world import BASE_PATH, FHIR_BASE_URL
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartgate.fhir_request import FhirRequest, RequestError, parse_fhir_request
-from smartgate.policy import PolicySettings, decide
-from smartgate.query import QueryError, parse_query
-from smartgate.request import HttpRequest
-from smartgate.resource_body import BodyError, parse_resource
-from smartgate.scopes import parse_scopes
-from smartgate.token_context import TokenContext
+from smartgate.core.http import HttpRequest
+from smartgate.fhir.query import QueryError, parse_query
+from smartgate.fhir.request import FhirRequest, RequestError, parse_fhir_request
+from smartgate.fhir.resources import BodyError, parse_resource
+from smartgate.policy.base import PolicySettings, decide
+from smartgate.tokens.context import TokenContext
+from smartgate.tokens.scopes import parse_scopes
 
 pytestmark = pytest.mark.fuzz
 

@@ -19,7 +19,8 @@ FILES = sorted(path for folder in ("corpus", "regressions") for path in (FUZZ_DI
 
 def test_the_corpus_and_the_regressions_are_there() -> None:
     names = {path.name for path in FILES}
-    assert {"allow-search-patient.pb", "post-everything-with-body.pb", "batch-get-entry-with-foreign-resource.pb"} <= names
+    expected = {"allow-search-patient.pb", "post-everything-with-body.pb", "batch-get-entry-with-foreign-resource.pb"}
+    assert expected <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f"{path.parent.name}/{path.name}" for path in FILES])

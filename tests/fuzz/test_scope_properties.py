@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartgate.scopes import CONTEXTS, parse_scope, parse_scopes
+from smartgate.tokens.scopes import CONTEXTS, parse_scope, parse_scopes
 
 pytestmark = pytest.mark.fuzz
 

@@ -17,7 +17,7 @@ from fuzz.decision_oracle import issued_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smartgate.bearer import BearerError, extract_bearer
+from smartgate.tokens.bearer import BearerError, extract_bearer
 
 pytestmark = pytest.mark.fuzz
 

@@ -15,8 +15,8 @@ import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from smartgate.demo.upstream import start_upstream
-from smartgate.envoy_config import EnvoySettings
+from smartgate.dev.demo.upstream import start_upstream
+from smartgate.envoy_glue.bootstrap import EnvoySettings
 
 from .harness import IdentityProvider, SigningKeys, free_port, new_keys, running, start_envoy, start_smartgate
 

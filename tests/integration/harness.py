@@ -22,9 +22,9 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from smartgate.demo.http_server import DemoHTTPServer
-from smartgate.demo.runner import find_envoy
-from smartgate.envoy_config import EnvoySettings, render_yaml
+from smartgate.dev.demo.http_server import DemoHTTPServer
+from smartgate.dev.demo.runner import find_envoy
+from smartgate.envoy_glue.bootstrap import EnvoySettings, render_yaml
 
 
 def free_port() -> int:

@@ -34,10 +34,10 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from smartgate.demo.http_server import DemoHTTPServer
-from smartgate.demo.runner import find_envoy
-from smartgate.demo.upstream import start_upstream
-from smartgate.envoy_config import EnvoySettings, render
+from smartgate.dev.demo.http_server import DemoHTTPServer
+from smartgate.dev.demo.runner import find_envoy
+from smartgate.dev.demo.upstream import start_upstream
+from smartgate.envoy_glue.bootstrap import EnvoySettings, render
 
 from .harness import IdentityProvider, SigningKeys, free_port, new_keys, wait_for
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from smartgate.demo.upstream import MISBEHAVE_TAG
+from smartgate.dev.demo.upstream import MISBEHAVE_TAG
 
 from .conftest import Stack, start_stack
 

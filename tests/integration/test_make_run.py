@@ -33,8 +33,8 @@ import httpx
 import pytest
 import yaml
 
-from smartgate.demo.runner import ENVOY_PORT, UPSTREAM_PORT, find_envoy
-from smartgate.envoy_config import EnvoySettings
+from smartgate.dev.demo.runner import ENVOY_PORT, UPSTREAM_PORT, find_envoy
+from smartgate.envoy_glue.bootstrap import EnvoySettings
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ PATIENT_123_OBSERVATIONS = f"http://127.0.0.1:{ENVOY_PORT}/fhir/Observation?pati
 
 
 def demo_ports() -> dict[str, int]:
-    config = yaml.safe_load(resources.files("smartgate.demo").joinpath("config.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load(resources.files("smartgate.dev.demo").joinpath("config.yaml").read_text(encoding="utf-8"))
     return {
         "Envoy listener": ENVOY_PORT,
         "Envoy admin": EnvoySettings().admin_port,

@@ -21,8 +21,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from smartgate.demo.upstream import start_upstream
-from smartgate.envoy_config import EnvoySettings, render
+from smartgate.dev.demo.upstream import start_upstream
+from smartgate.envoy_glue.bootstrap import EnvoySettings, render
 
 from .harness import IdentityProvider, free_port, new_keys, wait_for
 from .production_helpers import (

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from smartgate.demo.upstream import start_upstream
-from smartgate.envoy_config import EnvoySettings, render
+from smartgate.dev.demo.upstream import start_upstream
+from smartgate.envoy_glue.bootstrap import EnvoySettings, render
 
 from .harness import IdentityProvider, free_port, new_keys
 from .production_helpers import (

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smartgate import __version__
-from smartgate.reasons import Reason
+from smartgate.core.reasons import Reason
 
 from .harness import IdentityProvider
 from .production_helpers import GatedFhir, Metrics, base_claims, decision_counts, gated_fhir, sign

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from smartgate.config import DEFAULT_PATIENT_CLOSED_TYPES
+from smartgate.config.model import DEFAULT_PATIENT_CLOSED_TYPES
 
 from .harness import IdentityProvider, free_port, new_keys
 from .production_helpers import GatedFhir, gated_fhir, launch_smartgate, smartgate_config, stop, wait_until

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from smartgate.config import DEFAULT_CAPABILITIES
+from smartgate.config.model import DEFAULT_CAPABILITIES
 
 from .production_helpers import GatedFhir, gated_fhir
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from urllib.parse import urlsplit
 
-from smartgate.demo.http_server import DemoHTTPServer
-from smartgate.demo.upstream import SEED, FhirStore, make_handler
+from smartgate.dev.demo.http_server import DemoHTTPServer
+from smartgate.dev.demo.upstream import SEED, FhirStore, make_handler
 
 from ..integration.harness import free_port
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from smartgate.demo.upstream import FAULT_ID, MISBEHAVE_TAG
+from smartgate.dev.demo.upstream import FAULT_ID, MISBEHAVE_TAG
 
 CONTEXT_PATIENT = "123"
 OTHER_PATIENT = "456"

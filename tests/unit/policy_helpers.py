@@ -1,7 +1,7 @@
 """Shared helpers for the policy, request, response and authorizer unit tests.
 
 Tokens for the pure policy tests are built straight from a scope string and a patient id
-through ``smartgate.scopes.parse_scopes``; tokens for the end-to-end authorizer tests are
+through ``smartgate.tokens.scopes.parse_scopes``; tokens for the end-to-end authorizer tests are
 really signed (ES256) and verified against a ``jwks_file`` issuer.
 """
 
@@ -18,15 +18,16 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from smartgate.config import IssuerConfig, JwksPolicy, LookupConfig, PublicRoute, TokenPolicy
-from smartgate.decision import Decision, Pending
-from smartgate.fhir_request import FhirRequest, RequestError, parse_fhir_request
-from smartgate.jwks_cache import JwksCache
-from smartgate.policy import PolicySettings, decide
-from smartgate.request import HttpRequest
-from smartgate.scopes import parse_scopes
-from smartgate.token_context import TokenContext
-from smartgate.verifier import TokenVerifier
+from smartgate.config.model import IssuerConfig, JwksPolicy, LookupConfig, PublicRoute, TokenPolicy
+from smartgate.core.http import HttpRequest
+from smartgate.fhir.request import FhirRequest, RequestError, parse_fhir_request
+from smartgate.policy.base import PolicySettings, decide
+from smartgate.policy.decision import Decision
+from smartgate.policy.plan import Pending
+from smartgate.tokens.context import TokenContext
+from smartgate.tokens.jwks import JwksCache
+from smartgate.tokens.scopes import parse_scopes
+from smartgate.tokens.verifier import TokenVerifier
 
 FHIR_BASE_URL = "https://fhir.example.org/r4"
 BASE_PATH = "/r4"

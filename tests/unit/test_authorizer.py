@@ -14,14 +14,15 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
-from smartgate.authorizer import Authorizer
-from smartgate.config import HeaderNames
-from smartgate.decision import Decision, MembershipCheck, compartment_check
-from smartgate.membership import LookupError as MembershipLookupError
-from smartgate.membership import LookupResult, MembershipLookup
-from smartgate.public_routes import PublicRoutes
-from smartgate.reasons import Reason
-from smartgate.response import ResponseBuilder
+from smartgate.config.model import HeaderNames
+from smartgate.core.reasons import Reason
+from smartgate.envoy_glue.check_response import ResponseBuilder
+from smartgate.pipeline.authorizer import Authorizer
+from smartgate.pipeline.fhir_lookup import LookupError as MembershipLookupError
+from smartgate.pipeline.fhir_lookup import LookupResult, MembershipLookup
+from smartgate.pipeline.public_routes import PublicRoutes
+from smartgate.policy.decision import Decision
+from smartgate.policy.plan import MembershipCheck, compartment_check
 from tests.unit.policy_helpers import (
     BASE_PATH,
     FHIR_BASE_URL,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from smartgate.bearer import BearerError, extract_bearer
-from smartgate.reasons import Reason
+from smartgate.core.reasons import Reason
+from smartgate.tokens.bearer import BearerError, extract_bearer
 
 MAX = 64
 JWT_LIKE = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJ4In0.c2lnbmF0dXJl"

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from smartgate.decision import Decision, MembershipCheck, Pending, VersionCheck
-from smartgate.fhir_request import Interaction
-from smartgate.policy import PolicySettings
-from smartgate.reasons import Reason
+from smartgate.core.reasons import Reason
+from smartgate.fhir.request import Interaction
+from smartgate.policy.base import PolicySettings
+from smartgate.policy.decision import Decision
+from smartgate.policy.plan import MembershipCheck, Pending, VersionCheck
 from tests.unit.policy_helpers import FHIR_BASE_URL, SETTINGS, body_request, decide_body
 
 OWN_OBSERVATION = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},

@@ -22,7 +22,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smartgate.cli import main
-from smartgate.demo.upstream import start_upstream
+from smartgate.dev.demo.upstream import start_upstream
 
 from .token_helpers import b64url_json
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from smartgate.cli import main
-from smartgate.config import (
+from smartgate.config.model import (
     DEFAULT_PATIENT_CLOSED_TYPES,
     SAFE_ALGORITHMS,
     ConfigError,

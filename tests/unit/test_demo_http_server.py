@@ -11,7 +11,7 @@ import contextlib
 import socket
 from http.server import BaseHTTPRequestHandler
 
-from smartgate.demo.http_server import DemoHTTPServer
+from smartgate.dev.demo.http_server import DemoHTTPServer
 
 BURST = 64
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
-from smartgate.fhir_request import FhirRequest, Interaction, is_valid_id, parse_fhir_request
-from smartgate.reasons import Reason
-from smartgate.request import PARTIAL_BODY_HEADER, HttpRequest, from_check_request
+from smartgate.core.http import HttpRequest
+from smartgate.core.reasons import Reason
+from smartgate.envoy_glue.check_request import PARTIAL_BODY_HEADER, from_check_request
+from smartgate.fhir.request import FhirRequest, Interaction, is_valid_id, parse_fhir_request
 from tests.unit.policy_helpers import BASE_PATH, form_post, http, request_error
 
 

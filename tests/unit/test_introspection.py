@@ -1,4 +1,4 @@
-"""RFC 7662 introspection of opaque tokens (smartgate.introspection), driven against an introspection
+"""RFC 7662 introspection of opaque tokens (smartgate.tokens.introspection), driven against an introspection
 endpoint behind ``httpx.MockTransport`` (and, for timeouts and refused connections, real local sockets).
 
 The rules: ``active: false`` is a 401 token_inactive; any failure to get a usable answer is a 503
@@ -22,15 +22,22 @@ from urllib.parse import parse_qs, unquote
 import httpx
 import pytest
 
-from smartgate.authorizer import Authorizer
-from smartgate.config import ConfigError, IntrospectionConfig, IssuerConfig, LookupConfig, TokenPolicy, parse_config
-from smartgate.decision import Decision
-from smartgate.introspection import INACTIVE_CACHE_SECONDS, IntrospectionError, Introspector
-from smartgate.membership import MembershipLookup
-from smartgate.public_routes import PublicRoutes
-from smartgate.reasons import Reason
-from smartgate.token_context import TokenContext
-from smartgate.verifier import TokenError, TokenVerifier
+from smartgate.config.model import (
+    ConfigError,
+    IntrospectionConfig,
+    IssuerConfig,
+    LookupConfig,
+    TokenPolicy,
+    parse_config,
+)
+from smartgate.core.reasons import Reason
+from smartgate.pipeline.authorizer import Authorizer
+from smartgate.pipeline.fhir_lookup import MembershipLookup
+from smartgate.pipeline.public_routes import PublicRoutes
+from smartgate.policy.decision import Decision
+from smartgate.tokens.context import TokenContext
+from smartgate.tokens.introspection import INACTIVE_CACHE_SECONDS, IntrospectionError, Introspector
+from smartgate.tokens.verifier import TokenError, TokenVerifier
 from tests.unit.policy_helpers import (
     BASE_PATH,
     FHIR_BASE_URL,

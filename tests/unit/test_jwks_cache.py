@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from smartgate.config import IssuerConfig, JwksPolicy, TokenPolicy
-from smartgate.jwks_cache import MAX_JWKS_BYTES, MAX_KEYS, JwksCache, JwksError, SigningKey, parse_jwks
-from smartgate.reasons import Reason
-from smartgate.verifier import TokenError, TokenVerifier
+from smartgate.config.model import IssuerConfig, JwksPolicy, TokenPolicy
+from smartgate.core.reasons import Reason
+from smartgate.tokens.jwks import MAX_JWKS_BYTES, MAX_KEYS, JwksCache, JwksError, SigningKey, parse_jwks
+from smartgate.tokens.verifier import TokenError, TokenVerifier
 
 from .token_helpers import (
     ALL_ALGORITHMS,

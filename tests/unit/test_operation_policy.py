@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from smartgate.config import OperationRule
-from smartgate.decision import BinaryCheck, Decision, MembershipCheck, Pending
-from smartgate.policy import PolicySettings
-from smartgate.reasons import Reason
+from smartgate.config.model import OperationRule
+from smartgate.core.reasons import Reason
+from smartgate.policy.base import PolicySettings
+from smartgate.policy.decision import Decision
+from smartgate.policy.plan import BinaryCheck, MembershipCheck, Pending
 from tests.unit.policy_helpers import FHIR_BASE_URL, decide_body, decide_path
 
 LAB = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"

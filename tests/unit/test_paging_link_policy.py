@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from smartgate.decision import Decision
-from smartgate.fhir_request import FhirRequest, parse_fhir_request
-from smartgate.policy import PolicySettings, decide
-from smartgate.reasons import Reason
+from smartgate.core.reasons import Reason
+from smartgate.fhir.request import FhirRequest, parse_fhir_request
+from smartgate.policy.base import PolicySettings, decide
+from smartgate.policy.decision import Decision
 
 from .policy_helpers import BASE_PATH, FHIR_BASE_URL, decide_path, form_post, token_context
 

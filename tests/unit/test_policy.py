@@ -9,11 +9,12 @@ import json
 
 import pytest
 
-from smartgate.config import DEFAULT_PATIENT_CLOSED_TYPES
-from smartgate.decision import BinaryCheck, Decision, MembershipCheck, Pending, VersionCheck, compartment_check
-from smartgate.fhir_request import FhirRequest, Interaction, parse_fhir_request
-from smartgate.policy import PolicySettings, decide
-from smartgate.reasons import Reason
+from smartgate.config.model import DEFAULT_PATIENT_CLOSED_TYPES
+from smartgate.core.reasons import Reason
+from smartgate.fhir.request import FhirRequest, Interaction, parse_fhir_request
+from smartgate.policy.base import PolicySettings, decide
+from smartgate.policy.decision import Decision
+from smartgate.policy.plan import BinaryCheck, MembershipCheck, Pending, VersionCheck, compartment_check
 from tests.unit.policy_helpers import (
     FHIR_BASE_URL,
     SETTINGS,

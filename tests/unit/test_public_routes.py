@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from smartgate.authorizer import Authorizer
-from smartgate.decision import MembershipCheck
-from smartgate.membership import LookupResult, MembershipLookup
-from smartgate.public_routes import PublicRoutes
-from smartgate.reasons import Reason
+from smartgate.core.reasons import Reason
+from smartgate.pipeline.authorizer import Authorizer
+from smartgate.pipeline.fhir_lookup import LookupResult, MembershipLookup
+from smartgate.pipeline.public_routes import PublicRoutes
+from smartgate.policy.plan import MembershipCheck
 from tests.unit.policy_helpers import (
     BASE_PATH,
     SETTINGS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smartgate.query import QueryError, SearchParam, parse_query
+from smartgate.fhir.query import QueryError, SearchParam, parse_query
 
 
 def pairs(raw: bytes | str) -> list[tuple[str, str]]:

@@ -10,10 +10,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from google.rpc import code_pb2
 
-from smartgate.config import HeaderNames
-from smartgate.decision import Decision
-from smartgate.reasons import Reason
-from smartgate.response import ResponseBuilder, operation_outcome, www_authenticate
+from smartgate.config.model import HeaderNames
+from smartgate.core.reasons import Reason
+from smartgate.envoy_glue.check_response import ResponseBuilder, operation_outcome, www_authenticate
+from smartgate.policy.decision import Decision
 from tests.unit.policy_helpers import BASE_PATH, http, request_error, token_context
 
 REALM = "https://fhir.example.org/r4"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from smartgate.response_check import ResponseContext, check_response_body
-from smartgate.scopes import parse_scopes
+from smartgate.policy.response_rules import ResponseContext, check_response_body
+from smartgate.tokens.scopes import parse_scopes
 
 BASE = "https://fhir.example.org/r4"
 CLOSED = frozenset({"Binary", "Task"})

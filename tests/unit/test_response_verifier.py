@@ -13,7 +13,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from google.protobuf import struct_pb2
 
-from smartgate.response_verifier import AUTHZ_NAMESPACE, ResponseVerifier
+from smartgate.envoy_glue.ext_proc import AUTHZ_NAMESPACE, ResponseVerifier
 
 BASE = "https://fhir.example.org/r4"
 CONTEXT = {"patient": "123", "scope": "patient/*.rs", "interaction": "search-type", "resource_type": "Observation"}

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from smartgate.scopes import ALL_PERMISSIONS, ScopeGrants, parse_scope, parse_scopes
+from smartgate.tokens.scopes import ALL_PERMISSIONS, ScopeGrants, parse_scope, parse_scopes
 
 
 def granted(scope: str, context: str = "patient", resource_type: str = "Observation") -> set[str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from smartgate.envoy_config import EnvoySettings, render_yaml
+from smartgate.envoy_glue.bootstrap import EnvoySettings, render_yaml
 
 SHIPPED = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smartgate.token_cache import ExpiringCache
+from smartgate.core.expiring_cache import ExpiringCache
 
 
 def test_value_is_returned_before_its_deadline() -> None:

@@ -15,11 +15,11 @@ from typing import Any
 import jwt.api_jwt
 import pytest
 
-from smartgate.config import ClaimNames, IssuerConfig, JwksPolicy, TokenPolicy
-from smartgate.jwks_cache import JwksCache
-from smartgate.reasons import Reason
-from smartgate.token_context import TokenContext
-from smartgate.verifier import TokenError, TokenVerifier
+from smartgate.config.model import ClaimNames, IssuerConfig, JwksPolicy, TokenPolicy
+from smartgate.core.reasons import Reason
+from smartgate.tokens.context import TokenContext
+from smartgate.tokens.jwks import JwksCache
+from smartgate.tokens.verifier import TokenError, TokenVerifier
 
 from .token_helpers import (
     ALL_ALGORITHMS,

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from smartgate.decision import Decision, MembershipCheck, Pending
-from smartgate.reasons import Reason
+from smartgate.core.reasons import Reason
+from smartgate.policy.decision import Decision
+from smartgate.policy.plan import MembershipCheck, Pending
 from tests.unit.policy_helpers import BASE_PATH, FHIR_BASE_URL, decide_body, http, request_error
 
 LAB = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"

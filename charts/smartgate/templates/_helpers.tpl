@@ -97,7 +97,7 @@ loopback 9901; smartgate serves gRPC (ext_authz, ext_proc, health) on 9191.. and
 {{- toYaml $config -}}
 {{- end -}}
 
-{{/* envoy.yaml, rendered from the same values. Mirrors `smartgate envoy-config` (service/smartgate/envoy_config.py)
+{{/* envoy.yaml, rendered from the same values. Mirrors `smartgate envoy-config` (service/smartgate/envoy_glue/bootstrap.py)
 for these settings; tests/chart compares the two. */}}
 {{- define "smartgate.envoyConfig" -}}
 {{- $v := .Values -}}

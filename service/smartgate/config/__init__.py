@@ -1,0 +1,1 @@
+"""The configuration: its model, the YAML reader with dotted-key errors, and the identity-provider profiles."""

@@ -1,0 +1,60 @@
+"""Identity-provider profiles: where each provider puts the SMART values in its tokens.
+
+| profile  | scopes                      | patient                    | fhirUser            | client id      |
+|----------|-----------------------------|----------------------------|---------------------|----------------|
+| generic  | ``scope`` string (or ``scp``) | ``patient``              | ``fhirUser``        | ``client_id``  |
+| okta     | ``scp`` array               | ``launch_response_patient`` | ``fhirUser`` (URL)  | ``cid``        |
+| auth0    | ``scope`` string            | ``{ns}patient``            | ``{ns}fhirUser``    | ``azp``        |
+| keycloak | ``scope`` string            | ``patient_id``             | ``fhirUser``        | ``azp``        |
+| entra    | ``scp`` string, dotted      | ``patient``                | ``fhirUser``        | ``azp``/``appid`` |
+
+Entra ID does not allow ``/`` or ``*`` in scope names, so SMART scopes are registered as
+``patient.Observation.read`` and ``patient.all.read``; the ``entra`` profile maps them back to
+``patient/Observation.read`` and ``patient/*.read``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClaimNames:
+    """Where each SMART value is read from in a token (a list of claim names; the first present wins)."""
+
+    scope: tuple[str, ...] = ("scope", "scp")
+    patient: tuple[str, ...] = ("patient",)
+    fhir_user: tuple[str, ...] = ("fhirUser",)
+    client_id: tuple[str, ...] = ("client_id", "azp", "cid")
+    subject: tuple[str, ...] = ("sub",)
+
+
+PROFILE_NAMES = ("generic", "okta", "auth0", "keycloak", "entra")
+_DOTTED_SCOPE = re.compile(r"^(patient|user|system)\.([A-Za-z]+)\.([A-Za-z*]+(?:\?.*)?)\Z")
+
+
+def claim_names_for(profile: str, namespace: str = "") -> ClaimNames:
+    if profile == "okta":
+        return ClaimNames(scope=("scp", "scope"), patient=("launch_response_patient", "patient"),
+                          fhir_user=("fhirUser",), client_id=("cid", "client_id"), subject=("sub",))
+    if profile == "auth0":
+        return ClaimNames(scope=("scope",), patient=(f"{namespace}patient", "patient"),
+                          fhir_user=(f"{namespace}fhirUser", "fhirUser"), client_id=("azp", "client_id"),
+                          subject=("sub",))
+    if profile == "keycloak":
+        return ClaimNames(scope=("scope",), patient=("patient_id", "patient"), fhir_user=("fhirUser",),
+                          client_id=("azp", "client_id"), subject=("sub",))
+    if profile == "entra":
+        return ClaimNames(scope=("scp",), patient=("patient",), fhir_user=("fhirUser",),
+                          client_id=("azp", "appid"), subject=("oid", "sub"))
+    return ClaimNames()
+
+
+def undot_scope(scope: str) -> str:
+    """``patient.Observation.read`` -> ``patient/Observation.read``; ``all`` stands for ``*``."""
+    match = _DOTTED_SCOPE.match(scope)
+    if match is None:
+        return scope
+    context, resource_type, permissions = match.groups()
+    return f"{context}/{'*' if resource_type == 'all' else resource_type}.{permissions}"

@@ -1,0 +1,1 @@
+"""NOT FOR PRODUCTION: development keys and the local demo stack (make run)."""

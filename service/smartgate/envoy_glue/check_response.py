@@ -1,0 +1,126 @@
+"""Stage 4: turn a Decision into Envoy's CheckResponse.
+
+Every response sets ``status`` explicitly (Envoy reads an unset status as OK).
+Allow: the verified context headers are set with OVERWRITE_IF_EXISTS_OR_ADD, and every
+context header without a value is removed, so a client can never smuggle one through.
+Deny: the HTTP status, ``WWW-Authenticate`` (RFC 6750) and a FHIR OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from smartgate.config.model import HeaderNames
+from smartgate.core.reasons import Reason
+from smartgate.policy.decision import Decision
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK = status_pb2.Status(code=code_pb2.OK)
+_MAX_REQUEST_ID = 200  # x-request-id is client-chosen; the response stage logs it, bounded
+_UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
+_PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
+_UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
+
+_ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 500: "exception", 503: "transient"}
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
+
+
+_NOT_QDTEXT = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _quoted(text: str) -> str:
+    """RFC 6750 section 3: error_description and realm use %x20-21 / %x23-5B / %x5D-7E only."""
+    return _NOT_QDTEXT.sub("_", text)
+
+
+def www_authenticate(reason: Reason, realm: str, message: str) -> str | None:
+    """The RFC 6750 challenge for a denial, or None where none applies (5xx)."""
+    if reason.http_status >= 500:
+        return None
+    parts = [f'Bearer realm="{_quoted(realm)}"']
+    if reason.bearer_error is not None:
+        parts.append(f'error="{reason.bearer_error}"')
+        parts.append(f'error_description="{_quoted(message)}"')
+    return ", ".join(parts)
+
+
+def operation_outcome(reason: Reason, message: str) -> bytes:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{
+            "severity": "error",
+            "code": _ISSUE_CODES.get(reason.http_status, "forbidden"),
+            "details": {
+                "coding": [{"system": "https://smartgate.dev/reason", "code": reason.code}],
+                "text": message,
+            },
+            "diagnostics": f"smartgate: {reason.code}",
+        }],
+    }
+    return json.dumps(outcome, separators=(",", ":")).encode("utf-8")
+
+
+class ResponseBuilder:
+    def __init__(self, header_names: HeaderNames, realm: str, hand_over_context: bool = False) -> None:
+        self._names = header_names
+        self._realm = realm
+        self._hand_over = hand_over_context  # for response verification (ext_proc)
+
+    def build(self, decision: Decision, request_id: str = "") -> external_auth_pb2.CheckResponse:
+        if decision.allowed:
+            return self._allow(decision, request_id)
+        return self._deny(decision)
+
+    def _allow(self, decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
+        ok = external_auth_pb2.OkHttpResponse()
+        names = self._names
+        context = decision.context
+        values: tuple[tuple[str, str | None], ...] = (
+            (names.patient, context.patient if context else None),
+            (names.fhir_user, context.fhir_user if context else None),
+            (names.scope, context.scope_text if context else None),
+            (names.client_id, context.client_id if context else None),
+            (names.subject, context.subject if context else None),
+            (names.issuer, context.issuer if context else None),
+        )
+        for name, value in values:
+            if value:
+                ok.headers.append(_header(name, value))
+            else:
+                ok.headers_to_remove.append(name)
+        response = external_auth_pb2.CheckResponse(status=_OK, ok_response=ok)
+        if self._hand_over and context is not None and context.patient and context.grants.has_patient_scopes:
+            # Emitted by Envoy as dynamic metadata (namespace envoy.filters.http.ext_authz) for ext_proc.
+            response.dynamic_metadata.update({
+                "patient": context.patient, "scope": context.scope_text, "interaction": decision.interaction,
+                "resource_type": decision.resource_type, "request_id": request_id[:_MAX_REQUEST_ID],
+            })
+        return response
+
+    def _deny(self, decision: Decision) -> external_auth_pb2.CheckResponse:
+        reason = decision.reason
+        denied = external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=reason.http_status),
+            body=operation_outcome(reason, decision.message).decode("utf-8"),
+        )
+        denied.headers.append(_header("content-type", "application/fhir+json"))
+        denied.headers.append(_header("cache-control", "no-store"))
+        challenge = www_authenticate(reason, self._realm, decision.message)
+        if challenge is not None:
+            denied.headers.append(_header("www-authenticate", challenge))
+        if reason.http_status == 401:
+            status = _UNAUTHENTICATED
+        elif reason.http_status >= 500:
+            status = _UNAVAILABLE
+        else:
+            status = _PERMISSION_DENIED
+        return external_auth_pb2.CheckResponse(status=status, denied_response=denied)

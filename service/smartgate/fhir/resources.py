@@ -1,0 +1,191 @@
+"""What a FHIR resource body says about the patient compartment: the references held in its
+compartment elements (from the official SearchParameter expressions), every Patient it
+references anywhere, and whether it hides anything we cannot resolve (contained resources,
+conditional or external references)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
+from smartgate.fhir.definitions import search_parameter
+
+_WHERE_PATIENT = ".where(resolve() is Patient)"
+_RELATIVE = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+MAX_DEPTH = 64
+
+
+class BodyError(ValueError):
+    """The body is not a FHIR resource we can reason about."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedReference:
+    resource_type: str
+    resource_id: str
+
+
+def parse_resource(body: bytes | None, expected_type: str | None) -> dict[str, Any]:
+    if not body:
+        raise BodyError("a resource body is required")
+    try:
+        resource = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise BodyError("the body is not JSON") from exc
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        raise BodyError("the body is not a FHIR resource")
+    if expected_type is not None and resource["resourceType"] != expected_type:
+        raise BodyError(f"the body is a {resource['resourceType']}, not a {expected_type}")
+    return resource
+
+
+def resolve_reference(reference: str, fhir_base_url: str) -> ResolvedReference | None:
+    """``Type/id`` (optionally versioned, optionally absolute on our base); None for anything else:
+    contained (``#x``), conditional (``Type?...``), ``urn:``, or another server's URL."""
+    prefix = fhir_base_url.rstrip("/") + "/"
+    if reference.startswith(prefix):
+        reference = reference[len(prefix):]
+    match = _RELATIVE.fullmatch(reference)
+    if match is None:
+        return None
+    return ResolvedReference(match.group(1), match.group(2))
+
+
+def _values_at(node: Any, path: tuple[str, ...]) -> Iterator[Any]:
+    """Every value at ``path``, flattening lists at every step (FHIRPath semantics)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _values_at(item, path)
+        return
+    if not path:
+        yield node
+        return
+    if isinstance(node, list):
+        for item in node:
+            yield from _values_at(item, path)
+        return
+    if isinstance(node, dict) and path[0] in node:
+        yield from _values_at(node[path[0]], path[1:])
+
+
+@functools.lru_cache(maxsize=8192)
+def element_paths(resource_type: str, code: str) -> tuple[tuple[tuple[str, ...], bool], ...]:
+    """(path below the resource, patient-only) for a search parameter's simple expressions."""
+    info = search_parameter(resource_type, code)
+    paths: list[tuple[tuple[str, ...], bool]] = []
+    for expression in info.expressions if info else ():
+        patient_only = expression.endswith(_WHERE_PATIENT)
+        text = expression[: -len(_WHERE_PATIENT)] if patient_only else expression
+        parts = text.strip("()").split(".")
+        if parts[0] == resource_type and all(part.isidentifier() for part in parts):
+            paths.append((tuple(parts[1:]), patient_only))
+    return tuple(paths)
+
+
+def compartment_elements(resource_type: str) -> frozenset[str]:
+    """Top-level element names that hold compartment references (``subject``, ``performer``...)."""
+    names = set()
+    for code in MEMBERSHIP_PARAMS.get(resource_type, ()):
+        for path, _ in element_paths(resource_type, code):
+            if path:
+                names.add(path[0])
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compartment_paths(resource_type: str) -> tuple[tuple[str, ...], ...]:
+    paths = {
+        path for code in MEMBERSHIP_PARAMS.get(resource_type, ()) for path, _ in element_paths(resource_type, code)
+    }
+    return tuple(sorted(paths))
+
+
+def compartment_references(resource: dict[str, Any]) -> list[Any]:
+    """Every value found in the resource's compartment elements (References, or junk)."""
+    found: list[Any] = []
+    for path in _compartment_paths(resource["resourceType"]):
+        found.extend(_values_at(resource, path))
+    return found
+
+
+def all_reference_strings(node: Any, depth: int = 0) -> Iterator[str]:
+    """Every ``reference`` string anywhere in the resource (and any string that looks like one)."""
+    if depth > MAX_DEPTH:
+        raise BodyError("the resource is nested too deeply")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                yield value
+            else:
+                yield from all_reference_strings(value, depth + 1)
+    elif isinstance(node, list):
+        for item in node:
+            yield from all_reference_strings(item, depth + 1)
+
+
+def all_strings(node: Any, depth: int = 0) -> Iterator[str]:
+    if depth > MAX_DEPTH:
+        raise BodyError("the resource is nested too deeply")
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from all_strings(value, depth + 1)
+    elif isinstance(node, list):
+        for item in node:
+            yield from all_strings(item, depth + 1)
+
+
+def token_matches(resource: dict[str, Any], code: str, value: str) -> bool:
+    """Does the resource satisfy ``code=value`` for a token search parameter (``system|code``,
+    ``|code`` or ``code``)? Codings, CodeableConcepts, Identifiers and plain codes are read."""
+    system, bar, token = value.rpartition("|") if "|" in value else ("", "", value)
+    want_system = system if bar else None
+    for path, _ in element_paths(resource["resourceType"], code):
+        for found in _values_at(resource, path):
+            for system_found, code_found in _codes(found):
+                if code_found != token:
+                    continue
+                if want_system is None or (want_system == "" and system_found is None) or want_system == system_found:
+                    return True
+    return False
+
+
+def _codes(value: Any) -> Iterator[tuple[str | None, str]]:
+    if isinstance(value, str):
+        yield None, value
+    elif isinstance(value, dict):
+        if isinstance(value.get("coding"), list):
+            for coding in value["coding"]:
+                yield from _codes(coding)
+        if isinstance(value.get("code"), str):
+            yield value.get("system"), value["code"]
+        if isinstance(value.get("value"), str):
+            yield value.get("system"), value["value"]
+
+
+def belongs_to_patient(resource: dict[str, Any], patient: str, fhir_base_url: str) -> bool:
+    """Is this resource in ``patient``'s compartment, by the compartment definition's own elements?
+    (Types outside the compartment belong to no patient: True.)"""
+    resource_type = resource.get("resourceType")
+    if resource_type == "Patient":
+        if resource.get("id") == patient:
+            return True
+        links = [link.get("other") for link in resource.get("link") or [] if isinstance(link, dict)]
+        return any(_names_patient(link, patient, fhir_base_url) for link in links)
+    if resource_type not in MEMBERSHIP_PARAMS:
+        return True
+    return any(_names_patient(value, patient, fhir_base_url) for value in compartment_references(resource))
+
+
+def _names_patient(value: Any, patient: str, fhir_base_url: str) -> bool:
+    reference = value.get("reference") if isinstance(value, dict) else None
+    if not isinstance(reference, str):
+        return False
+    resolved = resolve_reference(reference, fhir_base_url)
+    return resolved is not None and resolved.resource_type == "Patient" and resolved.resource_id == patient

@@ -1,0 +1,27 @@
+"""Stage 3 value: what the policy concluded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smartgate.core.reasons import Reason
+from smartgate.tokens.context import TokenContext
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Allow or deny, always with a reason code; ``context`` is set when a token was verified."""
+
+    reason: Reason
+    message: str
+    context: TokenContext | None = None
+    interaction: str = ""
+    resource_type: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.reason.allows
+
+    @property
+    def http_status(self) -> int:
+        return self.reason.http_status

@@ -1,0 +1,1 @@
+"""Processes and listeners: the worker (composition root), the supervisor, the HTTP listener and SMART discovery."""

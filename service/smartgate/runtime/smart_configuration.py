@@ -1,0 +1,74 @@
+"""``/.well-known/smart-configuration`` (SMART App Launch 2.x, section 2.0.x "SMART configuration").
+
+Built from the issuer's OpenID discovery document plus the configured capabilities. The
+discovery document is cached and kept while the IdP is unreachable; if it was never
+fetched the endpoint answers 503 rather than an incomplete document.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from smartgate.config.model import SmartConfigurationSettings
+
+log = logging.getLogger("smartgate.smart_configuration")
+
+_FROM_DISCOVERY = (
+    "issuer", "jwks_uri", "authorization_endpoint", "token_endpoint", "token_endpoint_auth_methods_supported",
+    "registration_endpoint", "scopes_supported", "response_types_supported", "introspection_endpoint",
+    "revocation_endpoint", "code_challenge_methods_supported", "grant_types_supported",
+)
+CORS_HEADERS = {"access-control-allow-origin": "*", "cache-control": "max-age=300"}
+
+
+class SmartConfiguration:
+    def __init__(self, settings: SmartConfigurationSettings, client: httpx.AsyncClient, ttl_seconds: float = 300):
+        self._settings = settings
+        self._client = client
+        self._ttl = ttl_seconds
+        self._discovery: dict[str, Any] | None = None
+        self._fetched_at = 0.0
+
+    async def document(self) -> dict[str, Any] | None:
+        if self._discovery is None or time.monotonic() - self._fetched_at > self._ttl:
+            await self._refresh()
+        if self._discovery is None:
+            return None
+        return self.build(self._discovery)
+
+    def build(self, discovery: dict[str, Any]) -> dict[str, Any]:
+        settings = self._settings
+        document: dict[str, Any] = {key: discovery[key] for key in _FROM_DISCOVERY if key in discovery}
+        document.setdefault("code_challenge_methods_supported", ["S256"])
+        document["code_challenge_methods_supported"] = [
+            method for method in document["code_challenge_methods_supported"] if method != "plain"
+        ] or ["S256"]
+        document.setdefault("grant_types_supported", ["authorization_code"])
+        document["capabilities"] = list(settings.capabilities)
+        if settings.scopes_supported:
+            document["scopes_supported"] = list(settings.scopes_supported)
+        document.update(settings.overrides)
+        return document
+
+    async def _refresh(self) -> None:
+        url = self._settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        try:
+            response = await self._client.get(url, timeout=5)
+            response.raise_for_status()
+            discovery = response.json()
+            if not isinstance(discovery, dict) or discovery.get("issuer") != self._settings.issuer:
+                raise ValueError("discovery document for another issuer")
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("OpenID discovery for %s failed: %s", self._settings.issuer, exc)
+            return
+        self._discovery = discovery
+        self._fetched_at = time.monotonic()
+
+    @staticmethod
+    def encode(document: dict[str, Any]) -> bytes:
+        return json.dumps(document, indent=2).encode("utf-8")

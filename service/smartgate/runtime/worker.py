@@ -1,0 +1,258 @@
+"""Wire the stages together from a Config and run them.
+
+One worker process runs the gRPC server (Authorization + grpc.health.v1), keeps the keys
+fresh, and reloads the config on SIGHUP. With ``workers > 1`` a supervisor starts N worker
+processes, each on its own port (``listen.grpc`` port + index, listed by Envoy as separate
+endpoints so it balances requests, not connections), and serves the HTTP listener itself
+with the workers' metrics added up (prometheus-client multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from smartgate.config.model import Config, ConfigError, TlsConfig, grpc_address, load_config
+from smartgate.envoy_glue.authz_service import AuthorizationService, Pipeline
+from smartgate.envoy_glue.check_response import ResponseBuilder
+from smartgate.envoy_glue.ext_proc import ResponseVerifier
+from smartgate.pipeline.audit_event import AuditEventLog
+from smartgate.pipeline.authorizer import Authorizer
+from smartgate.pipeline.decision_log import DecisionLog
+from smartgate.pipeline.fhir_lookup import MembershipLookup
+from smartgate.pipeline.public_routes import PublicRoutes
+from smartgate.policy.base import PolicySettings
+from smartgate.runtime.http_listener import HttpListener, Response, Route, text
+from smartgate.runtime.smart_configuration import CORS_HEADERS, SmartConfiguration
+from smartgate.telemetry import metrics
+from smartgate.tokens.introspection import Introspector
+from smartgate.tokens.jwks import JwksCache
+from smartgate.tokens.verifier import TokenVerifier
+
+log = logging.getLogger("smartgate.server")
+AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+@dataclass
+class Components:
+    pipeline: Pipeline
+    jwks: list[JwksCache]
+    http_client: httpx.AsyncClient
+
+    def ready(self) -> bool:
+        return all(cache.ready for cache in self.jwks)
+
+    async def load_keys(self) -> None:
+        await asyncio.gather(*(cache.refresh() for cache in self.jwks if not cache.issuer.introspection
+                               or cache.issuer.jwks_uri or cache.issuer.jwks_file))
+
+    @property
+    def authorizer(self) -> Authorizer:
+        return self.pipeline.authorizer
+
+
+def build_components(config: Config) -> Components:
+    """Build the decision path. Must be called inside a running event loop's thread."""
+    client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_connections=100))
+    issuers = {}
+    caches = []
+    for issuer in config.issuers:
+        cache = JwksCache(issuer, config.jwks, client)
+        issuers[issuer.issuer] = (issuer, cache)
+        caches.append(cache)
+    introspector = Introspector(list(config.issuers), client, config.fhir.base_url)
+    verifier = TokenVerifier(issuers, config.tokens, config.fhir.base_url, introspector=introspector)
+    authorizer = Authorizer(
+        base_path=config.fhir.base_path,
+        public_routes=PublicRoutes(config.fhir.base_path, config.public_routes),
+        verifier=verifier,
+        policy=PolicySettings(config.fhir.base_url, config.patient_closed_types, config.operations,
+                              responses_verified=config.response_verification.mode == "enforce"),
+        lookup=MembershipLookup(config.fhir.upstream_url, config.fhir.lookup, client),
+        max_token_bytes=config.tokens.max_token_bytes,
+    )
+    pipeline = Pipeline(
+        authorizer=authorizer,
+        responses=ResponseBuilder(config.headers, config.realm,
+                                  hand_over_context=config.response_verification.mode != "off"),
+        decision_log=DecisionLog(config.decision_log),
+        audit_log=AuditEventLog(config.audit.destination, config.fhir.base_url, config.audit.source_observer),
+        dry_run=config.mode == "dry_run",
+    )
+    # Caches of issuers verified only by introspection never need keys.
+    needed = [c for c in caches if c.issuer.introspection is None or c.issuer.jwks_uri or c.issuer.jwks_file]
+    return Components(pipeline, needed, client)
+
+
+def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
+        root_certificates=Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None,
+        require_client_auth=tls.client_ca_file is not None,
+    )
+
+
+def http_routes(is_ready: Callable[[], bool], smart: SmartConfiguration | None) -> dict[str, Route]:
+    async def healthz() -> Response:
+        return text("200 OK", "ok\n")
+
+    async def readyz() -> Response:
+        return text("200 OK", "ready\n") if is_ready() else text("503 Service Unavailable", "not ready\n")
+
+    async def metrics_page() -> Response:
+        body, content_type = metrics.render_metrics()
+        return "200 OK", content_type, body, {}
+
+    routes: dict[str, Route] = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
+    if smart is not None:
+        async def smart_configuration() -> Response:
+            document = await smart.document()
+            if document is None:
+                return "503 Service Unavailable", "application/json", b'{"error":"discovery unavailable"}', {}
+            return "200 OK", "application/json", SmartConfiguration.encode(document), dict(CORS_HEADERS)
+
+        routes["/.well-known/smart-configuration"] = smart_configuration
+    return routes
+
+
+class Worker:
+    """One process's gRPC server, key refresher and config reloader."""
+
+    def __init__(self, config: Config, config_path: str | None, worker_index: int, serve_http: bool) -> None:
+        self.config = config
+        self._config_path = config_path
+        self._index = worker_index
+        self._serve_http = serve_http
+        self._health = health_aio.HealthServicer()
+        self.components = build_components(config)
+        self._service = AuthorizationService(self.components.pipeline)
+
+    async def _set_serving(self, ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set("", status)
+        await self._health.set(AUTHORIZATION_SERVICE, status)
+        metrics.READY.set(1 if ready else 0)
+
+    async def _keep_keys_fresh(self) -> None:
+        """Load keys with backoff while an IdP is down, refresh them when they are older than
+        the refresh interval, and keep the readiness and key-age gauges current."""
+        delay = 1.0
+        while True:
+            components = self.components
+            interval = self.config.jwks.refresh_interval_seconds
+            stale = [cache for cache in components.jwks if not cache.ready or _age(cache) >= interval]
+            if stale:
+                await asyncio.gather(*(cache.refresh() for cache in stale))
+            ready = components.ready()
+            await self._set_serving(ready)
+            for cache in components.jwks:
+                metrics.observe_jwks_age(cache.issuer.issuer, cache.last_success_wall_time)
+            if ready:
+                delay = 1.0
+                await asyncio.sleep(min(interval, 5.0))
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def reload(self) -> None:
+        if self._config_path is None:
+            return
+        try:
+            new_config = load_config(self._config_path)
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the current config: %s", exc)
+            return
+        if new_config.listen != self.config.listen or new_config.workers != self.config.workers:
+            log.warning("listen addresses and workers change only on restart")
+        old = self.components
+        fresh = build_components(new_config)
+        await fresh.load_keys()
+        if not fresh.ready():
+            log.error("config reload rejected: the new issuers' keys are unavailable")
+            await fresh.http_client.aclose()
+            return
+        self.config, self.components = new_config, fresh
+        self._service.pipeline = fresh.pipeline  # atomic swap: each Check uses one pipeline
+        log.info("config reloaded")
+        await asyncio.sleep(self.config.shutdown_grace_seconds)
+        await old.http_client.aclose()
+
+    async def run(self) -> None:
+        config = self.config
+        metrics.init_process_metrics()
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self._service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        verification = config.response_verification
+        if verification.mode != "off":
+            external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ResponseVerifier(
+                verification.mode, verification.max_body_bytes, config.fhir.base_url, config.patient_closed_types,
+                lambda entry: self.components.pipeline.decision_log.write(entry),
+            ), server)
+        await self._set_serving(False)
+        address = grpc_address(config, self._index)
+        port = (server.add_secure_port(address, _credentials(config.tls)) if config.tls
+                else server.add_insecure_port(address))
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        http: HttpListener | None = None
+        if self._serve_http:
+            smart = (SmartConfiguration(config.smart_configuration, self.components.http_client)
+                     if config.smart_configuration else None)
+            http = HttpListener(config.listen.http, http_routes(lambda: self.components.ready(), smart))
+            await http.start()
+        await server.start()
+        refresher = asyncio.create_task(self._keep_keys_fresh())
+        log.info("smartgate worker %d listening: grpc %s%s", self._index, address,
+                 f", http {config.listen.http}" if http else "")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def start_reload() -> None:
+            task = asyncio.ensure_future(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, start_reload)
+        if getattr(sys, "_smartgate_early_hangup", False):  # a SIGHUP came during start-up: honour it now
+            sys._smartgate_early_hangup = False  # type: ignore[attr-defined]
+            start_reload()
+        await stop.wait()
+        log.info("shutting down: finishing in-flight checks (grace %.1fs)", config.shutdown_grace_seconds)
+        await self._health.enter_graceful_shutdown()
+        refresher.cancel()
+        if http is not None:
+            await http.stop()
+        await server.stop(grace=config.shutdown_grace_seconds)
+        await self.components.http_client.aclose()
+
+
+def _age(cache: JwksCache) -> float:
+    return time.time() - (cache.last_success_wall_time or 0.0)
+
+
+async def serve(config: Config, config_path: str | None = None, worker_index: int = 0,
+                serve_http: bool = True) -> None:
+    await Worker(config, config_path, worker_index, serve_http).run()
+
+
+def run_worker(config: Config, config_path: str | None, worker_index: int, serve_http: bool) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, config_path, worker_index, serve_http))

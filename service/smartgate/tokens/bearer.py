@@ -1,0 +1,37 @@
+"""Where the token comes from: the Authorization header, and nowhere else."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from smartgate.core.reasons import Reason
+
+# RFC 6750 section 2.1 b64token.
+_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class BearerError:
+    reason: Reason
+    message: str
+
+
+def extract_bearer(headers: Mapping[str, str], max_bytes: int) -> str | BearerError | None:
+    """Return the bearer token, None when no Authorization header was sent, or an error."""
+    value = headers.get("authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer":
+        return BearerError(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Authorization scheme must be Bearer")
+    token = token.strip(" ")
+    if not token:
+        return BearerError(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Bearer credentials are empty")
+    if len(token) > max_bytes:
+        return BearerError(Reason.TOKEN_MALFORMED, "the token is larger than the configured limit")
+    if _TOKEN.match(token) is None:
+        # Also catches several Authorization headers, which Envoy joins with a comma.
+        return BearerError(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Bearer credentials are not a token")
+    return token
