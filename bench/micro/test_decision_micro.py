@@ -22,7 +22,7 @@ from smartgate.fhir.request import FhirRequest, parse_fhir_request
 from smartgate.pipeline.authorizer import Authorizer
 from smartgate.pipeline.fhir_lookup import MembershipLookup
 from smartgate.pipeline.public_routes import PublicRoutes
-from smartgate.policy.base import PolicySettings, decide
+from smartgate.policy import PolicySettings, decide
 from smartgate.policy.decision import Decision
 from smartgate.tokens.context import TokenContext
 from smartgate.tokens.scopes import parse_scopes

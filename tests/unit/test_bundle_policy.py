@@ -12,7 +12,7 @@ import pytest
 
 from smartgate.core.reasons import Reason
 from smartgate.fhir.request import Interaction
-from smartgate.policy.base import PolicySettings
+from smartgate.policy import PolicySettings
 from smartgate.policy.decision import Decision
 from smartgate.policy.plan import MembershipCheck, Pending, VersionCheck
 from tests.unit.policy_helpers import FHIR_BASE_URL, SETTINGS, body_request, decide_body

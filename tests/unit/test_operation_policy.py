@@ -10,7 +10,7 @@ import pytest
 
 from smartgate.config.model import OperationRule
 from smartgate.core.reasons import Reason
-from smartgate.policy.base import PolicySettings
+from smartgate.policy import PolicySettings
 from smartgate.policy.decision import Decision
 from smartgate.policy.plan import BinaryCheck, MembershipCheck, Pending
 from tests.unit.policy_helpers import FHIR_BASE_URL, decide_body, decide_path

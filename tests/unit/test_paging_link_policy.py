@@ -8,7 +8,7 @@ import pytest
 
 from smartgate.core.reasons import Reason
 from smartgate.fhir.request import FhirRequest, parse_fhir_request
-from smartgate.policy.base import PolicySettings, decide
+from smartgate.policy import PolicySettings, decide
 from smartgate.policy.decision import Decision
 
 from .policy_helpers import BASE_PATH, FHIR_BASE_URL, decide_path, form_post, token_context

@@ -12,7 +12,7 @@ import pytest
 from smartgate.config.model import DEFAULT_PATIENT_CLOSED_TYPES
 from smartgate.core.reasons import Reason
 from smartgate.fhir.request import FhirRequest, Interaction, parse_fhir_request
-from smartgate.policy.base import PolicySettings, decide
+from smartgate.policy import PolicySettings, decide
 from smartgate.policy.decision import Decision
 from smartgate.policy.plan import BinaryCheck, MembershipCheck, Pending, VersionCheck, compartment_check
 from tests.unit.policy_helpers import (

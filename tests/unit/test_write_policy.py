@@ -371,6 +371,29 @@ def test_json_patch_pointer_with_the_leading_slash_is_read_as_before() -> None:
     assert denial(json_patch({"op": "remove", "path": "/subject/reference"})) is Reason.COMPARTMENT_AMBIGUOUS
 
 
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("DELETE", "Observation/abc?link=Patient/456", None),
+    ("DELETE", "Observation/abc?subject=Patient/456", None),
+    ("PUT", "Observation/abc?subject=Patient/456", observation("Patient/123", id="abc")),
+    ("POST", "Observation?patient=Patient/456", observation("Patient/123")),
+])
+def test_write_whose_url_names_another_patient_is_denied(method: str, path: str, body: Any) -> None:
+    """Found by the fuzzer: a write's query parameters were never looked at, so DELETE
+    Observation/abc?link=Patient/456 was allowed once abc proved the patient's (reads deny it)."""
+    assert denial(decide_body(path, method, body)) is Reason.COMPARTMENT_OTHER_PATIENT
+
+
+@pytest.mark.parametrize("parameter", ["_id=abc", "_revinclude=Provenance:target", "_has:Group:member:_id=1"])
+def test_write_with_a_search_control_parameter_is_denied(parameter: str) -> None:
+    outcome = decide_body(f"Observation/abc?{parameter}", "DELETE", None)
+    assert denial(outcome) is Reason.SEARCH_PARAMETER_NOT_PERMITTED
+
+
+@pytest.mark.parametrize("parameter", ["_format=json", "_pretty=true", "link=Patient/123"])
+def test_write_with_harmless_parameters_is_still_decided_by_the_stored_resource(parameter: str) -> None:
+    assert lookup(decide_body(f"Observation/abc?{parameter}", "DELETE", None)).resource_id == "abc"
+
+
 def test_json_patch_naming_another_patient_is_denied() -> None:
     operation = {"op": "add", "path": "/focus", "value": [{"reference": "Patient/456"}]}
     assert denial(json_patch(operation)) is Reason.COMPARTMENT_OTHER_PATIENT

@@ -1,4 +1,4 @@
-"""Which scopes grant an interaction on a type, and under what constraint.
+"""Which scopes grant an interaction on a type, and under what constraint: one answer for requests and responses alike.
 
 Scopes are a union. ``type_level`` holds what ``user/`` and ``system/`` scopes grant (the
 FHIR server applies the user's own permissions); ``patient_level`` what ``patient/`` scopes
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from smartgate.fhir.query import SearchParam
 from smartgate.policy.plan import Query
-from smartgate.tokens.context import TokenContext
+from smartgate.tokens.scopes import ScopeGrants
 
 UNCONSTRAINED: tuple[Query, ...] = ((),)
 
@@ -36,8 +36,8 @@ class Access:
         return () in self.patient_level
 
 
-def resolve_access(token: TokenContext, resource_type: str, permission: str) -> Access:
-    grants = token.grants
+def resolve_access(grants: ScopeGrants, resource_type: str, permission: str) -> Access:
+    """What ``grants`` open for ``permission`` on ``resource_type``: it reads the scopes only, never the token."""
     if grants.permits_beyond_patient(resource_type, permission):
         return Access(UNCONSTRAINED, ())
     granular = grants.granular_for(resource_type, permission)

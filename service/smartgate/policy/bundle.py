@@ -1,17 +1,22 @@
-"""Batch and transaction Bundles POSTed to the base: every entry is checked as if it were its
+"""Bundles have their own module because each entry is a request of its own, decided by whatever decides requests.
+
+Batch and transaction Bundles POSTed to the base: every entry is checked as if it were its
 own request (method, url, body). One denied entry denies the whole Bundle, and the
-OperationOutcome names the entry."""
+OperationOutcome names the entry. The entry decider comes in as a parameter (HAPI's
+``IRuleApplier``), so this module never imports the dispatcher in ``smartgate.policy``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from smartgate.core.http import HttpRequest
-from smartgate.core.reasons import Reason
-from smartgate.fhir.request import FhirRequest, Interaction, RequestError, parse_fhir_request
-from smartgate.policy.base import DenyError, PolicySettings, decide, decision
+from smartgate.core.reasons import Reason, Refusal
+from smartgate.fhir.request import FhirRequest, Interaction, parse_fhir_request
+from smartgate.policy.base import DenyError, PolicySettings, Rule, decision
 from smartgate.policy.decision import Decision
 from smartgate.policy.plan import LookupCheck, Pending
 from smartgate.tokens.context import TokenContext
@@ -69,9 +74,10 @@ def _relabel(check: LookupCheck, label: str) -> LookupCheck:
     return dataclasses.replace(check, label=label)
 
 
-def decide_bundle(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:
-    from urllib.parse import urlsplit
-
+def decide_bundle(
+    request: FhirRequest, token: TokenContext, settings: PolicySettings, decide_entry: Rule
+) -> Decision | Pending:
+    """Decide every entry with ``decide_entry``; the Bundle is allowed, after the entries' look-ups, only if all are."""
     base_path = urlsplit(settings.fhir_base_url).path.rstrip("/")
     checks: list[LookupCheck] = []
     for index, entry in enumerate(_bundle(request, settings)):
@@ -81,11 +87,11 @@ def decide_bundle(request: FhirRequest, token: TokenContext, settings: PolicySet
         except DenyError as deny:
             raise DenyError(deny.reason, f"{label}: {deny.message}") from deny
         parsed = parse_fhir_request(http, base_path)
-        if isinstance(parsed, RequestError):
+        if isinstance(parsed, Refusal):
             raise DenyError(parsed.reason, f"{label}: {parsed.message}")
         if parsed.interaction is Interaction.BATCH:
             raise DenyError(Reason.BODY_INVALID, f"{label}: nested Bundles are not accepted")
-        outcome = decide(parsed, token, settings)
+        outcome = decide_entry(parsed, token, settings)
         if isinstance(outcome, Decision):
             if not outcome.allowed:
                 reason = outcome.reason if outcome.http_status != 403 else Reason.BUNDLE_ENTRY_DENIED

@@ -1,4 +1,4 @@
-"""Stage 3 value: what the policy concluded."""
+"""What the policy concluded, as a value of its own so every stage (and the decision log) can carry it."""
 
 from __future__ import annotations
 

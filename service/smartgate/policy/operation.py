@@ -1,4 +1,6 @@
-"""Operations, type- and system-level history, and system-level search.
+"""Operations and type/system-level reads have their own module because none of them can be bound to one resource.
+
+Operations, type- and system-level history, and system-level search:
 
 - ``Patient/[ctx]/$everything`` only when the scopes grant reading every type it can return
   (all types, or those named in ``_type``); any other patient's, and the type-level form, are denied;
@@ -26,7 +28,7 @@ from smartgate.policy.base import (
     require_patient,
 )
 from smartgate.policy.decision import Decision
-from smartgate.policy.plan import Pending
+from smartgate.policy.plan import MembershipCheck, Pending
 from smartgate.tokens.context import TokenContext
 
 _EVERYTHING_PARAMS = frozenset({"_since", "_count", "_type", "start", "end", "_elements", "_format"})
@@ -81,7 +83,7 @@ def _configured(
     request: FhirRequest, token: TokenContext, settings: PolicySettings, permission: str, patient_context: bool
 ) -> Decision | Pending:
     resource_type = request.resource_type or "*"
-    access = resolve_access(token, resource_type, permission)
+    access = resolve_access(token.grants, resource_type, permission)
     if access.type_unconstrained:
         return decision(Reason.ALLOWED_OPERATION, f"{request.operation} opened by the config", request, token)
     if not (patient_context and access.patient_unconstrained):
@@ -90,8 +92,6 @@ def _configured(
     check_patient_params(request.params, patient, frozenset())
     if request.resource_type is None or request.resource_id is None:
         raise DenyError(Reason.OPERATION_NOT_PERMITTED, "in patient context only instance-level operations are open")
-    from smartgate.policy.plan import MembershipCheck
-
     allow = decision(Reason.ALLOWED_OPERATION, f"{request.operation} on a compartment resource", request, token)
     if request.resource_type == "Patient" and request.resource_id == patient:
         return allow

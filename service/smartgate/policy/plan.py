@@ -1,4 +1,4 @@
-"""The look-ups a decision may need first: the plan the pipeline runs against the FHIR server."""
+"""The look-ups a decision may need first, as data: the policy stays pure, the pipeline runs them on the FHIR server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Defence in depth: check what the FHIR server returns to a patient-context token.
+"""Response checks live in the policy because they apply the same scope rules to what the server returned.
+
+Defence in depth: check what the FHIR server returns to a patient-context token.
 
 Pure: a response body + the verified context -> the list of foreign resources (empty when
 every resource may be shown). A single resource, a searchset / history / batch-response /
@@ -155,11 +157,8 @@ def _is_context_patient(reference: Any, context: ResponseContext) -> bool:
 
 def resolve_access_for_grants(grants: ScopeGrants, resource_type: str) -> tuple[bool, tuple[Any, ...]] | None:
     """(granted beyond the patient, granular constraints or ()) for reading; None when not granted."""
-    from smartgate.tokens.context import TokenContext
-
-    token = TokenContext("", "", "", "", grants, None, None, 0.0)
-    read = resolve_access(token, resource_type, "r")
-    search = resolve_access(token, resource_type, "s")
+    read = resolve_access(grants, resource_type, "r")
+    search = resolve_access(grants, resource_type, "s")
     if read.type_unconstrained or search.type_unconstrained:
         return True, ()
     levels = read.patient_level + search.patient_level

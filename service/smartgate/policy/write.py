@@ -1,4 +1,6 @@
-"""Writes under ``c``/``u``/``d`` scopes (v1 ``.write`` = ``cud``; write never implies read).
+"""Writes have their own module because they check the body sent, which reads never see.
+
+Writes go under ``c``/``u``/``d`` scopes (v1 ``.write`` = ``cud``; write never implies read).
 
 Patient context:
 - create: the body is a resource of the URL's type; every compartment reference points at the
@@ -6,8 +8,8 @@ Patient context:
   conditional or unresolvable compartment reference, no reference to another patient anywhere;
 - update: the stored resource is in the compartment (a PUT to an id that never existed is an
   upsert) and the new body stays in it;
-- patch (JSON Patch, FHIRPath Patch): the stored resource is in the compartment and no
-  operation touches a compartment element;
+- patch (JSON Patch, FHIRPath Patch, read by ``policy.patch``): the stored resource is in the
+  compartment and no operation touches a compartment element;
 - delete: the stored resource is in the compartment;
 - conditional create/update/patch/delete are denied (they act on resources we cannot see).
 """
@@ -15,7 +17,6 @@ Patient context:
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from smartgate.core.reasons import Reason
@@ -36,6 +37,7 @@ from smartgate.policy.access import Access
 from smartgate.policy.base import (
     DenyError,
     PolicySettings,
+    check_patient_params,
     decision,
     patient_queries,
     require_access,
@@ -43,19 +45,19 @@ from smartgate.policy.base import (
     require_patient,
 )
 from smartgate.policy.decision import Decision
+from smartgate.policy.patch import fhirpath_patch_elements, json_patch_elements
 from smartgate.policy.plan import MembershipCheck, Pending, Query
 from smartgate.tokens.context import TokenContext
 
 _PERMISSION = {Interaction.CREATE: "c", Interaction.UPDATE: "u", Interaction.PATCH: "u", Interaction.DELETE: "d"}
+# A write's own URL may carry only these; any other parameter (one naming another patient above all) is
+# refused, since a lenient server could read it as a condition on what it writes.
+WRITE_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements"})
 _JSON_PATCH = "application/json-patch+json"
 _FHIR_JSON = ("application/fhir+json", "application/json", "")
-# A FHIRPath Patch path is read by its first step after the type, which must be a plain element name:
-# a function there (where, select, descendants...), whitespace, a comment or a `delimited` name would
-# hide the element really reached; and %resource/%context can jump back to the root from anywhere.
-_FHIRPATH_HEAD = re.compile(r"([A-Za-z][A-Za-z0-9_]*)(?:\[[0-9]+\])?(?:\..*)?", re.DOTALL)
 
 
-def decide_write(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:
+def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:
     resource_type = request.resource_type
     assert resource_type is not None
     access = require_access(token, resource_type, _PERMISSION[request.interaction])
@@ -66,6 +68,7 @@ def decide_write(request: FhirRequest, token: TokenContext, settings: PolicySett
                         "conditional writes act on resources that cannot be checked")
     if access.patient_level:
         patient = require_patient(token)
+        check_patient_params(request.params, patient, WRITE_PARAMS)
         require_open_type(resource_type, settings)
     else:
         patient = None
@@ -179,70 +182,13 @@ def _check_patch(request: FhirRequest, resource_type: str, patient: str | None, 
     if resource_type == "Patient":
         protected |= {"link"}
     if request.content_type == _JSON_PATCH:
-        touched = _json_patch_elements(document)
+        touched = json_patch_elements(document)
     elif request.content_type in _FHIR_JSON and isinstance(document, dict) \
             and document.get("resourceType") == "Parameters":
-        touched = _fhirpath_patch_elements(document, resource_type)
+        touched = fhirpath_patch_elements(document, resource_type)
     else:
         raise DenyError(Reason.BODY_INVALID, "a patch must be JSON Patch or a FHIRPath Patch Parameters resource")
     if "" in touched or touched & protected:
         raise DenyError(Reason.COMPARTMENT_AMBIGUOUS, "the patch touches a compartment or constrained element")
     if patient is not None and any(mentioned_patients(text) - {patient} for text in all_strings(document)):
         raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "the patch references another patient")
-
-
-def _json_patch_elements(document: Any) -> set[str]:
-    if not isinstance(document, list) or not document:
-        raise DenyError(Reason.BODY_INVALID, "a JSON Patch is a non-empty array of operations")
-    touched: set[str] = set()
-    for operation in document:
-        if not isinstance(operation, dict) or not isinstance(operation.get("path"), str):
-            raise DenyError(Reason.BODY_INVALID, "a JSON Patch operation needs a path")
-        if operation.get("op") not in ("add", "remove", "replace", "move", "copy", "test"):
-            raise DenyError(Reason.BODY_INVALID, "unknown JSON Patch operation")
-        for key in ("path", "from"):
-            pointer = operation.get(key)
-            if isinstance(pointer, str):
-                touched.add(_pointer_head(pointer))
-    return touched
-
-
-def _pointer_head(pointer: str) -> str:
-    """The top-level element an RFC 6901 pointer reaches ("" for the whole document). A non-empty pointer
-    must start with "/": ``subject/reference`` is no pointer, and a lenient server might read it as
-    ``/subject/reference``, so it is refused rather than read as touching ``reference``."""
-    if not pointer:
-        return ""
-    if not pointer.startswith("/"):
-        raise DenyError(Reason.BODY_INVALID, "a JSON Patch path or from must be a JSON Pointer starting with /")
-    return pointer.split("/")[1].replace("~1", "/").replace("~0", "~")
-
-
-def _fhirpath_patch_elements(document: dict[str, Any], resource_type: str) -> set[str]:
-    touched: set[str] = set()
-    for operation in document.get("parameter") or []:
-        if not isinstance(operation, dict):
-            raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch operation must be a parameter")
-        parts = {part.get("name"): part for part in (operation.get("part") or []) if isinstance(part, dict)}
-        path = parts.get("path", {}).get("valueString")
-        if operation.get("name") != "operation" or not isinstance(path, str):
-            raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch operation needs a path")
-        if "%" in path:
-            raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch path may not use environment variables")
-        type_name, dot, rest = path.partition(".")
-        if type_name != resource_type:
-            raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch path must start with the resource type")
-        head = _FHIRPATH_HEAD.fullmatch(rest) if dot else None
-        if dot and head is None:
-            raise DenyError(Reason.BODY_INVALID, "a FHIRPath Patch path must name an element after the resource type")
-        element = head.group(1) if head is not None else ""
-        name = parts.get("name", {}).get("valueString")
-        if element:
-            touched.add(element)
-        elif isinstance(name, str) and name:
-            touched.add(name)  # an add/insert at the root names the element it creates
-        else:
-            touched.add("")
-    if not touched:
-        raise DenyError(Reason.BODY_INVALID, "the FHIRPath Patch has no operations")
-    return touched

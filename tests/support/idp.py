@@ -1,52 +1,29 @@
-"""Start the real parts for integration tests: an OpenID provider stand-in (discovery + JWKS
-over HTTP), the demo FHIR server, `smartgate serve` as a subprocess, and the real Envoy binary."""
+"""Signing keys and the identity provider stand-in: OpenID discovery, a JWKS and RFC 7662
+introspection over real HTTP on loopback, and tokens signed as an IdP would sign them."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from smartgate.dev.demo.http_server import DemoHTTPServer
-from smartgate.dev.demo.runner import find_envoy
-from smartgate.envoy_glue.bootstrap import EnvoySettings, render_yaml
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(url: str, seconds: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before {url} was ready")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {seconds}s")
+from .ports import free_port
 
 
 @dataclass
 class SigningKeys:
+    """An IdP's RSA and EC key pairs, published in its JWKS as kid rsa-1 (RS256) and ec-1 (ES256)."""
+
     rsa_key: rsa.RSAPrivateKey
     ec_key: ec.EllipticCurvePrivateKey
 
@@ -59,6 +36,7 @@ class SigningKeys:
 
 
 def new_keys() -> SigningKeys:
+    """Fresh keys (RSA 2048, EC P-256) for one test's IdP."""
     return SigningKeys(rsa.generate_private_key(65537, 2048), ec.generate_private_key(ec.SECP256R1()))
 
 
@@ -140,38 +118,42 @@ class IdentityProvider:
         self.server.server_close()
 
 
-def start_smartgate(config: dict[str, Any], workdir: Path) -> subprocess.Popen[bytes]:
-    config_path = workdir / "smartgate.yaml"
-    config_path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
-    log = (workdir / "smartgate.stderr").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "smartgate", "serve", "--config", str(config_path)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    wait_for(f"http://{config['listen']['http']}/readyz", process=process)
-    return process
+@dataclass
+class RotatingKeys(SigningKeys):
+    """The key pair above plus keys added later, each under its own kid (all ES256): an IdP rotating."""
+
+    added: dict[str, ec.EllipticCurvePrivateKey] = field(default_factory=dict)
+
+    @classmethod
+    def generate(cls) -> RotatingKeys:
+        base = new_keys()
+        return cls(base.rsa_key, base.ec_key)
+
+    def add(self, kid: str) -> ec.EllipticCurvePrivateKey:
+        key = ec.generate_private_key(ec.SECP256R1())
+        self.added[kid] = key
+        return key
+
+    def jwks(self) -> dict[str, Any]:
+        document = super().jwks()
+        for kid, key in list(self.added.items()):
+            entry = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+            entry.update({"kid": kid, "use": "sig", "alg": "ES256"})
+            document["keys"].append(entry)
+        return document
 
 
-def start_envoy(settings: EnvoySettings, workdir: Path, name: str = "envoy") -> subprocess.Popen[bytes]:
-    config_path = workdir / f"{name}.yaml"
-    config_path.write_text(render_yaml(settings), encoding="utf-8")
-    log = (workdir / f"{name}.log").open("wb")
-    process = subprocess.Popen(
-        [find_envoy(), "-c", str(config_path), "--use-dynamic-base-id", "--log-level", "warn",
-         "--concurrency", "1"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    wait_for(f"http://{settings.admin_host}:{settings.admin_port}/ready", process=process)
-    return process
+def sign(keys: SigningKeys, claims: dict[str, Any], alg: str = "ES256", typ: str | None = "at+jwt",
+         kid: str | None = None) -> str:
+    """A JWT over ``claims`` with the EC key (ES*) or the RSA key (otherwise), kid ec-1 / rsa-1 by default."""
+    key, default_kid = (keys.ec_key, "ec-1") if alg.startswith("ES") else (keys.rsa_key, "rsa-1")
+    headers: dict[str, Any] = {"kid": kid or default_kid}
+    if typ is not None:
+        headers["typ"] = typ
+    return jwt.encode(claims, key, algorithm=alg, headers=headers)
 
 
-@contextlib.contextmanager
-def running(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def base_claims(issuer: str, audience: str, lifetime: int = 600) -> dict[str, Any]:
+    """iss, aud, iat, exp (``lifetime`` seconds from now) and a fresh jti."""
+    now = int(time.time())
+    return {"iss": issuer, "aud": audience, "iat": now, "exp": now + lifetime, "jti": uuid.uuid4().hex}
