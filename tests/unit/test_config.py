@@ -13,11 +13,9 @@ from smartgate.cli import main
 from smartgate.config.model import (
     DEFAULT_PATIENT_CLOSED_TYPES,
     SAFE_ALGORITHMS,
-    ConfigError,
     HeaderNames,
-    load_config,
-    parse_config,
 )
+from smartgate.config.parse import ConfigError, load_config, parse_config
 
 MINIMAL: dict[str, Any] = {
     "fhir": {"base_url": "https://fhir.example.org/r4", "upstream_url": "http://fhir-upstream:8080/fhir"},

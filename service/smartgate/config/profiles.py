@@ -16,25 +16,30 @@ Entra ID does not allow ``/`` or ``*`` in scope names, so SMART scopes are regis
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from smartgate.config.checks import check, string_list
 
 
 @dataclass(frozen=True)
 class ClaimNames:
-    """Where each SMART value is read from in a token (a list of claim names; the first present wins)."""
+    """Where each SMART value is read from in a token (a list of claim names; the first present wins).
+    These are the generic profile's; ``claim_names_for`` gives the others, and config keys override either."""
 
-    scope: tuple[str, ...] = ("scope", "scp")
-    patient: tuple[str, ...] = ("patient",)
-    fhir_user: tuple[str, ...] = ("fhirUser",)
-    client_id: tuple[str, ...] = ("client_id", "azp", "cid")
-    subject: tuple[str, ...] = ("sub",)
+    scope: tuple[str, ...] = field(default=("scope", "scp"), metadata=check(string_list))
+    patient: tuple[str, ...] = field(default=("patient",), metadata=check(string_list))
+    fhir_user: tuple[str, ...] = field(default=("fhirUser",), metadata=check(string_list))
+    client_id: tuple[str, ...] = field(default=("client_id", "azp", "cid"), metadata=check(string_list))
+    subject: tuple[str, ...] = field(default=("sub",), metadata=check(string_list))
 
 
-PROFILE_NAMES = ("generic", "okta", "auth0", "keycloak", "entra")
+ProfileName = Literal["generic", "okta", "auth0", "keycloak", "entra"]
+PROFILE_NAMES: tuple[ProfileName, ...] = get_args(ProfileName)
 _DOTTED_SCOPE = re.compile(r"^(patient|user|system)\.([A-Za-z]+)\.([A-Za-z*]+(?:\?.*)?)\Z")
 
 
-def claim_names_for(profile: str, namespace: str = "") -> ClaimNames:
+def claim_names_for(profile: ProfileName, namespace: str = "") -> ClaimNames:
     if profile == "okta":
         return ClaimNames(scope=("scp", "scope"), patient=("launch_response_patient", "patient"),
                           fhir_user=("fhirUser",), client_id=("cid", "client_id"), subject=("sub",))

@@ -12,25 +12,38 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from smartgate.config.model import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_LISTEN_HOST,
+    Config,
+    ResponseVerificationConfig,
+    VerificationMode,
+)
+
 _HTTP_FILTERS_PREFIX = "type.googleapis.com/envoy.extensions.filters.http"
 
 
 @dataclass(frozen=True)
 class EnvoySettings:
+    """Where Envoy listens and what it forwards. A setting smartgate's config also holds defaults to the config
+    model's value, so the two are never written apart."""
+
     listen_host: str = "0.0.0.0"
     listen_port: int = 10000
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
-    authz_host: str = "127.0.0.1"
-    authz_port: int = 9191
-    authz_workers: int = 1  # smartgate workers listen on authz_port, authz_port + 1, ...
-    smartgate_http_port: int | None = 9190  # serves /.well-known/smart-configuration; None: the FHIR server does
+    authz_host: str = DEFAULT_LISTEN_HOST
+    authz_port: int = DEFAULT_GRPC_PORT
+    authz_workers: int = Config.workers  # smartgate workers listen on authz_port, authz_port + 1, ...
+    # serves /.well-known/smart-configuration; None: the FHIR server does
+    smartgate_http_port: int | None = DEFAULT_HTTP_PORT
     authz_timeout_seconds: float = 1.0
     upstream_url: str = "http://fhir-server:8080/fhir"
     base_path: str = "/fhir"
-    max_request_bytes: int = 1_048_576
-    response_verification: str = "off"  # off | report | enforce (ext_proc to smartgate)
-    max_response_bytes: int = 4 * 1024 * 1024
+    max_request_bytes: int = Config.max_request_bytes
+    response_verification: VerificationMode = ResponseVerificationConfig.mode  # ext_proc to smartgate
+    max_response_bytes: int = ResponseVerificationConfig.max_body_bytes
     ready_port: int | None = None  # a listener serving only the admin's /ready (Kubernetes probes); admin stays local
 
 

@@ -1,0 +1,203 @@
+"""Every default the Helm chart shares with smartgate agrees with the config model (issue 14, item 5).
+
+The config model (``smartgate.config.model``) holds each default once, and Envoy's rendering
+(``envoy_glue.bootstrap.EnvoySettings``) takes its defaults from it. The chart cannot import Python: its
+``values.yaml``, its ``values.schema.json`` (defaults and allowed values) and the fixed ports in
+``templates/_helpers.tpl`` are compared here instead, so a change on either side fails until the other follows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+import yaml
+
+from smartgate.config.model import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    SAFE_ALGORITHMS,
+    AuthMethod,
+    Config,
+    IntrospectionConfig,
+    Mode,
+    VerificationMode,
+)
+from smartgate.config.parse import ConfigError, parse_config
+from smartgate.config.profiles import PROFILE_NAMES
+from smartgate.envoy_glue.bootstrap import EnvoySettings, render
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "smartgate"
+
+# The top-level values that become smartgate's config (templates/_helpers.tpl, "smartgate.config"); the rest
+# of values.yaml is about Kubernetes objects.
+CONFIG_SECTIONS = ("fhir", "issuers", "publicRoutes", "tokens", "jwks", "limits", "mode", "responseVerification",
+                   "workers", "decisionLog", "audit", "smartConfiguration")
+# Values whose config key is not the snake_case of their path.
+RENAMED = {"limits.maxRequestBytes": "max_request_bytes"}
+# Values that Envoy's rendering reads, not smartgate: values path -> EnvoySettings field.
+ENVOY_ONLY = {"limits.authzTimeoutSeconds": "authz_timeout_seconds"}
+# Values left empty in the chart: required (the chart's schema makes the operator set them), or passed to
+# smartgate only when set, so that the config model's default applies.
+UNSET = {"fhir.baseUrl", "fhir.upstreamUrl", "issuers", "smartConfiguration.capabilities"}
+
+
+def chart_values() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    return loaded
+
+
+def chart_schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    return loaded
+
+
+def default_config() -> Config:
+    """The config smartgate runs with when only the required keys are set."""
+    return parse_config({"fhir": {"base_url": "https://fhir.example.org/r4", "upstream_url": "http://fhir:8080/fhir"},
+                         "issuers": [{"issuer": "https://idp.example.org"}]})
+
+
+def leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every scalar or list in a values tree."""
+    if isinstance(node, dict) and node:
+        for name, child in node.items():
+            yield from leaves(child, f"{path}.{name}" if path else name)
+    else:
+        yield path, node
+
+
+def snake(path: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", path).lower()
+
+
+def config_value(config: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        config = getattr(config, name)
+    return config
+
+
+def comparable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def shared_values() -> list[tuple[str, Any]]:
+    values = chart_values()
+    return [leaf for section in CONFIG_SECTIONS for leaf in leaves(values[section], section)]
+
+
+# --- values.yaml -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "value"), shared_values(), ids=[path for path, _ in shared_values()])
+def test_each_chart_value_defaults_to_what_smartgate_and_envoy_default_to(path: str, value: Any) -> None:
+    if path in UNSET:
+        assert value in ("", []), f"values.yaml {path}: expected empty, the config model's default applies"
+    elif path in ENVOY_ONLY:
+        assert value == getattr(EnvoySettings(), ENVOY_ONLY[path]), f"values.yaml {path} vs EnvoySettings"
+    else:
+        key = RENAMED.get(path, snake(path))
+        assert comparable(value) == comparable(config_value(default_config(), key)), (
+            f"values.yaml {path} = {value!r}, but smartgate's config {key} defaults to "
+            f"{config_value(default_config(), key)!r}")
+
+
+def test_every_config_section_of_the_chart_is_compared() -> None:
+    """A new values key must be mapped above (or be a chart-only key outside CONFIG_SECTIONS)."""
+    config_keys = {item.name for item in fields(Config)}
+    for path, _ in shared_values():
+        if path not in UNSET and path not in ENVOY_ONLY:
+            assert RENAMED.get(path, snake(path)).split(".")[0] in config_keys, path
+
+
+def test_the_chart_passes_the_introspection_auth_method_default() -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    match = re.search(r'\.authMethod \| default "([a-z_]+)"', helpers)
+    assert match is not None
+    assert match.group(1) == IntrospectionConfig.auth_method
+
+
+def test_the_chart_ports_are_smartgates_and_envoys_default_ports() -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    match = re.search(r'define "smartgate\.ports".*?\n\{\{- dict (.*?) \| toJson', helpers, re.S)
+    assert match is not None
+    words = match.group(1).split()
+    ports = {name.strip('"'): int(port) for name, port in zip(words[::2], words[1::2], strict=True)}
+    assert (ports["grpc"], ports["http"], ports["admin"]) == (
+        DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, EnvoySettings().admin_port)
+
+
+# --- values.schema.json ----------------------------------------------------------------------------------
+
+
+def schema_nodes(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(values path, schema) of every object property; array items are named ``path[]``."""
+    if not isinstance(node, dict):
+        return
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from schema_nodes(child, f"{path}.{name}" if path else name)
+    if "items" in node:
+        yield from schema_nodes(node["items"], f"{path}[]")
+
+
+def test_the_schemas_defaults_are_the_values_defaults() -> None:
+    values = dict(leaves(chart_values()))
+    for path, node in schema_nodes(chart_schema()):
+        if "default" in node and "[]" not in path:
+            assert node["default"] == values[path], f"values.schema.json {path}"
+
+
+ENUMS: list[tuple[str, tuple[str, ...]]] = [
+    ("mode", get_args(Mode)),
+    ("responseVerification.mode", get_args(VerificationMode)),
+    ("issuers[].profile", PROFILE_NAMES),
+    ("issuers[].algorithms[]", SAFE_ALGORITHMS),
+    ("issuers[].introspection.authMethod", get_args(AuthMethod)),
+]
+
+
+@pytest.mark.parametrize(("path", "allowed"), ENUMS, ids=[path for path, _ in ENUMS])
+def test_the_schema_allows_what_the_config_model_allows(path: str, allowed: tuple[str, ...]) -> None:
+    nodes = dict(schema_nodes(chart_schema()))
+    assert tuple(nodes[path]["enum"]) == allowed
+
+
+@pytest.mark.parametrize(("path", "key"), [("decisionLog", "decision_log"), ("audit.destination", "audit")],
+                         ids=["decisionLog", "audit.destination"])
+def test_every_destination_the_schema_allows_is_one_smartgate_accepts(path: str, key: str) -> None:
+    data: dict[str, Any] = {"fhir": {"base_url": "https://f.example/r4", "upstream_url": "http://f:8080/r4"},
+                            "issuers": [{"issuer": "https://idp.example.org"}]}
+    for destination in dict(schema_nodes(chart_schema()))[path]["enum"]:
+        data[key] = {"destination": destination} if key == "audit" else destination
+        try:
+            parse_config(data)
+        except ConfigError as error:
+            pytest.fail(f"values.schema.json allows {path}: {destination!r}, smartgate refuses it: {error}")
+
+
+# --- Envoy's rendering -----------------------------------------------------------------------------------
+
+
+def test_envoys_defaults_are_the_config_models() -> None:
+    config, envoy = default_config(), EnvoySettings()
+    assert envoy.max_request_bytes == config.max_request_bytes
+    assert envoy.max_response_bytes == config.response_verification.max_body_bytes
+    assert envoy.response_verification == config.response_verification.mode
+    assert envoy.authz_workers == config.workers
+    assert f"{envoy.authz_host}:{envoy.authz_port}" == config.listen.grpc
+    assert envoy.smartgate_http_port == int(config.listen.http.rpartition(":")[2])
+
+
+def test_the_default_envoy_rendering_carries_the_config_models_limits() -> None:
+    rendered = render(EnvoySettings())
+    [ext_authz] = [f for f in rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                   ["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
+    typed = ext_authz["typed_config"]
+    assert typed["with_request_body"]["max_request_bytes"] == default_config().max_request_bytes
+    assert typed["grpc_service"]["timeout"] == f"{chart_values()['limits']['authzTimeoutSeconds']:g}s"
