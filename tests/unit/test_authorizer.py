@@ -18,8 +18,7 @@ from smartgate.config.model import HeaderNames
 from smartgate.core.reasons import Reason
 from smartgate.envoy_glue.check_response import ResponseBuilder
 from smartgate.pipeline.authorizer import Authorizer
-from smartgate.pipeline.fhir_lookup import LookupError as MembershipLookupError
-from smartgate.pipeline.fhir_lookup import LookupResult, MembershipLookup
+from smartgate.pipeline.fhir_lookup import FhirLookupError, LookupResult, MembershipLookup
 from smartgate.pipeline.public_routes import PublicRoutes
 from smartgate.policy.decision import Decision
 from smartgate.policy.plan import MembershipCheck, compartment_check
@@ -177,7 +176,7 @@ async def test_compartment_non_member_is_denied(harness: Harness) -> None:
 
 
 async def test_lookup_failure_is_503(harness: Harness) -> None:
-    harness.lookup.outcome = MembershipLookupError("upstream down")
+    harness.lookup.outcome = FhirLookupError("upstream down")
     decision = await harness.decide("/Observation/abc", harness.key.token())
     assert decision.reason is Reason.LOOKUP_FAILED
     assert decision.http_status == 503
@@ -403,7 +402,7 @@ async def test_concurrent_lookups_share_a_failure(client_for: Callable[[FhirServ
     await asyncio.sleep(0.01)
     server.gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, MembershipLookupError) for r in results)
+    assert all(isinstance(r, FhirLookupError) for r in results)
     assert len(server.requests) == 1
 
 
@@ -411,7 +410,7 @@ async def test_failures_are_not_cached(client_for: Callable[[FhirServer], httpx.
     server = FhirServer()
     server.override = lambda request: httpx.Response(503)
     lookup = make_lookup(server, client_for)
-    with pytest.raises(MembershipLookupError):
+    with pytest.raises(FhirLookupError):
         await lookup.is_member(CHECK)
     server.override = None
     assert await lookup.is_member(CHECK) == LookupResult(True, False)
@@ -430,7 +429,7 @@ async def test_bad_answers_are_lookup_errors(client_for: Callable[[FhirServer], 
                                              response: httpx.Response) -> None:
     server = FhirServer()
     server.override = lambda request: response
-    with pytest.raises(MembershipLookupError):
+    with pytest.raises(FhirLookupError):
         await make_lookup(server, client_for).is_member(CHECK)
 
 
@@ -441,7 +440,7 @@ async def test_transport_errors_are_lookup_errors(client_for: Callable[[FhirServ
         raise httpx.ConnectError("refused", request=request)
 
     server.override = refuse
-    with pytest.raises(MembershipLookupError):
+    with pytest.raises(FhirLookupError):
         await make_lookup(server, client_for).is_member(CHECK)
 
 
@@ -462,7 +461,7 @@ async def test_boolean_total_is_not_a_count(client_for: Callable[[FhirServer], h
 async def test_lenient_server_that_ignores_the_param_is_a_lookup_error(
         client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
     server = FhirServer(honours_params=False)
-    with pytest.raises(MembershipLookupError):
+    with pytest.raises(FhirLookupError):
         await make_lookup(server, client_for).is_member(CHECK)
 
 
@@ -471,7 +470,7 @@ async def test_lenient_server_that_ignores_a_granular_constraint_is_a_lookup_err
     lab = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
     server = FhirServer()  # honours subject, knows nothing of category (so ignores it)
     check = MembershipCheck("Observation", "abc", ((("subject", "Patient/123"), ("category", lab)),))
-    with pytest.raises(MembershipLookupError):
+    with pytest.raises(FhirLookupError):
         await make_lookup(server, client_for).is_member(check)
     probes = [q for q in server.queries() if q.get("category", lab) != lab]
     assert probes and all(q["category"].startswith("urn:smartgate:probe|") for q in probes)
@@ -482,7 +481,7 @@ async def test_lenient_server_failure_is_not_cached_as_member(
     server = FhirServer(honours_params=False)
     lookup = make_lookup(server, client_for)
     for _ in range(2):
-        with pytest.raises(MembershipLookupError):
+        with pytest.raises(FhirLookupError):
             await lookup.is_member(CHECK)
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from smartgate.core.reasons import Reason
-from smartgate.tokens.bearer import BearerError, extract_bearer
+from smartgate.core.reasons import Reason, Refusal
+from smartgate.tokens.bearer import extract_bearer
 
 MAX = 64
 JWT_LIKE = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJ4In0.c2lnbmF0dXJl"
 
 
 def _reason(result: object) -> Reason:
-    assert isinstance(result, BearerError), f"expected a BearerError, got {result!r}"
+    assert isinstance(result, Refusal), f"expected a Refusal, got {result!r}"
     return result.reason
 
 
@@ -123,7 +123,7 @@ def test_oversized_token_with_illegal_characters_is_still_rejected() -> None:
 def test_bearer_error_reasons_have_the_documented_http_status() -> None:
     header = extract_bearer({"authorization": "Basic abc"}, MAX)
     oversized = extract_bearer({"authorization": "Bearer " + "a" * (MAX + 1)}, MAX)
-    assert isinstance(header, BearerError)
-    assert isinstance(oversized, BearerError)
+    assert isinstance(header, Refusal)
+    assert isinstance(oversized, Refusal)
     assert (header.reason.http_status, header.reason.bearer_error) == (400, "invalid_request")
     assert (oversized.reason.http_status, oversized.reason.bearer_error) == (401, "invalid_token")

@@ -23,21 +23,20 @@ import httpx
 import pytest
 
 from smartgate.config.model import (
-    ConfigError,
     IntrospectionConfig,
     IssuerConfig,
     LookupConfig,
     TokenPolicy,
-    parse_config,
 )
-from smartgate.core.reasons import Reason
+from smartgate.config.parse import ConfigError, parse_config
+from smartgate.core.reasons import Reason, Refusal
 from smartgate.pipeline.authorizer import Authorizer
 from smartgate.pipeline.fhir_lookup import MembershipLookup
 from smartgate.pipeline.public_routes import PublicRoutes
 from smartgate.policy.decision import Decision
 from smartgate.tokens.context import TokenContext
-from smartgate.tokens.introspection import INACTIVE_CACHE_SECONDS, IntrospectionError, Introspector
-from smartgate.tokens.verifier import TokenError, TokenVerifier
+from smartgate.tokens.introspection import INACTIVE_CACHE_SECONDS, Introspector
+from smartgate.tokens.verifier import TokenVerifier
 from tests.unit.policy_helpers import (
     BASE_PATH,
     FHIR_BASE_URL,
@@ -125,14 +124,14 @@ async def endpoint() -> AsyncIterator[IntrospectionEndpoint]:
     await fake.client.aclose()
 
 
-async def introspect(endpoint: IntrospectionEndpoint, **answer: Any) -> TokenContext | IntrospectionError:
+async def introspect(endpoint: IntrospectionEndpoint, **answer: Any) -> TokenContext | Refusal:
     """Introspect TOKEN once, at NOW, with the endpoint answering ``active_answer(**answer)``."""
     endpoint.answer = active_answer(**answer)
     return await introspector(endpoint).introspect(TOKEN)
 
 
-def reason_of(result: TokenContext | IntrospectionError) -> Reason:
-    assert isinstance(result, IntrospectionError), result
+def reason_of(result: TokenContext | Refusal) -> Reason:
+    assert isinstance(result, Refusal), result
     return result.reason
 
 
@@ -547,13 +546,13 @@ async def test_the_context_expires_at_the_answers_exp(endpoint: IntrospectionEnd
 async def test_patient_scopes_without_a_patient_are_refused(endpoint: IntrospectionEndpoint) -> None:
     endpoint.answer = active_answer(patient=None)
     result = await verifier_with(endpoint).verify(TOKEN)
-    assert isinstance(result, TokenError) and result.reason is Reason.PATIENT_CONTEXT_MISSING
+    assert isinstance(result, Refusal) and result.reason is Reason.PATIENT_CONTEXT_MISSING
 
 
 async def test_a_patient_that_is_not_a_fhir_id_is_refused(endpoint: IntrospectionEndpoint) -> None:
     endpoint.answer = active_answer(patient="123/../456")
     result = await verifier_with(endpoint).verify(TOKEN)
-    assert isinstance(result, TokenError) and result.reason is Reason.TOKEN_CLAIMS_INVALID
+    assert isinstance(result, Refusal) and result.reason is Reason.TOKEN_CLAIMS_INVALID
 
 
 async def test_an_introspected_token_gives_the_same_context_as_a_jwt_with_the_same_claims(
@@ -578,7 +577,7 @@ async def test_an_introspected_token_gives_the_same_context_as_a_jwt_with_the_sa
 
 async def test_a_token_shaped_like_a_jwt_is_never_sent_to_introspection(endpoint: IntrospectionEndpoint) -> None:
     result = await verifier_with(endpoint).verify("aaa.bbb.ccc")
-    assert isinstance(result, TokenError) and result.reason is not Reason.TOKEN_INACTIVE
+    assert isinstance(result, Refusal) and result.reason is not Reason.TOKEN_INACTIVE
     assert endpoint.calls == 0
 
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from smartgate.config.model import IssuerConfig, JwksPolicy, TokenPolicy
-from smartgate.core.reasons import Reason
+from smartgate.core.reasons import Reason, Refusal
 from smartgate.tokens.jwks import MAX_JWKS_BYTES, MAX_KEYS, JwksCache, JwksError, SigningKey, parse_jwks
-from smartgate.tokens.verifier import TokenError, TokenVerifier
+from smartgate.tokens.verifier import TokenVerifier
 
 from .token_helpers import (
     ALL_ALGORITHMS,
@@ -342,7 +342,7 @@ async def test_idp_down_from_the_start_makes_the_verifier_answer_jwks_unavailabl
     idp.down = True
     verifier = TokenVerifier({ISSUER: (cache.issuer, cache)}, TokenPolicy(), AUDIENCE)
     result = await verifier.verify(make_token(ES256, make_claims(ISSUER, AUDIENCE)))
-    assert isinstance(result, TokenError)
+    assert isinstance(result, Refusal)
     assert result.reason is Reason.JWKS_UNAVAILABLE
 
 

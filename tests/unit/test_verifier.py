@@ -16,10 +16,10 @@ import jwt.api_jwt
 import pytest
 
 from smartgate.config.model import ClaimNames, IssuerConfig, JwksPolicy, TokenPolicy
-from smartgate.core.reasons import Reason
+from smartgate.core.reasons import Reason, Refusal
 from smartgate.tokens.context import TokenContext
 from smartgate.tokens.jwks import JwksCache
-from smartgate.tokens.verifier import TokenError, TokenVerifier
+from smartgate.tokens.verifier import TokenVerifier
 
 from .token_helpers import (
     ALL_ALGORITHMS,
@@ -123,7 +123,7 @@ def token(alg: str = "ES256", header: dict[str, Any] | None = None, **claim_over
 
 async def rejected(verifier: TokenVerifier, jwt_text: str) -> Reason:
     result = await verifier.verify(jwt_text)
-    assert isinstance(result, TokenError), f"expected a rejection, got {result!r}"
+    assert isinstance(result, Refusal), f"expected a rejection, got {result!r}"
     return result.reason
 
 
@@ -465,7 +465,7 @@ async def test_token_with_non_string_iss_is_rejected(verifier: TokenVerifier, is
 
 @pytest.mark.parametrize("aud", [DROP, None, "", []], ids=["missing", "null", "empty-string", "empty-list"])
 async def test_token_without_aud_is_rejected(verifier: TokenVerifier, aud: Any) -> None:
-    # A missing (or empty) required claim maps to TOKEN_MALFORMED (verifier._PYJWT_ERRORS).
+    # A missing (or empty) required claim maps to TOKEN_MALFORMED (verifier._check_claims).
     assert await rejected(verifier, token(aud=aud)) is Reason.TOKEN_MALFORMED
 
 

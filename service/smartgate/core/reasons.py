@@ -7,6 +7,7 @@ set is bounded and stable. Add new codes here, never ad hoc strings elsewhere.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class Reason(enum.Enum):
@@ -77,3 +78,16 @@ class Reason(enum.Enum):
     @property
     def allows(self) -> bool:
         return self.http_status == 200
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A step's answer when it will not go on: the reason code and a message for the caller.
+
+    A value returned, not an exception raised: the bearer, token, claims, introspection and
+    request-parsing steps each return ``Result | Refusal``, and the authorizer turns a Refusal
+    into a deny Decision as it is, without re-wrapping.
+    """
+
+    reason: Reason
+    message: str

@@ -2,7 +2,7 @@
 
 The path is interpreted strictly against the FHIR RESTful API (R4): every segment
 must be a known resource type, a valid id, or a keyword. Anything else is a
-RequestError with a reason code: we deny what we cannot classify.
+Refusal with a reason code: we deny what we cannot classify.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from smartgate.core.http import HttpRequest
-from smartgate.core.reasons import Reason
+from smartgate.core.reasons import Reason, Refusal
 from smartgate.fhir.definitions import RESOURCE_TYPES
 from smartgate.fhir.query import QueryError, SearchParam, parse_query
 
@@ -66,12 +66,6 @@ class FhirRequest:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class RequestError:
-    reason: Reason
-    message: str
-
-
 def is_valid_id(value: str) -> bool:
     return FHIR_ID.match(value) is not None and value not in (".", "..")
 
@@ -89,7 +83,7 @@ def split_base_path(path: str, base_path: str) -> tuple[list[str], str] | None:
     return rest.split("/"), query
 
 
-def _classify(method: str, segments: list[str]) -> FhirRequest | RequestError:
+def _classify(method: str, segments: list[str]) -> FhirRequest | Refusal:
     count = len(segments)
     if count == 0:
         if method in ("GET", "HEAD"):
@@ -113,7 +107,7 @@ def _classify(method: str, segments: list[str]) -> FhirRequest | RequestError:
     return _classify_typed(method, first, segments[1:])
 
 
-def _classify_typed(method: str, resource_type: str, rest: list[str]) -> FhirRequest | RequestError:
+def _classify_typed(method: str, resource_type: str, rest: list[str]) -> FhirRequest | Refusal:
     if not rest:
         if method in ("GET", "HEAD"):
             return FhirRequest(Interaction.SEARCH_TYPE, resource_type)
@@ -141,7 +135,7 @@ _WRITE_INTERACTIONS = {"PUT": Interaction.UPDATE, "PATCH": Interaction.PATCH, "D
 
 def _classify_instance(
     method: str, resource_type: str, resource_id: str, rest: list[str]
-) -> FhirRequest | RequestError:
+) -> FhirRequest | Refusal:
     reading = method in ("GET", "HEAD")
     if not rest:
         if reading:
@@ -165,8 +159,8 @@ def _classify_instance(
     return _bad(Reason.REQUEST_MALFORMED, "unrecognised FHIR path")
 
 
-def _bad(reason: Reason, message: str) -> RequestError:
-    return RequestError(reason, message)
+def _bad(reason: Reason, message: str) -> Refusal:
+    return Refusal(reason, message)
 
 
 def _is_search_post(request: FhirRequest, method: str) -> bool:
@@ -174,7 +168,7 @@ def _is_search_post(request: FhirRequest, method: str) -> bool:
     return method == "POST" and request.interaction in searches
 
 
-def _form_params(http: HttpRequest) -> tuple[SearchParam, ...] | RequestError:
+def _form_params(http: HttpRequest) -> tuple[SearchParam, ...] | Refusal:
     content_type = http.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != _FORM_CONTENT_TYPE:
         return _bad(Reason.BODY_INVALID, "a POST _search body must be application/x-www-form-urlencoded")
@@ -191,7 +185,7 @@ def _form_params(http: HttpRequest) -> tuple[SearchParam, ...] | RequestError:
         return _bad(Reason.BODY_INVALID, f"form body: {exc}")
 
 
-def parse_fhir_request(http: HttpRequest, base_path: str) -> FhirRequest | RequestError:
+def parse_fhir_request(http: HttpRequest, base_path: str) -> FhirRequest | Refusal:
     """Classify ``http`` relative to ``base_path`` (for example ``/fhir``)."""
     for header in METHOD_OVERRIDE_HEADERS:
         if header in http.headers:
@@ -207,7 +201,7 @@ def parse_fhir_request(http: HttpRequest, base_path: str) -> FhirRequest | Reque
         return _bad(Reason.REQUEST_MALFORMED, "empty or dot path segment")
     method = "GET" if http.method == "HEAD" else http.method
     classified = _classify(method, segments)
-    if isinstance(classified, RequestError):
+    if isinstance(classified, Refusal):
         return classified
     try:
         params = parse_query(raw_query)
@@ -215,7 +209,7 @@ def parse_fhir_request(http: HttpRequest, base_path: str) -> FhirRequest | Reque
         return _bad(Reason.REQUEST_MALFORMED, f"query: {exc}")
     if _is_search_post(classified, method):
         form = _form_params(http)
-        if isinstance(form, RequestError):
+        if isinstance(form, Refusal):
             return form
         params = params + form
     if any(param.code == "access_token" for param in params):

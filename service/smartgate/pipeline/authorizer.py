@@ -10,17 +10,17 @@ import asyncio
 import logging
 
 from smartgate.core.http import HttpRequest
-from smartgate.core.reasons import Reason
+from smartgate.core.reasons import Reason, Refusal
 from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
-from smartgate.fhir.request import RequestError, parse_fhir_request
+from smartgate.fhir.request import parse_fhir_request
 from smartgate.fhir.resources import belongs_to_patient
-from smartgate.pipeline.fhir_lookup import LookupError, MembershipLookup
+from smartgate.pipeline.fhir_lookup import FhirLookupError, MembershipLookup
 from smartgate.pipeline.public_routes import PublicRoutes
-from smartgate.policy.base import PolicySettings, decide
+from smartgate.policy import PolicySettings, decide
 from smartgate.policy.decision import Decision
 from smartgate.policy.plan import BinaryCheck, LookupCheck, MembershipCheck, Pending, VersionCheck, compartment_check
-from smartgate.tokens.bearer import BearerError, extract_bearer
-from smartgate.tokens.verifier import TokenError, TokenVerifier
+from smartgate.tokens.bearer import extract_bearer
+from smartgate.tokens.verifier import TokenVerifier
 
 log = logging.getLogger("smartgate.authorizer")
 
@@ -55,13 +55,13 @@ class Authorizer:
         token = extract_bearer(http.headers, self._max_token_bytes)
         if token is None:
             return Decision(Reason.TOKEN_MISSING, "a bearer token is required")
-        if isinstance(token, BearerError):
+        if isinstance(token, Refusal):
             return Decision(token.reason, token.message)
         context = await self._verifier.verify(token)
-        if isinstance(context, TokenError):
+        if isinstance(context, Refusal):
             return Decision(context.reason, context.message)
         request = parse_fhir_request(http, self._base_path)
-        if isinstance(request, RequestError):
+        if isinstance(request, Refusal):
             return Decision(request.reason, request.message, context)
         outcome = decide(request, context, self._policy)
         if isinstance(outcome, Decision):
@@ -73,7 +73,7 @@ class Authorizer:
         results = await asyncio.gather(*(self._check(check) for check in pending.checks), return_exceptions=True)
         for check, result in zip(pending.checks, results, strict=True):
             where = f"{check.label}: " if check.label else ""
-            if isinstance(result, LookupError):
+            if isinstance(result, FhirLookupError):
                 log.warning("look-up failed: %s", result)
                 return _with(template, Reason.LOOKUP_FAILED, f"{where}the compartment look-up failed")
             if isinstance(result, BaseException):

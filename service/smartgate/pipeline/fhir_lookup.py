@@ -4,7 +4,7 @@ Asked of the FHIR server itself.
 For ``GET Observation/abc`` with context patient 123 we search
 ``Observation?_id=abc&subject=Patient/123&_summary=count`` (and each other compartment
 parameter of the type, until one finds it). Answers are cached briefly; concurrent
-identical look-ups share one request. Any failure raises LookupError: the caller denies (503).
+identical look-ups share one request. Any failure raises FhirLookupError: the caller denies (503).
 
 A lenient server ignores search parameters it does not support, which would make any
 resource look like a member. The first time a (type, parameter) pair proves membership, the
@@ -30,7 +30,7 @@ from smartgate.policy.plan import MembershipCheck, Query
 from smartgate.telemetry import metrics
 
 
-class LookupError(Exception):  # the domain name; builtins' LookupError is not used here
+class FhirLookupError(Exception):
     """The FHIR server could not answer the question."""
 
 
@@ -88,7 +88,7 @@ class MembershipLookup:
             answer = await ask()
         except BaseException as exc:
             metrics.LOOKUPS.labels("error", "miss").inc()
-            future.set_exception(exc if isinstance(exc, LookupError) else LookupError(str(exc)))
+            future.set_exception(exc if isinstance(exc, FhirLookupError) else FhirLookupError(str(exc)))
             future.exception()  # mark retrieved: waiters re-raise it, nobody else must
             raise
         finally:
@@ -112,20 +112,20 @@ class MembershipLookup:
                 continue
             probe = (*query[:index], (param, _impossible(value)), *query[index + 1:])
             if await self._count(resource_type, resource_id, probe) > 0:
-                raise LookupError(f"the FHIR server ignores the {resource_type} {param} search parameter")
+                raise FhirLookupError(f"the FHIR server ignores the {resource_type} {param} search parameter")
             self._honoured.add((resource_type, param))
 
     async def _count(self, resource_type: str, resource_id: str, query: Query) -> int:
         params = [("_id", resource_id), *query, ("_summary", "count")]
         bundle = await self._get_json(f"{self._base}/{resource_type}", params)
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-            raise LookupError("the FHIR server did not answer a Bundle")
+            raise FhirLookupError("the FHIR server did not answer a Bundle")
         total = bundle.get("total")
         if isinstance(total, int) and not isinstance(total, bool):
             return total
         entries = bundle.get("entry", [])
         if not isinstance(entries, list):
-            raise LookupError("the FHIR server answered a malformed Bundle")
+            raise FhirLookupError("the FHIR server answered a malformed Bundle")
         return len(entries)
 
     async def _ever_existed(self, resource_type: str, resource_id: str) -> bool:
@@ -134,17 +134,17 @@ class MembershipLookup:
             response = await self._client.get(url, params={"_count": "1"}, headers=self._headers,
                                               timeout=self._config.timeout_seconds)
         except httpx.HTTPError as exc:
-            raise LookupError(f"{type(exc).__name__} from the FHIR server") from exc
+            raise FhirLookupError(f"{type(exc).__name__} from the FHIR server") from exc
         if response.status_code in (404, 410):
             return False
         if response.status_code != 200:
-            raise LookupError(f"the FHIR server answered {response.status_code}")
+            raise FhirLookupError(f"the FHIR server answered {response.status_code}")
         try:
             bundle = response.json()
         except ValueError as exc:
-            raise LookupError("the FHIR server did not answer JSON") from exc
+            raise FhirLookupError("the FHIR server did not answer JSON") from exc
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-            raise LookupError("the FHIR server did not answer a Bundle")
+            raise FhirLookupError("the FHIR server did not answer a Bundle")
         return bool(bundle.get("total") or bundle.get("entry"))
 
     async def versions(self, resource_type: str, resource_id: str, version_id: str | None,
@@ -155,19 +155,19 @@ class MembershipLookup:
         bundle = await self._get_json(f"{self._base}/{resource_type}/{resource_id}/_history",
                                       [("_count", str(limit))])
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-            raise LookupError("the FHIR server did not answer a Bundle")
+            raise FhirLookupError("the FHIR server did not answer a Bundle")
         entries = bundle.get("entry") or []
         total = bundle.get("total")
         more = any(isinstance(link, dict) and link.get("relation") == "next" for link in bundle.get("link") or [])
         if more or (isinstance(total, int) and total > len(entries)):
-            raise LookupError(f"more than {limit} versions: the history cannot be checked whole")
+            raise FhirLookupError(f"more than {limit} versions: the history cannot be checked whole")
         return [entry.get("resource") for entry in entries if isinstance(entry, dict) and entry.get("resource")]
 
     async def binary_security_context(self, resource_id: str, fhir_base_url: str) -> tuple[str, str] | None:
         """The (type, id) a Binary's securityContext names, or None when it has none."""
         document = await self._get_json(f"{self._base}/Binary/{resource_id}", [])
         if not isinstance(document, dict) or document.get("resourceType") != "Binary":
-            raise LookupError("the FHIR server did not answer a Binary")
+            raise FhirLookupError("the FHIR server did not answer a Binary")
         context = document.get("securityContext")
         reference = context.get("reference") if isinstance(context, dict) else None
         if not isinstance(reference, str):
@@ -181,10 +181,10 @@ class MembershipLookup:
                 url, params=tuple(params), headers=self._headers, timeout=self._config.timeout_seconds
             )
         except httpx.HTTPError as exc:
-            raise LookupError(f"{type(exc).__name__} from the FHIR server") from exc
+            raise FhirLookupError(f"{type(exc).__name__} from the FHIR server") from exc
         if response.status_code != 200:
-            raise LookupError(f"the FHIR server answered {response.status_code}")
+            raise FhirLookupError(f"the FHIR server answered {response.status_code}")
         try:
             return response.json()
         except ValueError as exc:
-            raise LookupError("the FHIR server did not answer JSON") from exc
+            raise FhirLookupError("the FHIR server did not answer JSON") from exc

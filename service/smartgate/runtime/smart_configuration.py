@@ -1,7 +1,8 @@
 """``/.well-known/smart-configuration`` (SMART App Launch 2.x, section 2.0.x "SMART configuration").
 
 Built from the issuer's OpenID discovery document plus the configured capabilities. The
-discovery document is cached and kept while the IdP is unreachable; if it was never
+discovery document is fetched through ``tokens/discovery.py`` (streamed up to a size cap, a JSON
+object naming this issuer), cached, and kept while the IdP is unreachable; if it was never
 fetched the endpoint answers 503 rather than an incomplete document.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 
 from smartgate.config.model import SmartConfigurationSettings
+from smartgate.tokens.discovery import DocumentFetchError, fetch_discovery
 
 log = logging.getLogger("smartgate.smart_configuration")
 
@@ -23,6 +25,7 @@ _FROM_DISCOVERY = (
     "registration_endpoint", "scopes_supported", "response_types_supported", "introspection_endpoint",
     "revocation_endpoint", "code_challenge_methods_supported", "grant_types_supported",
 )
+DISCOVERY_TIMEOUT_SECONDS = 5.0
 CORS_HEADERS = {"access-control-allow-origin": "*", "cache-control": "max-age=300"}
 
 
@@ -56,14 +59,9 @@ class SmartConfiguration:
         return document
 
     async def _refresh(self) -> None:
-        url = self._settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
         try:
-            response = await self._client.get(url, timeout=5)
-            response.raise_for_status()
-            discovery = response.json()
-            if not isinstance(discovery, dict) or discovery.get("issuer") != self._settings.issuer:
-                raise ValueError("discovery document for another issuer")
-        except (httpx.HTTPError, ValueError) as exc:
+            discovery = await fetch_discovery(self._client, self._settings.issuer, timeout=DISCOVERY_TIMEOUT_SECONDS)
+        except DocumentFetchError as exc:
             log.warning("OpenID discovery for %s failed: %s", self._settings.issuer, exc)
             return
         self._discovery = discovery

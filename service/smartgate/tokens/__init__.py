@@ -1,2 +1,2 @@
-"""Who is asking: the bearer token, JWS reading, key sets, verification, introspection, the SMART context and
-scopes."""
+"""Who is asking: the bearer token, JWS reading, OpenID discovery, key sets, verification, introspection,
+the SMART context and scopes."""

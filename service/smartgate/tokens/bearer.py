@@ -4,34 +4,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from smartgate.core.reasons import Reason
+from smartgate.core.reasons import Reason, Refusal
 
 # RFC 6750 section 2.1 b64token.
 _TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*\Z")
 
 
-@dataclass(frozen=True, slots=True)
-class BearerError:
-    reason: Reason
-    message: str
-
-
-def extract_bearer(headers: Mapping[str, str], max_bytes: int) -> str | BearerError | None:
-    """Return the bearer token, None when no Authorization header was sent, or an error."""
+def extract_bearer(headers: Mapping[str, str], max_bytes: int) -> str | Refusal | None:
+    """Return the bearer token, None when no Authorization header was sent, or a Refusal."""
     value = headers.get("authorization")
     if value is None:
         return None
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer":
-        return BearerError(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Authorization scheme must be Bearer")
+        return Refusal(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Authorization scheme must be Bearer")
     token = token.strip(" ")
     if not token:
-        return BearerError(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Bearer credentials are empty")
+        return Refusal(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Bearer credentials are empty")
     if len(token) > max_bytes:
-        return BearerError(Reason.TOKEN_MALFORMED, "the token is larger than the configured limit")
+        return Refusal(Reason.TOKEN_MALFORMED, "the token is larger than the configured limit")
     if _TOKEN.match(token) is None:
         # Also catches several Authorization headers, which Envoy joins with a comma.
-        return BearerError(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Bearer credentials are not a token")
+        return Refusal(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Bearer credentials are not a token")
     return token

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smartgate.config.profiles import ClaimNames, undot_scope
-from smartgate.core.reasons import Reason
+from smartgate.core.reasons import Reason, Refusal
 from smartgate.fhir.request import is_valid_id
 from smartgate.tokens.scopes import ScopeGrants, grants_for
 
@@ -29,12 +29,6 @@ class TokenContext:
     expires_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimsError:
-    reason: Reason
-    message: str
-
-
 def _first(claims: Mapping[str, Any], names: tuple[str, ...]) -> Any:
     for name in names:
         if name in claims:
@@ -42,15 +36,15 @@ def _first(claims: Mapping[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
-def _optional_text(value: Any) -> str | ClaimsError | None:
+def _optional_text(value: Any) -> str | Refusal | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _HEADER_SAFE.match(value):
-        return ClaimsError(Reason.TOKEN_CLAIMS_INVALID, "a context claim is not printable text")
+        return Refusal(Reason.TOKEN_CLAIMS_INVALID, "a context claim is not printable text")
     return value
 
 
-def _scope_values(value: Any) -> list[str] | ClaimsError:
+def _scope_values(value: Any) -> list[str] | Refusal:
     if value is None:
         return []
     if isinstance(value, str):
@@ -58,9 +52,9 @@ def _scope_values(value: Any) -> list[str] | ClaimsError:
     elif isinstance(value, list) and all(isinstance(item, str) for item in value):
         values = list(value)
     else:
-        return ClaimsError(Reason.TOKEN_CLAIMS_INVALID, "the scope claim must be a string or a list of strings")
+        return Refusal(Reason.TOKEN_CLAIMS_INVALID, "the scope claim must be a string or a list of strings")
     if any(not _HEADER_SAFE.match(item) for item in values if item):
-        return ClaimsError(Reason.TOKEN_CLAIMS_INVALID, "the scope claim is not printable text")
+        return Refusal(Reason.TOKEN_CLAIMS_INVALID, "the scope claim is not printable text")
     return values
 
 
@@ -73,10 +67,10 @@ def normalise_fhir_user(value: str, fhir_base_url: str) -> str:
 
 def context_from_claims(
     claims: Mapping[str, Any], names: ClaimNames, fhir_base_url: str, dotted_scopes: bool = False
-) -> TokenContext | ClaimsError:
+) -> TokenContext | Refusal:
     """Read the SMART context out of verified claims; refuse values that cannot be trusted."""
     scope_values = _scope_values(_first(claims, names.scope))
-    if isinstance(scope_values, ClaimsError):
+    if isinstance(scope_values, Refusal):
         return scope_values
     if dotted_scopes:
         scope_values = [" ".join(undot_scope(scope) for scope in value.split()) for value in scope_values]
@@ -86,7 +80,7 @@ def context_from_claims(
         ("client_id", names.client_id), ("subject", names.subject),
     ):
         text = _optional_text(_first(claims, claim_names))
-        if isinstance(text, ClaimsError):
+        if isinstance(text, Refusal):
             return text
         texts[field_name] = text
     patient = texts["patient"]
@@ -94,10 +88,10 @@ def context_from_claims(
         if patient.startswith("Patient/"):
             patient = patient[len("Patient/") :]
         if not is_valid_id(patient):
-            return ClaimsError(Reason.TOKEN_CLAIMS_INVALID, "the patient claim is not a FHIR id")
+            return Refusal(Reason.TOKEN_CLAIMS_INVALID, "the patient claim is not a FHIR id")
     grants = grants_for(tuple(scope_values))
     if grants.has_patient_scopes and patient is None:
-        return ClaimsError(Reason.PATIENT_CONTEXT_MISSING, "patient/ scopes need a patient launch context")
+        return Refusal(Reason.PATIENT_CONTEXT_MISSING, "patient/ scopes need a patient launch context")
     fhir_user = texts["fhir_user"]
     return TokenContext(
         issuer=str(claims.get("iss", "")),

@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -21,18 +20,12 @@ import httpx
 
 from smartgate.config.model import IssuerConfig
 from smartgate.core.expiring_cache import ExpiringCache
-from smartgate.core.reasons import Reason
+from smartgate.core.reasons import Reason, Refusal
 from smartgate.telemetry import metrics
-from smartgate.tokens.context import ClaimsError, TokenContext, context_from_claims
+from smartgate.tokens.context import TokenContext, context_from_claims
 
 log = logging.getLogger("smartgate.introspection")
 INACTIVE_CACHE_SECONDS = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class IntrospectionError:
-    reason: Reason
-    message: str
 
 
 class Introspector:
@@ -49,23 +42,23 @@ class Introspector:
         self._client = client
         self._fhir_base_url = fhir_base_url
         self._clock = clock
-        self._cache: ExpiringCache[TokenContext | IntrospectionError] = ExpiringCache(10_000)
+        self._cache: ExpiringCache[TokenContext | Refusal] = ExpiringCache(10_000)
 
     @property
     def enabled(self) -> bool:
         return bool(self._issuers)
 
-    async def introspect(self, token: str) -> TokenContext | IntrospectionError:
+    async def introspect(self, token: str) -> TokenContext | Refusal:
         key = hashlib.sha256(token.encode()).hexdigest()  # the cache never holds the token itself
         now = self._clock()
         cached = self._cache.get(key, now)
         if cached is not None:
             metrics.INTROSPECTIONS.labels("cache_hit").inc()
             return cached
-        result: TokenContext | IntrospectionError = IntrospectionError(Reason.TOKEN_INACTIVE, "the token is not active")
+        result: TokenContext | Refusal = Refusal(Reason.TOKEN_INACTIVE, "the token is not active")
         for issuer in self._issuers:
             result = await self._ask(issuer, token, now)
-            if not (isinstance(result, IntrospectionError) and result.reason is Reason.TOKEN_INACTIVE):
+            if not (isinstance(result, Refusal) and result.reason is Reason.TOKEN_INACTIVE):
                 break
         if isinstance(result, TokenContext):
             assert self._issuers
@@ -75,7 +68,7 @@ class Introspector:
             self._cache.put(key, result, now + INACTIVE_CACHE_SECONDS)
         return result
 
-    async def _ask(self, issuer: IssuerConfig, token: str, now: float) -> TokenContext | IntrospectionError:
+    async def _ask(self, issuer: IssuerConfig, token: str, now: float) -> TokenContext | Refusal:
         settings = issuer.introspection
         assert settings is not None
         form = {"token": token, "token_type_hint": "access_token"}
@@ -95,31 +88,28 @@ class Introspector:
             answer = None
         if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
             metrics.INTROSPECTIONS.labels("error").inc()
-            return IntrospectionError(Reason.INTROSPECTION_FAILED, "token introspection failed")
+            return Refusal(Reason.INTROSPECTION_FAILED, "token introspection failed")
         if not answer["active"]:
             metrics.INTROSPECTIONS.labels("inactive").inc()
-            return IntrospectionError(Reason.TOKEN_INACTIVE, "the token is not active")
+            return Refusal(Reason.TOKEN_INACTIVE, "the token is not active")
         metrics.INTROSPECTIONS.labels("active").inc()
         return self._context(issuer, answer, now)
 
-    def _context(self, issuer: IssuerConfig, answer: dict[str, Any], now: float) -> TokenContext | IntrospectionError:
+    def _context(self, issuer: IssuerConfig, answer: dict[str, Any], now: float) -> TokenContext | Refusal:
         if answer.get("iss", issuer.issuer) != issuer.issuer:
-            return IntrospectionError(Reason.TOKEN_UNKNOWN_ISSUER, "the token was issued by another issuer")
+            return Refusal(Reason.TOKEN_UNKNOWN_ISSUER, "the token was issued by another issuer")
         audience = answer.get("aud")
         if audience is not None:
             audiences = [audience] if isinstance(audience, str) else audience
             if (not isinstance(audiences, list) or not all(isinstance(value, str) for value in audiences)
                     or not set(audiences) & set(issuer.audiences)):
-                return IntrospectionError(Reason.TOKEN_AUDIENCE_MISMATCH, "the token is not meant for this server")
+                return Refusal(Reason.TOKEN_AUDIENCE_MISMATCH, "the token is not meant for this server")
         exp = answer.get("exp")
         if exp is None:
             exp = now + (issuer.introspection.cache_max_ttl_seconds if issuer.introspection else 60)
         if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
-            return IntrospectionError(Reason.TOKEN_CLAIMS_INVALID, "exp is not a finite number")
+            return Refusal(Reason.TOKEN_CLAIMS_INVALID, "exp is not a finite number")
         if exp <= now:
-            return IntrospectionError(Reason.TOKEN_EXPIRED, "the token has expired")
+            return Refusal(Reason.TOKEN_EXPIRED, "the token has expired")
         claims = {**answer, "exp": exp, "iss": issuer.issuer}
-        context = context_from_claims(claims, issuer.claims, self._fhir_base_url, issuer.dotted_scopes)
-        if isinstance(context, ClaimsError):
-            return IntrospectionError(context.reason, context.message)
-        return context
+        return context_from_claims(claims, issuer.claims, self._fhir_base_url, issuer.dotted_scopes)

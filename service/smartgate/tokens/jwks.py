@@ -1,7 +1,8 @@
 """One issuer's signing keys: fetched asynchronously, cached, refreshed at a bounded rate.
 
 - Keys come from ``jwks_uri``, from ``{issuer}/.well-known/openid-configuration`` when that
-  is absent, or from a local ``jwks_file``.
+  is absent, or from a local ``jwks_file``. Both documents are fetched through
+  ``tokens/discovery.py``, which streams them and stops reading at a size cap.
 - An unknown ``kid`` triggers at most one refresh per ``min_refresh_interval_seconds``,
   so a stream of tokens with random kids cannot turn into a stream of requests to the IdP.
 - Concurrent refreshes share one fetch. When the IdP is unreachable the last good key set
@@ -25,6 +26,7 @@ import jwt
 
 from smartgate.config.model import IssuerConfig, JwksPolicy
 from smartgate.telemetry import metrics
+from smartgate.tokens.discovery import fetch_discovery, fetch_json_object
 
 log = logging.getLogger("smartgate.jwks")
 
@@ -172,37 +174,20 @@ class JwksCache:
 
     async def _load(self) -> KeySet:
         if self.issuer.jwks_file:
-            document = json.loads(Path(self.issuer.jwks_file).read_text(encoding="utf-8"))
+            text = await asyncio.to_thread(Path(self.issuer.jwks_file).read_text, encoding="utf-8")
+            document = json.loads(text)
             return parse_jwks(document)
         if self._jwks_uri is None:
             self._jwks_uri = await self._discover()
-        return parse_jwks(await self._get_json(self._jwks_uri))
+        return parse_jwks(await fetch_json_object(
+            self._client, self._jwks_uri, timeout=self._policy.fetch_timeout_seconds, max_bytes=MAX_JWKS_BYTES
+        ))
 
     async def _discover(self) -> str:
-        url = self.issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        document = await self._get_json(url)
-        jwks_uri = document.get("jwks_uri") if isinstance(document, dict) else None
+        document = await fetch_discovery(
+            self._client, self.issuer.issuer, timeout=self._policy.fetch_timeout_seconds
+        )
+        jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
             raise JwksError("the discovery document has no usable jwks_uri")
-        if document.get("issuer") != self.issuer.issuer:
-            raise JwksError("the discovery document names another issuer")
         return jwks_uri
-
-    async def _get_json(self, url: str) -> Any:
-        body = bytearray()
-        try:
-            async with self._client.stream(
-                "GET", url, timeout=self._policy.fetch_timeout_seconds, headers={"accept": "application/json"}
-            ) as response:
-                if response.status_code != 200:
-                    raise JwksError(f"GET {url} answered {response.status_code}")
-                async for chunk in response.aiter_bytes():
-                    body.extend(chunk)
-                    if len(body) > MAX_JWKS_BYTES:  # stop reading: the limit bounds memory and time
-                        raise JwksError(f"GET {url} answered more than {MAX_JWKS_BYTES} bytes")
-        except httpx.HTTPError as exc:
-            raise JwksError(f"GET {url} failed: {type(exc).__name__}") from exc
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise JwksError(f"GET {url} did not answer JSON") from exc

@@ -10,43 +10,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
-
-import jwt
 
 from smartgate.config.model import IssuerConfig, TokenPolicy
 from smartgate.core.expiring_cache import ExpiringCache
-from smartgate.core.reasons import Reason
+from smartgate.core.reasons import Reason, Refusal
 from smartgate.telemetry import metrics
-from smartgate.tokens.context import ClaimsError, TokenContext, context_from_claims
-from smartgate.tokens.introspection import IntrospectionError, Introspector
+from smartgate.tokens.context import TokenContext, context_from_claims
+from smartgate.tokens.introspection import Introspector
 from smartgate.tokens.jwks import JwksCache
 from smartgate.tokens.jws import JwsError, read_compact, verify_signature
 
-
-@dataclass(frozen=True, slots=True)
-class TokenError:
-    reason: Reason
-    message: str
-
-
-_PYJWT_ERRORS: tuple[tuple[type[Exception], Reason, str], ...] = (
-    (jwt.ExpiredSignatureError, Reason.TOKEN_EXPIRED, "the token has expired"),
-    (jwt.ImmatureSignatureError, Reason.TOKEN_NOT_YET_VALID, "the token is not valid yet"),
-    (jwt.InvalidAudienceError, Reason.TOKEN_AUDIENCE_MISMATCH, "the token is not meant for this FHIR server"),
-    (jwt.InvalidIssuerError, Reason.TOKEN_UNKNOWN_ISSUER, "the token issuer is not trusted"),
-    (jwt.InvalidSignatureError, Reason.TOKEN_BAD_SIGNATURE, "the token signature does not verify"),
-    (jwt.MissingRequiredClaimError, Reason.TOKEN_MALFORMED, "the token lacks a required claim"),
-)
-_REQUIRED_CLAIMS = ["exp", "iss", "aud"]
-
-
-def _error_for(exc: Exception) -> TokenError:
-    for kind, reason, message in _PYJWT_ERRORS:
-        if isinstance(exc, kind):
-            return TokenError(reason, message)
-    return TokenError(Reason.TOKEN_MALFORMED, "the token is malformed")
+_REQUIRED_CLAIMS = ("exp", "iss", "aud")
+_MALFORMED = Refusal(Reason.TOKEN_MALFORMED, "the token is malformed")
+_NOT_YET_VALID = Refusal(Reason.TOKEN_NOT_YET_VALID, "the token is not valid yet")
+_AUDIENCE_MISMATCH = Refusal(Reason.TOKEN_AUDIENCE_MISMATCH, "the token is not meant for this FHIR server")
 
 
 class TokenVerifier:
@@ -69,7 +47,7 @@ class TokenVerifier:
         self.cache_hits = 0
         self.cache_misses = 0
 
-    async def verify(self, token: str) -> TokenContext | TokenError:
+    async def verify(self, token: str) -> TokenContext | Refusal:
         now = self._clock()
         cached = self._cache.get(token, now)
         if cached is not None:
@@ -78,85 +56,80 @@ class TokenVerifier:
             return cached
         self.cache_misses += 1
         metrics.TOKEN_CACHE.labels("miss").inc()
-        if token.count(".") != 2 and self._introspector is not None and self._introspector.enabled:
-            introspected = await self._introspector.introspect(token)
-            if isinstance(introspected, IntrospectionError):
-                return TokenError(introspected.reason, introspected.message)
-            return introspected
+        if token.count(".") != 2:
+            if self._introspector is not None and self._introspector.enabled:
+                return await self._introspector.introspect(token)
+            return Refusal(Reason.TOKEN_MALFORMED, "the token is not a signed JWT (JWS compact form)")
         try:
             result = await self._verify_uncached(token, now)
         except Exception:  # any surprise in parsing is a malformed token, never an allow
-            return TokenError(Reason.TOKEN_MALFORMED, "the token is malformed")
+            return _MALFORMED
         if isinstance(result, TokenContext):
             deadline = min(result.expires_at + self._policy.clock_skew_seconds,
                            now + self._policy.cache_max_ttl_seconds)
             self._cache.put(token, result, deadline)
         return result
 
-    async def _verify_uncached(self, token: str, now: float) -> TokenContext | TokenError:
-        if token.count(".") != 2:
-            return TokenError(Reason.TOKEN_MALFORMED, "the token is not a signed JWT (JWS compact form)")
+    async def _verify_uncached(self, token: str, now: float) -> TokenContext | Refusal:
         try:
             jws = read_compact(token)
         except JwsError:
-            return TokenError(Reason.TOKEN_MALFORMED, "the token is not a well-formed JWT")
+            return Refusal(Reason.TOKEN_MALFORMED, "the token is not a well-formed JWT")
         header = jws.header
         issuer_name = jws.claims.get("iss")
         entry = self._issuers.get(issuer_name) if isinstance(issuer_name, str) else None
         if entry is None:
-            return TokenError(Reason.TOKEN_UNKNOWN_ISSUER, "the token issuer is not trusted")
+            return Refusal(Reason.TOKEN_UNKNOWN_ISSUER, "the token issuer is not trusted")
         issuer, jwks = entry
-        header_error = self._check_header(header, issuer)
-        if header_error is not None:
-            return header_error
+        header_refusal = self._check_header(header, issuer)
+        if header_refusal is not None:
+            return header_refusal
         alg: str = header["alg"]
         kid = header.get("kid")
         keys = await jwks.candidates(kid, alg)
         if keys is None:
-            return TokenError(Reason.JWKS_UNAVAILABLE, "the issuer's signing keys are unavailable")
+            return Refusal(Reason.JWKS_UNAVAILABLE, "the issuer's signing keys are unavailable")
         if not keys:
-            return TokenError(Reason.TOKEN_UNKNOWN_KEY, "no key of the issuer matches the token")
+            return Refusal(Reason.TOKEN_UNKNOWN_KEY, "no key of the issuer matches the token")
         if not any(verify_signature(jws, alg, key.key) for key in keys):
-            return _error_for(jwt.InvalidSignatureError())
-        try:
-            self._check_claims(jws.claims, issuer, now)
-        except jwt.InvalidTokenError as exc:
-            return _error_for(exc)
-        return self._context(jws.claims, issuer)
+            return Refusal(Reason.TOKEN_BAD_SIGNATURE, "the token signature does not verify")
+        claims_refusal = self._check_claims(jws.claims, issuer, now)
+        if claims_refusal is not None:
+            return claims_refusal
+        return context_from_claims(jws.claims, issuer.claims, self._fhir_base_url, issuer.dotted_scopes)
 
-    def _check_header(self, header: Mapping[str, Any], issuer: IssuerConfig) -> TokenError | None:
+    def _check_header(self, header: Mapping[str, Any], issuer: IssuerConfig) -> Refusal | None:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in issuer.algorithms:
-            return TokenError(Reason.TOKEN_ALGORITHM_NOT_ALLOWED, "the token algorithm is not allowed")
+            return Refusal(Reason.TOKEN_ALGORITHM_NOT_ALLOWED, "the token algorithm is not allowed")
         if "crit" in header:
-            return TokenError(Reason.TOKEN_MALFORMED, "critical header parameters are not supported")
+            return Refusal(Reason.TOKEN_MALFORMED, "critical header parameters are not supported")
         if "kid" in header and not isinstance(header["kid"], str):
-            return TokenError(Reason.TOKEN_MALFORMED, "the kid header must be a string")
+            return Refusal(Reason.TOKEN_MALFORMED, "the kid header must be a string")
         typ = header.get("typ")
         if typ is None:
             if not issuer.allow_missing_token_type:
-                return TokenError(Reason.TOKEN_TYPE_NOT_ALLOWED, "the token has no typ header")
+                return Refusal(Reason.TOKEN_TYPE_NOT_ALLOWED, "the token has no typ header")
         elif not isinstance(typ, str) or typ.lower() not in issuer.token_types:
-            return TokenError(Reason.TOKEN_TYPE_NOT_ALLOWED, "the token typ is not an access token type")
+            return Refusal(Reason.TOKEN_TYPE_NOT_ALLOWED, "the token typ is not an access token type")
         return None
 
-    def _check_claims(self, claims: Mapping[str, Any], issuer: IssuerConfig, now: float) -> None:
+    def _check_claims(self, claims: Mapping[str, Any], issuer: IssuerConfig, now: float) -> Refusal | None:
         """After the signature: the required claims, ``iss`` exactly, ``aud`` containing one of the
         issuer's audiences, and the times."""
-        for name in _REQUIRED_CLAIMS:
-            if claims.get(name) in (None, "", []):
-                raise jwt.MissingRequiredClaimError(name)
+        if any(claims.get(name) in (None, "", []) for name in _REQUIRED_CLAIMS):
+            return Refusal(Reason.TOKEN_MALFORMED, "the token lacks a required claim")
         if claims["iss"] != issuer.issuer:
-            raise jwt.InvalidIssuerError("iss")
+            return Refusal(Reason.TOKEN_UNKNOWN_ISSUER, "the token issuer is not trusted")
         audience = claims["aud"]
         audiences = [audience] if isinstance(audience, str) else audience
         if not isinstance(audiences, list) or not all(isinstance(value, str) for value in audiences):
-            raise jwt.InvalidAudienceError("aud must be a string or a list of strings")
+            return _AUDIENCE_MISMATCH
         if not any(value in issuer.audiences for value in audiences):
-            raise jwt.InvalidAudienceError("aud")
-        self._check_times(claims, now)
+            return _AUDIENCE_MISMATCH
+        return self._check_times(claims, now)
 
-    def _check_times(self, claims: Mapping[str, Any], now: float) -> None:
+    def _check_times(self, claims: Mapping[str, Any], now: float) -> Refusal | None:
         """exp, nbf and iat against our own clock, with the configured skew."""
         skew = self._policy.clock_skew_seconds
         for name in ("exp", "nbf", "iat"):
@@ -164,16 +137,11 @@ class TokenVerifier:
             if value is None and name != "exp":
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise jwt.DecodeError(f"{name} must be a number")  # NaN/Infinity never get here: jws.py refuses them
+                return _MALFORMED  # NaN/Infinity never get here: jws.py refuses them
         if claims["exp"] <= now - skew:
-            raise jwt.ExpiredSignatureError("expired")
+            return Refusal(Reason.TOKEN_EXPIRED, "the token has expired")
         if "nbf" in claims and claims["nbf"] > now + skew:
-            raise jwt.ImmatureSignatureError("not yet valid (nbf)")
+            return _NOT_YET_VALID
         if "iat" in claims and claims["iat"] > now + skew:
-            raise jwt.ImmatureSignatureError("not yet valid (iat)")
-
-    def _context(self, claims: Mapping[str, Any], issuer: IssuerConfig) -> TokenContext | TokenError:
-        context = context_from_claims(claims, issuer.claims, self._fhir_base_url, issuer.dotted_scopes)
-        if isinstance(context, ClaimsError):
-            return TokenError(context.reason, context.message)
-        return context
+            return _NOT_YET_VALID
+        return None
