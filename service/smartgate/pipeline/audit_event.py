@@ -9,13 +9,12 @@ identifiers), only the resource type searched.
 
 from __future__ import annotations
 
-import json
-import sys
 import uuid
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
 from smartgate.core.http import HttpRequest
+from smartgate.pipeline.decision_log import JsonLines
 from smartgate.policy.decision import Decision
 
 _BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
@@ -95,17 +94,13 @@ class AuditEventLog:
     def __init__(self, destination: str, fhir_base_url: str, observer: str) -> None:
         self._base_url = fhir_base_url
         self._observer = observer
-        self._stream: TextIO | None
-        if destination == "off":
-            self._stream = None
-        elif destination in ("stdout", "stderr"):
-            self._stream = sys.stdout if destination == "stdout" else sys.stderr
-        else:
-            self._stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the server
+        self._lines = JsonLines(destination)
 
     def record(self, http: HttpRequest, decision: Decision) -> None:
-        if self._stream is None:
+        if not self._lines.enabled:
             return
-        event = build_audit_event(http, decision, self._base_url, self._observer)
-        self._stream.write(json.dumps(event, separators=(",", ":")) + "\n")
-        self._stream.flush()
+        self._lines.write(build_audit_event(http, decision, self._base_url, self._observer))
+
+    def close(self) -> None:
+        """Called when a config reload has replaced this log and the grace period is over."""
+        self._lines.close()

@@ -11,8 +11,16 @@ from smartgate.core.http import HttpRequest
 from smartgate.policy.decision import Decision
 
 
-class DecisionLog:
+class JsonLines:
+    """Where JSON lines go: ``off``, ``stdout``, ``stderr`` or an absolute file path.
+
+    Shared by the decision log and the audit-event log so that both open, write and close a
+    destination the same way. Only a file opened here is closed here; stdout and stderr belong
+    to the process.
+    """
+
     def __init__(self, destination: str) -> None:
+        self._owns_stream = destination not in ("off", "stdout", "stderr")
         self._stream: TextIO | None
         if destination == "off":
             self._stream = None
@@ -21,17 +29,43 @@ class DecisionLog:
         elif destination == "stderr":
             self._stream = sys.stderr
         else:
-            self._stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the server
+            self._stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    @property
+    def enabled(self) -> bool:
+        return self._stream is not None
 
     def write(self, entry: dict[str, Any]) -> None:
-        """One line; also used by the response stage (``"stage": "response"`` entries)."""
+        """One compact JSON line, flushed at once so that a crash loses no decision.
+
+        After ``close()`` a write raises ``ValueError`` (a closed file): a Check still running on
+        a replaced pipeline fails, and so is denied by Envoy, rather than being allowed unlogged.
+        """
         if self._stream is None:
             return
         self._stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
         self._stream.flush()
 
+    def close(self) -> None:
+        """Close the file this object opened; stdout, stderr and ``off`` are left alone."""
+        if self._owns_stream and self._stream is not None:
+            self._stream.close()
+
+
+class DecisionLog:
+    def __init__(self, destination: str) -> None:
+        self._lines = JsonLines(destination)
+
+    def write(self, entry: dict[str, Any]) -> None:
+        """One line; also used by the response stage (``"stage": "response"`` entries)."""
+        self._lines.write(entry)
+
+    def close(self) -> None:
+        """Called when a config reload has replaced this log and the grace period is over."""
+        self._lines.close()
+
     def record(self, http: HttpRequest, decision: Decision, latency_seconds: float, dry_run: bool = False) -> None:
-        if self._stream is None:
+        if not self._lines.enabled:
             return
         context = decision.context
         entry = {

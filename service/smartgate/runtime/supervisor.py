@@ -1,6 +1,10 @@
 """``smartgate serve`` with ``workers > 1``: N worker processes, one gRPC port each, and the
 HTTP listener here, with the workers' metrics added up.
 
+A dead worker is restarted after a back-off that doubles while it keeps crashing soon after
+start; after too many such crashes in a row the supervisor stops every worker and exits with
+``EXIT_CRASH_LOOP``, so that Kubernetes restarts the pod (see ``runtime.restart_policy``).
+
 Must not import ``smartgate.telemetry.metrics``: a metric created in this process would join the
 multiprocess aggregates (an unset readiness gauge here would read as "not ready").
 """
@@ -16,23 +20,24 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from smartgate.config.model import Config, ConfigError, grpc_address, load_config
-from smartgate.runtime.http_listener import HttpListener, Response, Route, text
-from smartgate.runtime.smart_configuration import CORS_HEADERS, SmartConfiguration
+from smartgate.config.model import Config, grpc_address
+from smartgate.config.parse import ConfigError, load_config
+from smartgate.runtime import metric_files
+from smartgate.runtime.http_listener import HttpListener, Route
+from smartgate.runtime.restart_policy import RestartPolicy, WorkerRestarts
+from smartgate.runtime.routes import http_routes
+from smartgate.runtime.smart_configuration import SmartConfiguration
 
 log = logging.getLogger("smartgate.supervisor")
 
-
-def _registry() -> CollectorRegistry:
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return registry
+EXIT_CRASH_LOOP = 70  # sysexits EX_SOFTWARE: a worker kept crashing soon after start
+WATCH_INTERVAL_SECONDS = 0.5
 
 
 async def worker_serving(address: str, timeout: float = 0.5) -> bool:
@@ -51,11 +56,18 @@ class Supervisor:
     """Workers read the last config the supervisor accepted (a private copy), never the operator's file
     directly: a worker restarted after a rejected reload starts with the config the others run."""
 
-    def __init__(self, config_path: str, workers: int, accepted_copy: str) -> None:
+    def __init__(self, config_path: str, workers: int, accepted_copy: str, *, metrics_dir: str | None = None,
+                 restart_policy: RestartPolicy | None = None) -> None:
         self._config_path = config_path
         self._accepted_copy = accepted_copy
         self._workers = workers
+        self._metrics_dir = metrics_dir or os.environ["PROMETHEUS_MULTIPROC_DIR"]
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        policy = restart_policy or RestartPolicy()
+        self._restarts = {index: WorkerRestarts(policy) for index in range(workers)}
+        self._restart_due: dict[int, float] = {}  # worker index -> monotonic time of its restart
+        self._stop = asyncio.Event()
+        self._gave_up = False
         self._stopping = False
         self._smart: SmartConfiguration | None = None
         self._client: httpx.AsyncClient | None = None
@@ -65,16 +77,37 @@ class Supervisor:
         command = [sys.executable, "-m", "smartgate", "serve", "--config", self._accepted_copy,
                    "--worker-index", str(index), "--no-http"]
         self._children[index] = subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
+        self._restarts[index].started(time.monotonic())
 
     async def _watch(self) -> None:
         while not self._stopping:
+            now = time.monotonic()
             for index, child in list(self._children.items()):
-                if child.poll() is not None and not self._stopping:
-                    log.error("worker %d exited with %s; restarting", index, child.returncode)
-                    multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
-                    await asyncio.sleep(1)
-                    self._spawn(index)
-            await asyncio.sleep(0.5)
+                if self._stopping:
+                    break
+                due = self._restart_due.get(index)
+                if due is not None:
+                    if now >= due:
+                        del self._restart_due[index]
+                        self._spawn(index)
+                elif child.poll() is not None:
+                    self._worker_died(index, child, now)
+            await asyncio.sleep(WATCH_INTERVAL_SECONDS)
+
+    def _worker_died(self, index: int, child: subprocess.Popen[bytes], now: float) -> None:
+        try:
+            metric_files.retire_process(self._metrics_dir, child.pid)
+        except (OSError, RuntimeError):  # a damaged metric file must not stop the restarts
+            log.exception("could not tidy the metric files of worker %d (pid %d)", index, child.pid)
+        delay = self._restarts[index].crashed(now)
+        if delay is None:
+            log.error("worker %d exited with %s, %d quick crashes in a row; stopping all workers so that the "
+                      "pod is restarted", index, child.returncode, self._restarts[index].quick_crashes)
+            self._gave_up = self._stopping = True  # no more restarts, not even ones already due
+            self._stop.set()
+            return
+        log.error("worker %d exited with %s; restarting in %.1fs", index, child.returncode, delay)
+        self._restart_due[index] = now + delay
 
     async def _all_serving(self) -> bool:
         if self._config.tls is not None:  # no client certificate here: liveness is all we can see
@@ -86,31 +119,17 @@ class Supervisor:
         return sum(1 for child in self._children.values() if child.poll() is None)
 
     def _routes(self) -> dict[str, Route]:
-        async def healthz() -> Response:
-            return text("200 OK", "ok\n") if self._alive() else text("503 Service Unavailable", "no workers\n")
+        async def alive() -> bool:
+            return self._alive() > 0
 
-        async def readyz() -> Response:
-            ready = self._alive() == self._workers and await self._all_serving()
-            return text("200 OK", "ready\n") if ready else text("503 Service Unavailable", "not ready\n")
+        async def ready() -> bool:
+            return self._alive() == self._workers and await self._all_serving()
 
-        async def metrics_page() -> Response:
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(_registry()), {}
+        return http_routes(ready=ready, alive=alive, smart=lambda: self._smart,
+                           render_metrics=lambda: metric_files.render(self._metrics_dir))
 
-        routes: dict[str, Route] = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
-        if self._smart is not None:
-            async def smart_configuration() -> Response:
-                smart = self._smart
-                if smart is None:
-                    return "404 Not Found", "application/json", b'{"error":"not configured"}', {}
-                document = await smart.document()
-                if document is None:
-                    return "503 Service Unavailable", "application/json", b'{"error":"discovery unavailable"}', {}
-                return "200 OK", "application/json", SmartConfiguration.encode(document), dict(CORS_HEADERS)
-
-            routes["/.well-known/smart-configuration"] = smart_configuration
-        return routes
-
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (exit status 0) or a crash loop (``EXIT_CRASH_LOOP``)."""
         for index in range(self._workers):
             self._spawn(index)
         async with httpx.AsyncClient() as client:
@@ -120,19 +139,19 @@ class Supervisor:
             http = HttpListener(self._config.listen.http, self._routes())
             await http.start()
             watcher = asyncio.create_task(self._watch())
-            stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
-            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+            loop.add_signal_handler(signal.SIGINT, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self._reload)
             if getattr(sys, "_smartgate_early_hangup", False):
                 self._reload()
             log.info("smartgate supervisor: %d workers, http %s", self._workers, self._config.listen.http)
-            await stop.wait()
+            await self._stop.wait()
             self._stopping = True
             watcher.cancel()
             await http.stop()
             await asyncio.to_thread(self._stop_children)
+        return EXIT_CRASH_LOOP if self._gave_up else 0
 
     def _accept(self) -> Config:
         """Copy the operator's file once, validate that copy, and only then make it the workers' config:
@@ -174,15 +193,20 @@ class Supervisor:
                 child.kill()
 
 
-def run_supervisor(config_path: str, workers: int) -> None:
-    """Run N workers. Sets PROMETHEUS_MULTIPROC_DIR for them (and this process) first."""
+def run_supervisor(config_path: str, workers: int, restart_policy: RestartPolicy | None = None) -> None:
+    """Run N workers. Sets PROMETHEUS_MULTIPROC_DIR for them (and this process) first.
+    Exits the process with ``EXIT_CRASH_LOOP`` when it gave up on a crash-looping worker."""
     directory = tempfile.mkdtemp(prefix="smartgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     accepted = tempfile.mkdtemp(prefix="smartgate-config-")
+    exit_status = 0
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            supervisor = Supervisor(config_path, workers, os.path.join(accepted, "accepted.yaml"))
-            asyncio.run(supervisor.run())
+            supervisor = Supervisor(config_path, workers, os.path.join(accepted, "accepted.yaml"),
+                                    metrics_dir=directory, restart_policy=restart_policy)
+            exit_status = asyncio.run(supervisor.run())
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(accepted, ignore_errors=True)
+    if exit_status:
+        sys.exit(exit_status)

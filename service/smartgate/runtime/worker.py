@@ -15,7 +15,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from smartgate.config.model import Config, ConfigError, TlsConfig, grpc_address, load_config
+from smartgate.config.model import Config, TlsConfig, grpc_address
+from smartgate.config.parse import ConfigError, load_config
 from smartgate.envoy_glue.authz_service import AuthorizationService, Pipeline
 from smartgate.envoy_glue.check_response import ResponseBuilder
 from smartgate.envoy_glue.ext_proc import ResponseVerifier
@@ -35,9 +35,10 @@ from smartgate.pipeline.authorizer import Authorizer
 from smartgate.pipeline.decision_log import DecisionLog
 from smartgate.pipeline.fhir_lookup import MembershipLookup
 from smartgate.pipeline.public_routes import PublicRoutes
-from smartgate.policy.base import PolicySettings
-from smartgate.runtime.http_listener import HttpListener, Response, Route, text
-from smartgate.runtime.smart_configuration import CORS_HEADERS, SmartConfiguration
+from smartgate.policy import PolicySettings
+from smartgate.runtime.http_listener import HttpListener, Route
+from smartgate.runtime.routes import http_routes
+from smartgate.runtime.smart_configuration import SmartConfiguration
 from smartgate.telemetry import metrics
 from smartgate.tokens.introspection import Introspector
 from smartgate.tokens.jwks import JwksCache
@@ -63,6 +64,13 @@ class Components:
     @property
     def authorizer(self) -> Authorizer:
         return self.pipeline.authorizer
+
+    async def close(self) -> None:
+        """Release what these components opened: the HTTP client and the decision-log and
+        audit files (a reload builds new ones; without this each reload leaked two handles)."""
+        await self.http_client.aclose()
+        self.pipeline.decision_log.close()
+        self.pipeline.audit_log.close()
 
 
 def build_components(config: Config) -> Components:
@@ -106,29 +114,6 @@ def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
-def http_routes(is_ready: Callable[[], bool], smart: SmartConfiguration | None) -> dict[str, Route]:
-    async def healthz() -> Response:
-        return text("200 OK", "ok\n")
-
-    async def readyz() -> Response:
-        return text("200 OK", "ready\n") if is_ready() else text("503 Service Unavailable", "not ready\n")
-
-    async def metrics_page() -> Response:
-        body, content_type = metrics.render_metrics()
-        return "200 OK", content_type, body, {}
-
-    routes: dict[str, Route] = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
-    if smart is not None:
-        async def smart_configuration() -> Response:
-            document = await smart.document()
-            if document is None:
-                return "503 Service Unavailable", "application/json", b'{"error":"discovery unavailable"}', {}
-            return "200 OK", "application/json", SmartConfiguration.encode(document), dict(CORS_HEADERS)
-
-        routes["/.well-known/smart-configuration"] = smart_configuration
-    return routes
-
-
 class Worker:
     """One process's gRPC server, key refresher and config reloader."""
 
@@ -140,6 +125,19 @@ class Worker:
         self._health = health_aio.HealthServicer()
         self.components = build_components(config)
         self._service = AuthorizationService(self.components.pipeline)
+        self._smart = self._smart_configuration()
+
+    def _smart_configuration(self) -> SmartConfiguration | None:
+        """Built on the current components' HTTP client, so rebuilt on each reload (the old
+        client is closed once the reload's grace period is over)."""
+        settings = self.config.smart_configuration
+        return SmartConfiguration(settings, self.components.http_client) if settings else None
+
+    def _http_routes(self) -> dict[str, Route]:
+        async def ready() -> bool:
+            return self.components.ready()
+
+        return http_routes(ready=ready, render_metrics=metrics.render_metrics, smart=lambda: self._smart)
 
     async def _set_serving(self, ready: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -183,13 +181,14 @@ class Worker:
         await fresh.load_keys()
         if not fresh.ready():
             log.error("config reload rejected: the new issuers' keys are unavailable")
-            await fresh.http_client.aclose()
+            await fresh.close()
             return
         self.config, self.components = new_config, fresh
         self._service.pipeline = fresh.pipeline  # atomic swap: each Check uses one pipeline
+        self._smart = self._smart_configuration()
         log.info("config reloaded")
         await asyncio.sleep(self.config.shutdown_grace_seconds)
-        await old.http_client.aclose()
+        await old.close()
 
     async def run(self) -> None:
         config = self.config
@@ -211,9 +210,7 @@ class Worker:
             raise OSError(f"cannot listen on {address}")
         http: HttpListener | None = None
         if self._serve_http:
-            smart = (SmartConfiguration(config.smart_configuration, self.components.http_client)
-                     if config.smart_configuration else None)
-            http = HttpListener(config.listen.http, http_routes(lambda: self.components.ready(), smart))
+            http = HttpListener(config.listen.http, self._http_routes())
             await http.start()
         await server.start()
         refresher = asyncio.create_task(self._keep_keys_fresh())
@@ -241,7 +238,7 @@ class Worker:
         if http is not None:
             await http.stop()
         await server.stop(grace=config.shutdown_grace_seconds)
-        await self.components.http_client.aclose()
+        await self.components.close()
 
 
 def _age(cache: JwksCache) -> float:
