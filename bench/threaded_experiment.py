@@ -147,7 +147,7 @@ async def _build(config: Any) -> Components:
 
 
 def serve(config_path: Path, port: int, threads: int) -> None:
-    from smartgate.config.model import load_config
+    from smartgate.config.parse import load_config
 
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited")  # gather stopped by the probe
     config = load_config(config_path)

@@ -30,7 +30,8 @@ import processes
 import tokens
 from load import THROUGHPUT, Load, parse_output, write_requests, wrk_command
 
-from smartgate.config.model import TokenPolicy, parse_config
+from smartgate.config.model import TokenPolicy
+from smartgate.config.parse import parse_config
 from smartgate.core.expiring_cache import ExpiringCache
 from smartgate.tokens.context import TokenContext, context_from_claims
 

@@ -30,7 +30,7 @@ from smartgate.pipeline.authorizer import Authorizer
 from smartgate.pipeline.decision_log import DecisionLog
 from smartgate.pipeline.fhir_lookup import LookupResult, MembershipLookup
 from smartgate.pipeline.public_routes import PublicRoutes
-from smartgate.policy.base import PolicySettings
+from smartgate.policy import PolicySettings
 from smartgate.policy.plan import MembershipCheck
 from smartgate.tokens.jwks import JwksCache
 from smartgate.tokens.verifier import TokenVerifier

@@ -224,7 +224,7 @@ def _body_mentions(body: bytes, patient: str) -> str | None:
     for entry in entries if isinstance(entries, list) else []:
         request = entry.get("request") if isinstance(entry, dict) else None
         url = request.get("url") if isinstance(request, dict) else None
-        if isinstance(url, str):
+        if isinstance(request, dict) and isinstance(url, str):
             found = _url_mentions(url, str(request.get("method", "")), patient)
             if found:
                 return f"Bundle entry url {url[:80]!r}: {found}"

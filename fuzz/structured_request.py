@@ -6,6 +6,7 @@ tell when a request names another patient."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from envoy.service.auth.v3 import external_auth_pb2
@@ -63,7 +64,7 @@ def _patient(fdp: DataProvider, own: str) -> str:
 
 
 def _fill(template: str, fdp: DataProvider, own: str) -> str:
-    values = {
+    values: dict[str, Callable[[], str]] = {
         "{P}": lambda: _patient(fdp, own),
         "{Q}": lambda: _patient(fdp, own),
         "{T}": lambda: _pick(fdp, TYPES),

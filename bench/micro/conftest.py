@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tokens
 
-from smartgate.config.model import Config, parse_config
+from smartgate.config.model import Config
+from smartgate.config.parse import parse_config
 from smartgate.tokens.jwks import JwksCache
 from smartgate.tokens.verifier import TokenVerifier
 

@@ -11,7 +11,8 @@ import signal
 import sys
 from pathlib import Path
 
-from smartgate.config.model import Config, ConfigError, load_config
+from smartgate.config.model import Config
+from smartgate.config.parse import ConfigError, load_config
 from smartgate.core.http import HttpRequest
 from smartgate.dev.keys import DEV_ISSUER, dev_token
 from smartgate.envoy_glue.bootstrap import EnvoySettings, render_yaml

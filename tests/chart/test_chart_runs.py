@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,10 +19,12 @@ import jwt
 import pytest
 import yaml
 
-from smartgate.dev.demo.runner import find_envoy
 from smartgate.dev.demo.upstream import start_upstream
+from tests.support.idp import IdentityProvider, SigningKeys, new_keys
+from tests.support.ports import free_consecutive_ports, free_port
+from tests.support.processes import running, start_envoy_process, start_smartgate_process
+from tests.support.waits import wait_for
 
-from ..integration.harness import IdentityProvider, SigningKeys, free_port, new_keys, running, wait_for
 from .rendering import CHART, Rendering, load_values, render
 
 pytestmark = pytest.mark.chart
@@ -83,23 +81,9 @@ def _move_ports(envoy: dict[str, Any], smartgate: dict[str, Any], ports: dict[in
         smartgate["listen"][name] = f"127.0.0.1:{ports[int(port)]}"
 
 
-def _free_consecutive_ports(count: int) -> int:
-    """A first port whose next ``count - 1`` ports are free too (worker i serves on the gRPC port + i)."""
-    while True:
-        first = free_port()
-        with contextlib.ExitStack() as held:
-            try:
-                for offset in range(1, count):
-                    sock = held.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", first + offset))
-            except OSError:
-                continue
-        return first
-
-
 def _pod_ports(workers: int) -> dict[int, int]:
     """In-pod port -> free loopback port: Envoy 8080/9902/9901, smartgate HTTP 9190, gRPC 9191 + worker."""
-    grpc = _free_consecutive_ports(workers)
+    grpc = free_consecutive_ports(workers)
     ports = {8080: free_port(), 9902: free_port(), 9901: free_port(), 9190: free_port()}
     ports.update({9191 + worker: grpc + worker for worker in range(workers)})
     return ports
@@ -113,15 +97,10 @@ def _serving(rendering: Rendering, workdir: Path, env: dict[str, str] | None = N
     _move_ports(envoy_config, smartgate_config, ports)
     (workdir / "envoy.yaml").write_text(yaml.safe_dump(envoy_config), encoding="utf-8")
     (workdir / "smartgate.yaml").write_text(yaml.safe_dump(smartgate_config), encoding="utf-8")
-    smartgate = subprocess.Popen(
-        [sys.executable, "-m", "smartgate", "serve", "--config", str(workdir / "smartgate.yaml")],
-        stdout=(workdir / "smartgate.log").open("wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    smartgate = start_smartgate_process(workdir / "smartgate.yaml", workdir / "smartgate.log", env=env)
     with running(smartgate):
         wait_for(f"http://127.0.0.1:{ports[9190]}/readyz", process=smartgate)
-        envoy = subprocess.Popen(
-            [find_envoy(), "-c", str(workdir / "envoy.yaml"), "--use-dynamic-base-id", "--concurrency", "1",
-             "--log-level", "warn"], stdout=(workdir / "envoy.log").open("wb"), stderr=subprocess.STDOUT)
+        envoy = start_envoy_process(workdir / "envoy.yaml", workdir / "envoy.log")
         with running(envoy):
             wait_for(f"http://127.0.0.1:{ports[9902]}/ready", process=envoy)
             yield ports

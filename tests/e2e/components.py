@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tests.integration.harness import wait_for
+from tests.support.waits import wait_for
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 LOCK_FILE = NODE_DIR / "package-lock.json"

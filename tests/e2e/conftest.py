@@ -24,7 +24,9 @@ import httpx
 import pytest
 
 from smartgate.envoy_glue.bootstrap import EnvoySettings
-from tests.integration.harness import free_port, running, start_envoy, start_smartgate
+from tests.support.ports import free_port
+from tests.support.processes import running
+from tests.support.stack import start_envoy, start_smartgate
 
 from . import seed
 from .components import FhirServer, IdentityProvider, ensure_node_modules, start_node, wait_ready

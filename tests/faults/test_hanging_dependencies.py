@@ -15,11 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.harness import IdentityProvider
+from tests.support.fhir_upstream import RecordingUpstream
+from tests.support.idp import IdentityProvider, RotatingKeys
+from tests.support.stack import FaultStack, fault_stack
 
 from .fault_report import report_faults
-from .fault_servers import CountingUpstream, RotatingKeys, SilentServer
-from .fault_stack import FaultStack, fault_stack
+from .fault_servers import SilentServer
 
 pytestmark = pytest.mark.faults
 
@@ -105,27 +106,8 @@ def silent() -> Iterator[SilentServer]:
     server.close()
 
 
-@pytest.fixture
-def upstream() -> Iterator[CountingUpstream]:
-    server = CountingUpstream()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def keys() -> RotatingKeys:
-    return RotatingKeys.generate()
-
-
-@pytest.fixture
-def idp(keys: RotatingKeys) -> Iterator[IdentityProvider]:
-    provider = IdentityProvider(keys)
-    yield provider
-    provider.close()
-
-
 def test_a_hanging_idp_is_a_bounded_503_and_other_issuers_keep_being_served(
-        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: CountingUpstream,
+        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream,
         silent: SilentServer) -> None:
     hung_issuer = silent.url("/idp")  # discovery is accepted and never answered
     issuers = [{"issuer": idp.issuer}, {"issuer": hung_issuer}]
@@ -145,7 +127,7 @@ def test_a_hanging_idp_is_a_bounded_503_and_other_issuers_keep_being_served(
 
 
 def test_a_hanging_introspection_endpoint_is_a_bounded_503(
-        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: CountingUpstream,
+        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream,
         silent: SilentServer) -> None:
     opaque_issuer = {"issuer": "https://opaque.example.org", "introspection": {
         "endpoint": silent.url("/introspect"), "client_id": "smartgate", "client_secret_env": "FAULTS_SECRET",
@@ -166,7 +148,7 @@ def test_a_hanging_introspection_endpoint_is_a_bounded_503(
 
 
 def test_a_hanging_fhir_lookup_is_a_bounded_503(
-        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: CountingUpstream,
+        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream,
         silent: SilentServer) -> None:
     with fault_stack(tmp_path, keys=keys, issuers=[{"issuer": idp.issuer}], upstream=upstream,
                      lookup_url=silent.url("/fhir"), lookup={"timeout_seconds": SMARTGATE_TIMEOUT},
@@ -180,7 +162,7 @@ def test_a_hanging_fhir_lookup_is_a_bounded_503(
 
 
 def test_envoys_timeout_bounds_a_lookup_that_outlasts_it(
-        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: CountingUpstream,
+        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream,
         silent: SilentServer) -> None:
     envoy_timeout = 1.0
     with fault_stack(tmp_path, keys=keys, issuers=[{"issuer": idp.issuer}], upstream=upstream,

@@ -13,12 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.harness import IdentityProvider, free_port
-from tests.integration.production_helpers import grpc_health
+from tests.support.fhir_upstream import RecordingUpstream
+from tests.support.idp import IdentityProvider, RotatingKeys
+from tests.support.ports import free_port
+from tests.support.stack import FaultStack, fault_stack, grpc_health
+from tests.support.waits import seconds_until
 
 from .fault_report import report_faults
-from .fault_servers import CountingUpstream, RotatingKeys
-from .fault_stack import FaultStack, fault_stack, wait_until_true
 
 pytestmark = pytest.mark.faults
 
@@ -28,34 +29,15 @@ FETCH_TIMEOUT = 0.5
 
 
 @pytest.fixture
-def upstream() -> Iterator[CountingUpstream]:
-    server = CountingUpstream()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def keys() -> RotatingKeys:
-    return RotatingKeys.generate()
-
-
-@pytest.fixture
-def idp(keys: RotatingKeys) -> Iterator[IdentityProvider]:
-    provider = IdentityProvider(keys)
-    yield provider
-    provider.close()
-
-
-@pytest.fixture
 def stack(tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider,
-          upstream: CountingUpstream) -> Iterator[FaultStack]:
+          upstream: RecordingUpstream) -> Iterator[FaultStack]:
     jwks = {"min_refresh_interval_seconds": REFRESH_INTERVAL, "fetch_timeout_seconds": FETCH_TIMEOUT}
     with fault_stack(tmp_path, keys=keys, issuers=[{"issuer": idp.issuer}], upstream=upstream, jwks=jwks) as started:
         yield started
 
 
 def test_idp_down_at_start_up_denies_everything_and_allows_once_it_returns(
-        tmp_path: Path, keys: RotatingKeys, upstream: CountingUpstream) -> None:
+        tmp_path: Path, keys: RotatingKeys, upstream: RecordingUpstream) -> None:
     idp_port = free_port()  # nothing listens here yet: discovery is refused
     issuer = f"http://127.0.0.1:{idp_port}/idp"
     with fault_stack(tmp_path, keys=keys, issuers=[{"issuer": issuer}], upstream=upstream, wait="alive") as stack:
@@ -81,7 +63,7 @@ def test_idp_down_at_start_up_denies_everything_and_allows_once_it_returns(
 
         idp = IdentityProvider(keys, port=idp_port)
         try:
-            took = wait_until_true(stack.ready, seconds=8)
+            took = seconds_until(stack.ready, seconds=8)
             assert took is not None, "smartgate did not become ready after the IdP came back"
             assert grpc_health(stack.smartgate.grpc, AUTHORIZATION) == "SERVING"
             allowed = stack.get("/Observation?patient=123", good, request_id="back-1")
@@ -120,7 +102,7 @@ def test_idp_down_later_keeps_the_cached_keys_and_refuses_a_new_key_until_it_ret
 
     back = IdentityProvider(keys, port=idp.port)  # the IdP returns, now publishing ec-2
     try:
-        took = wait_until_true(
+        took = seconds_until(
             lambda: stack.get("/Observation?patient=123", rotated, request_id="new-up").status_code == 200,
             seconds=REFRESH_INTERVAL + FETCH_TIMEOUT + 3)
     finally:

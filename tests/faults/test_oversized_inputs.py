@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.integration.harness import IdentityProvider
+from tests.support.fhir_upstream import RecordingUpstream
+from tests.support.idp import IdentityProvider, RotatingKeys
+from tests.support.stack import FaultStack, fault_stack
 
 from .fault_report import report_faults
-from .fault_servers import CountingUpstream, RotatingKeys
-from .fault_stack import FaultStack, fault_stack
 
 pytestmark = pytest.mark.faults
 
@@ -47,7 +47,7 @@ class Oversized:
 def oversized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oversized]:
     keys = RotatingKeys.generate()
     idp = IdentityProvider(keys)
-    upstream = CountingUpstream()
+    upstream = RecordingUpstream()
     try:
         with fault_stack(tmp_path_factory.mktemp("oversized"), keys=keys, issuers=[{"issuer": idp.issuer}],
                          upstream=upstream, max_request_bytes=MAX_REQUEST_BYTES) as stack:

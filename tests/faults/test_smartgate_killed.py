@@ -15,11 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.harness import IdentityProvider
+from tests.support.fhir_upstream import RecordingUpstream
+from tests.support.idp import IdentityProvider, RotatingKeys
+from tests.support.stack import FaultStack, fault_stack
+from tests.support.waits import seconds_until
 
 from .fault_report import report_faults
-from .fault_servers import CountingUpstream, RotatingKeys
-from .fault_stack import FaultStack, fault_stack, wait_until_true
 
 pytestmark = pytest.mark.faults
 
@@ -30,7 +31,7 @@ LOAD_THREADS = 3
 def stack(tmp_path: Path) -> Iterator[FaultStack]:
     keys = RotatingKeys.generate()
     idp = IdentityProvider(keys)
-    upstream = CountingUpstream()
+    upstream = RecordingUpstream()
     try:
         with fault_stack(tmp_path, keys=keys, issuers=[{"issuer": idp.issuer}], upstream=upstream) as started:
             yield started
@@ -71,7 +72,7 @@ def test_killed_smartgate_lets_nothing_through_and_serves_again_after_restart(
         restarted_at = time.monotonic()
         stack.restart_smartgate(tmp_path / "restarted")
         phase[0] = "after"
-        serving = wait_until_true(
+        serving = seconds_until(
             lambda: stack.get("/Observation?patient=123", stack.token(), request_id="after-restart").status_code == 200,
             seconds=10)
         time.sleep(0.5)  # the load keeps going against the restarted process

@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smartgate.core.http import HttpRequest
+from smartgate.core.reasons import Refusal
 from smartgate.fhir.query import QueryError, parse_query
-from smartgate.fhir.request import FhirRequest, RequestError, parse_fhir_request
+from smartgate.fhir.request import FhirRequest, parse_fhir_request
 from smartgate.fhir.resources import BodyError, parse_resource
-from smartgate.policy.base import PolicySettings, decide
+from smartgate.policy import PolicySettings, decide
 from smartgate.tokens.context import TokenContext
 from smartgate.tokens.scopes import parse_scopes
 
@@ -71,7 +72,7 @@ def test_classifying_any_request_answers_a_fhir_request_or_a_request_error(
     path = BASE_PATH + "/" + "/".join(pieces) + (f"?{query}" if query else "")
     http = HttpRequest(method=method, path=path, headers=headers, body=body, body_truncated=truncated)
     parsed = parse_fhir_request(http, BASE_PATH)
-    assert isinstance(parsed, FhirRequest | RequestError)
+    assert isinstance(parsed, FhirRequest | Refusal)
     if isinstance(parsed, FhirRequest) and truncated and method in ("POST", "PUT", "PATCH"):
         raise AssertionError("a truncated body was classified as complete")
 

@@ -17,7 +17,8 @@ from fuzz.decision_oracle import issued_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smartgate.tokens.bearer import BearerError, extract_bearer
+from smartgate.core.reasons import Refusal
+from smartgate.tokens.bearer import extract_bearer
 
 pytestmark = pytest.mark.fuzz
 
@@ -131,5 +132,5 @@ def test_bearer_extraction_never_raises_and_returns_only_b64tokens(headers: dict
         assert set(token.rstrip("=")) <= set(B64URL + ".~+/")
         assert headers["authorization"].split(" ", 1)[0].lower() == "bearer"
     else:
-        assert token is None or isinstance(token, BearerError)
+        assert token is None or isinstance(token, Refusal)
         assert token is not None or "authorization" not in headers

@@ -9,7 +9,7 @@ from urllib.parse import quote, urlencode
 import httpx
 import pytest
 
-from .conftest import MAX_REQUEST_BYTES, Stack
+from tests.support.stack import MAX_REQUEST_BYTES, Stack
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from smartgate.dev.demo.upstream import MISBEHAVE_TAG
-
-from .conftest import Stack, start_stack
+from tests.support.stack import Stack, start_stack
 
 pytestmark = pytest.mark.integration
 LEAKY_SEARCH = f"/Observation?patient=123&_tag={MISBEHAVE_TAG}"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import Stack
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
 FHIR_JSON = {"content-type": "application/fhir+json"}

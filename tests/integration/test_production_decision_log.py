@@ -23,19 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from smartgate.dev.demo.upstream import start_upstream
 from smartgate.envoy_glue.bootstrap import EnvoySettings, render
-
-from .harness import IdentityProvider, free_port, new_keys, wait_for
-from .production_helpers import (
-    GatedFhir,
-    RecordingUpstream,
-    base_claims,
-    gated_fhir,
-    running_envoy,
-    sign,
-    smartgate_config,
-    stop,
-    wait_until,
-)
+from tests.support.fhir_upstream import RecordingUpstream
+from tests.support.idp import IdentityProvider, base_claims, new_keys, sign
+from tests.support.ports import free_port
+from tests.support.processes import stop
+from tests.support.stack import GatedFhir, gated_fhir, running_envoy, smartgate_config
+from tests.support.waits import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from .production_helpers import GatedFhir, Metrics, decision_counts, gated_fhir, received_smart_headers, wait_until
+from tests.support.metrics import Metrics, decision_counts
+from tests.support.stack import GatedFhir, gated_fhir, received_smart_headers
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 

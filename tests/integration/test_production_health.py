@@ -14,19 +14,11 @@ import pytest
 
 from smartgate.dev.demo.upstream import start_upstream
 from smartgate.envoy_glue.bootstrap import EnvoySettings, render
-
-from .harness import IdentityProvider, free_port, new_keys
-from .production_helpers import (
-    base_claims,
-    gated_fhir,
-    grpc_health,
-    launch_smartgate,
-    running_envoy,
-    sign,
-    smartgate_config,
-    stop,
-    wait_until,
-)
+from tests.support.idp import IdentityProvider, base_claims, new_keys, sign
+from tests.support.ports import free_port
+from tests.support.processes import stop
+from tests.support.stack import gated_fhir, grpc_health, launch_smartgate, running_envoy, smartgate_config
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from smartgate import __version__
 from smartgate.core.reasons import Reason
-
-from .harness import IdentityProvider
-from .production_helpers import GatedFhir, Metrics, base_claims, decision_counts, gated_fhir, sign
+from tests.support.idp import IdentityProvider, base_claims, sign
+from tests.support.metrics import Metrics, decision_counts
+from tests.support.stack import GatedFhir, gated_fhir
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from .harness import IdentityProvider, new_keys
-from .production_helpers import GatedFhir, base_claims, gated_fhir, received_smart_headers, sign
+from tests.support.idp import IdentityProvider, base_claims, new_keys, sign
+from tests.support.stack import GatedFhir, gated_fhir, received_smart_headers
 
 pytestmark = pytest.mark.integration
 

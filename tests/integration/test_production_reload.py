@@ -17,9 +17,11 @@ import httpx
 import pytest
 
 from smartgate.config.model import DEFAULT_PATIENT_CLOSED_TYPES
-
-from .harness import IdentityProvider, free_port, new_keys
-from .production_helpers import GatedFhir, gated_fhir, launch_smartgate, smartgate_config, stop, wait_until
+from tests.support.idp import IdentityProvider, new_keys
+from tests.support.ports import free_port
+from tests.support.processes import stop
+from tests.support.stack import GatedFhir, gated_fhir, launch_smartgate, smartgate_config
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 

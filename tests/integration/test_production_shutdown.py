@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from . import production_helpers
-from .production_helpers import RecordingUpstream, gated_fhir, smartgate_config, wait_until
+from tests.support import stack as support_stack
+from tests.support.fhir_upstream import RecordingUpstream
+from tests.support.stack import gated_fhir, smartgate_config
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +99,7 @@ def cut_off(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CutOff]:
 
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(production_helpers, "smartgate_config", with_long_lookup_timeout)
+            patch.setattr(support_stack, "smartgate_config", with_long_lookup_timeout)
             stack = gated_fhir(tmp_path_factory.mktemp("shutdown-grace"), upstream_url=stalled.url,
                                shutdown_grace_seconds=SHORT_GRACE_SECONDS, envoy={"authz_timeout_seconds": 30.0})
             with stack as gated, ThreadPoolExecutor(1) as pool:

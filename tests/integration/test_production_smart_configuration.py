@@ -9,8 +9,7 @@ import httpx
 import pytest
 
 from smartgate.config.model import DEFAULT_CAPABILITIES
-
-from .production_helpers import GatedFhir, gated_fhir
+from tests.support.stack import GatedFhir, gated_fhir
 
 pytestmark = pytest.mark.integration
 

@@ -11,17 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from .harness import free_port
-from .production_helpers import (
-    GatedFhir,
-    TlsFiles,
-    gated_fhir,
-    grpc_health,
-    make_tls_files,
-    received_smart_headers,
-    running_envoy,
-    with_upstream_tls,
-)
+from tests.support.ports import free_port
+from tests.support.stack import GatedFhir, gated_fhir, grpc_health, received_smart_headers, running_envoy
+from tests.support.tls import TlsFiles, make_tls_files, with_upstream_tls
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,9 @@ import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .production_helpers import GatedFhir, Metrics, decision_counts, gated_fhir, grpc_health, wait_until
+from tests.support.metrics import Metrics, decision_counts
+from tests.support.stack import GatedFhir, gated_fhir, grpc_health
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..integration.harness import SigningKeys, new_keys
+from tests.support.idp import SigningKeys, new_keys
 
 
 @dataclass

@@ -36,13 +36,15 @@ from typing import Any
 import httpx
 import pytest
 
-from ..integration.production_helpers import gated_fhir
+from tests.support.fhir_upstream import RecordingUpstream
+from tests.support.stack import gated_fhir
+
 from .process_memory import RssSampler
-from .recording_upstream import MARKER_HEADER, RecordingFhirServer
 from .rotating_keys import RotatingKeys
 from .traffic import (
     CONTEXT_PATIENT,
     EXPIRED,
+    MARKER_HEADER,
     MIX,
     NO_TOKEN,
     OTHER_PATIENT,
@@ -194,7 +196,7 @@ class Verdicts:
     key_2_requests: int = 0
 
 
-def judge(outcomes: list[Outcome], upstream: RecordingFhirServer) -> Verdicts:
+def judge(outcomes: list[Outcome], upstream: RecordingUpstream) -> Verdicts:
     verdicts = Verdicts()
     for outcome in outcomes:
         probe, expected = outcome.probe, outcome.probe.expected
@@ -202,7 +204,7 @@ def judge(outcomes: list[Outcome], upstream: RecordingFhirServer) -> Verdicts:
         verdicts.by_probe[probe.name] += 1
         if outcome.kid == "key-2" and outcome.status < 400:
             verdicts.key_2_requests += 1
-        reached = upstream.received(outcome.marker)
+        reached = upstream.saw_header(MARKER_HEADER, outcome.marker)
         where = f"{probe.name} ({probe.method} {probe.path or '/'}, kid {outcome.kid})"
         if not expected.reaches_upstream and reached:
             verdicts.wrong.append(f"{where}: reached the FHIR server although it must be denied before it")
@@ -235,7 +237,7 @@ def rss_figures(samples: list[tuple[float, float]]) -> tuple[float, float, float
 def test_mixed_traffic_with_token_churn_and_key_rotation_never_decides_wrong(tmp_path: Path) -> None:
     keys = RotatingKeys.start("key-1")
     keys.add("key-2")
-    upstream = RecordingFhirServer()
+    upstream = RecordingUpstream(answers="demo")
     try:
         with gated_fhir(
             tmp_path, keys=keys, upstream_url=upstream.url, workers=2, smartgate_args=("--workers", "2"),

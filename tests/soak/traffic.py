@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 from smartgate.dev.demo.upstream import FAULT_ID, MISBEHAVE_TAG
 
+# Every soak request carries a unique marker in this header; smartgate's own compartment look-ups
+# do not. The FHIR server's record of the markers it saw is its account of what Envoy let through.
+MARKER_HEADER = "x-soak-request"
 CONTEXT_PATIENT = "123"
 OTHER_PATIENT = "456"
 # Condition.cr, not .c: with response verification enforced, the created Condition the FHIR server

@@ -20,8 +20,9 @@ from jwt.algorithms import ECAlgorithm
 
 from smartgate.config.model import IssuerConfig, JwksPolicy, LookupConfig, PublicRoute, TokenPolicy
 from smartgate.core.http import HttpRequest
-from smartgate.fhir.request import FhirRequest, RequestError, parse_fhir_request
-from smartgate.policy.base import PolicySettings, decide
+from smartgate.core.reasons import Refusal
+from smartgate.fhir.request import FhirRequest, parse_fhir_request
+from smartgate.policy import PolicySettings, decide
 from smartgate.policy.decision import Decision
 from smartgate.policy.plan import Pending
 from smartgate.tokens.context import TokenContext
@@ -125,9 +126,9 @@ def decide_body(
     return decide(body_request(path, method, body, content_type, headers), token_context(scope, patient), settings)
 
 
-def request_error(request: HttpRequest) -> RequestError:
+def request_error(request: HttpRequest) -> Refusal:
     parsed = parse_fhir_request(request, BASE_PATH)
-    assert isinstance(parsed, RequestError), parsed
+    assert isinstance(parsed, Refusal), parsed
     return parsed
 
 

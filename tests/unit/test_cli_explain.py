@@ -8,7 +8,6 @@ so nothing leaves the machine.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from smartgate.cli import main
 from smartgate.dev.demo.upstream import start_upstream
+from tests.support.ports import free_port
 
 from .token_helpers import b64url_json
 
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.usefixtures("cli_isolation")
 ISSUER = "https://idp.explain.test"
 BASE_URL = "https://fhir.explain.test/fhir"
 KID = "explain-es256"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

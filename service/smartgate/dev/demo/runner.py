@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from smartgate.config.model import parse_config
+from smartgate.config.parse import parse_config
 from smartgate.dev.demo.upstream import start_upstream
 from smartgate.dev.keys import dev_token, ensure_dev_keys
 from smartgate.envoy_glue.bootstrap import EnvoySettings, render_yaml
