@@ -6,12 +6,18 @@ STAMP := $(VENV)/.installed
 E2E_NODE := tests/e2e/node
 E2E_STAMP := $(E2E_NODE)/node_modules/.e2e-lock-sha256
 
-.PHONY: run test unit integration lint envoy-config clean e2e e2e-deps chart-test chart-lint hadolint image bench bench-micro bench-deps fuzz soak
+.PHONY: help run test unit integration lint envoy-config clean e2e e2e-deps chart-test chart-lint hadolint image bench bench-micro bench-deps fuzz soak
+.DEFAULT_GOAL := help
 
+## help: every target with its line of documentation
+help:
+	@awk '/^## [a-z0-9-]+:/ { sub(/^## /, ""); print; next } /^##  / { sub(/^##/, "  "); print }' $(MAKEFILE_LIST)
+
+# The one install path: the dev extra holds the lint, test and bench extras, so every target below finds its tools.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 ## run: Envoy + smartgate + a demo FHIR server on loopback, with the embedded default config
@@ -19,13 +25,15 @@ run: $(STAMP)
 	$(BIN)/smartgate demo --state-dir .smartgate-dev
 
 ## test: the whole suite (unit, real-Envoy integration, end-to-end with real components, chart,
-##       fuzz (bounded), fault injection, short soak, benchmark smoke)
+##       fuzz (bounded), fault injection, short soak, benchmark smoke), with line coverage of smartgate
 test: $(STAMP) e2e-deps bench-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --cov=smartgate --cov-report=term
 
+## unit: the unit tests alone (no Envoy, no servers; seconds)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
+## integration: the tests that drive a real Envoy binary in front of smartgate
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
@@ -41,10 +49,11 @@ $(E2E_STAMP): $(E2E_NODE)/package-lock.json $(E2E_NODE)/package.json
 e2e: $(STAMP) e2e-deps
 	$(BIN)/pytest -q tests/e2e
 
-## lint: ruff, mypy, Helm chart lint, Dockerfile lint
+## lint: ruff, mypy, the import layers and rules (import-linter, pyproject.toml), Helm chart lint, Dockerfile lint
 lint: $(STAMP) chart-lint hadolint
 	$(BIN)/ruff check service tests tools bench fuzz
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 ## chart-lint: helm lint (Helm v4 in-process, helm-python-sdk) with every values file
 chart-lint: $(STAMP)
@@ -87,11 +96,12 @@ fuzz: $(STAMP)
 ## soak: a 10-minute run of mixed traffic through Envoy with token churn and key rotation
 SOAK_SECONDS ?= 600
 soak: $(STAMP)
-	SMARTGATE_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q -s tests/soak
+	SMARTGATE_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q -s --timeout=$$(awk 'BEGIN { print int($(SOAK_SECONDS)) + 300 }') tests/soak
 
 ## envoy-config: regenerate the shipped envoy/envoy.yaml
 envoy-config: $(STAMP)
 	$(BIN)/smartgate envoy-config > envoy/envoy.yaml
 
+## clean: remove the venv, the demo's state and every tool's cache
 clean:
-	rm -rf $(VENV) .smartgate-dev .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .smartgate-dev .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .coverage
