@@ -59,11 +59,11 @@ def ensure_node_modules() -> Path:
 
 
 def start_node(script: str, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = log_path.open("wb")
-    return subprocess.Popen(
-        [str(NODE_BINARY), script, *args], cwd=NODE_DIR, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "NODE_ENV": "test"},
-    )
+    with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [str(NODE_BINARY), script, *args], cwd=NODE_DIR, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "NODE_ENV": "test"},
+        )
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, seconds: float = 30.0) -> None:

@@ -29,6 +29,20 @@ def test_missing_token_is_401_with_a_bare_bearer_challenge(stack: Stack) -> None
     assert response.headers["www-authenticate"] == f'Bearer realm="{stack.base_url}"'
 
 
+@pytest.mark.parametrize("credentials", ["Basic dXNlcjpwYXNz", "Digest username=\"u\"", "DPoP abc.def.ghi"])
+def test_another_authentication_scheme_is_401_with_a_bare_bearer_challenge(stack: Stack, credentials: str) -> None:
+    """RFC 6750 section 3.1: no error code when the request used another authentication method."""
+    response = stack.get("/Observation?patient=123", headers={"authorization": credentials})
+    assert_denied(response, 401, "authentication_scheme_unsupported")
+    assert response.headers["www-authenticate"] == f'Bearer realm="{stack.base_url}"'
+
+
+def test_a_bearer_header_without_a_token_is_still_400_invalid_request(stack: Stack) -> None:
+    response = stack.get("/Observation?patient=123", headers={"authorization": "Bearer a,b"})
+    assert_denied(response, 400, "authorization_header_malformed")
+    assert 'error="invalid_request"' in response.headers["www-authenticate"]
+
+
 def test_bad_signature_is_401_invalid_token(stack: Stack) -> None:
     token = stack.token()
     header, payload, signature = token.split(".")

@@ -93,9 +93,10 @@ class Demo:
     def start_reading(self) -> None:
         def pump() -> None:
             assert self.process.stdout is not None
-            for line in self.process.stdout:
-                self.lines.append(line)
-                self._queue.put(line)
+            with self.process.stdout:  # closed at end of output, not left to the garbage collector
+                for line in self.process.stdout:
+                    self.lines.append(line)
+                    self._queue.put(line)
             self._queue.put(None)
         threading.Thread(target=pump, name="demo-stdout", daemon=True).start()
 

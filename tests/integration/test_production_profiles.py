@@ -93,6 +93,16 @@ def test_auth0_namespaced_claims_and_no_fhir_user(profiles: Profiles) -> None:
     }
 
 
+def test_auth0_namespaced_patient_id_as_the_auth0_guide_adds_it(profiles: Profiles) -> None:
+    """The Auth0 SMART guide's Rule adds a namespaced ``patient_id`` claim (it was a 401 before)."""
+    token = profiles.token("auth0", {
+        "sub": "auth0|65f0c0ffee", "azp": "auth0SmartClient1", "scope": "launch/patient patient/Observation.rs",
+        f"{NAMESPACE}patient_id": "123", "aud": AUTH0_AUDIENCE,
+    }, alg="RS256")
+    headers = _through_envoy(profiles, token)
+    assert headers is not None and headers["x-smart-patient"] == "123"
+
+
 def test_keycloak_patient_id_and_azp(profiles: Profiles) -> None:
     token = profiles.token("keycloak", {
         "sub": "f1e2d3c4-0000-4000-8000-000000000001", "typ": "Bearer", "azp": "kc-smart-app",

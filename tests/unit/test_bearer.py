@@ -44,18 +44,24 @@ def test_b64token_alphabet_with_padding_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [
-        f"Basic {JWT_LIKE}",
-        f"DPoP {JWT_LIKE}",
-        f"Token {JWT_LIKE}",
-        f"Bearer-{JWT_LIKE}",
-        f"Bearer\t{JWT_LIKE}",
-        f" Bearer {JWT_LIKE}",
-        JWT_LIKE,
-    ],
-    ids=["basic", "dpop", "token", "no-space", "tab", "leading-space", "no-scheme"],
+    [f"Basic {JWT_LIKE}", f"DPoP {JWT_LIKE}", f"Token {JWT_LIKE}", "Digest username=\"a\", realm=\"b\"", "basic abc"],
+    ids=["basic", "dpop", "token", "digest", "lower-case"],
 )
-def test_non_bearer_scheme_is_malformed_header(value: str) -> None:
+def test_another_authentication_scheme_gets_the_bare_challenge(value: str) -> None:
+    """RFC 6750 section 3.1: a request with an unsupported authentication method is a 401 whose
+    challenge carries no error code (the README's interaction with Basic was a 400 before)."""
+    result = extract_bearer({"authorization": value}, MAX)
+    assert _reason(result) is Reason.AUTHENTICATION_SCHEME_UNSUPPORTED
+    assert (Reason.AUTHENTICATION_SCHEME_UNSUPPORTED.http_status,
+            Reason.AUTHENTICATION_SCHEME_UNSUPPORTED.bearer_error) == (401, None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [f"Bearer-{JWT_LIKE}", f"Bearer\t{JWT_LIKE}", f" Bearer {JWT_LIKE}", JWT_LIKE, "Ba(sic abc"],
+    ids=["no-space", "tab", "leading-space", "no-scheme", "not-a-scheme"],
+)
+def test_a_header_that_is_no_scheme_and_credentials_is_malformed(value: str) -> None:
     assert _reason(extract_bearer({"authorization": value}, MAX)) is Reason.AUTHORIZATION_HEADER_MALFORMED
 
 
@@ -121,7 +127,7 @@ def test_oversized_token_with_illegal_characters_is_still_rejected() -> None:
 
 
 def test_bearer_error_reasons_have_the_documented_http_status() -> None:
-    header = extract_bearer({"authorization": "Basic abc"}, MAX)
+    header = extract_bearer({"authorization": "Bearer a,b"}, MAX)
     oversized = extract_bearer({"authorization": "Bearer " + "a" * (MAX + 1)}, MAX)
     assert isinstance(header, Refusal)
     assert isinstance(oversized, Refusal)

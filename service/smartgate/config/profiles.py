@@ -4,7 +4,7 @@
 |----------|-----------------------------|----------------------------|---------------------|----------------|
 | generic  | ``scope`` string (or ``scp``) | ``patient``              | ``fhirUser``        | ``client_id``  |
 | okta     | ``scp`` array               | ``launch_response_patient`` | ``fhirUser`` (URL)  | ``cid``        |
-| auth0    | ``scope`` string            | ``{ns}patient``            | ``{ns}fhirUser``    | ``azp``        |
+| auth0    | ``scope`` string            | ``{ns}patient`` or ``{ns}patient_id`` | ``{ns}fhirUser``    | ``azp``        |
 | keycloak | ``scope`` string            | ``patient_id``             | ``fhirUser``        | ``azp``        |
 | entra    | ``scp`` string, dotted      | ``patient``                | ``fhirUser``        | ``azp``/``appid`` |
 
@@ -44,7 +44,8 @@ def claim_names_for(profile: ProfileName, namespace: str = "") -> ClaimNames:
         return ClaimNames(scope=("scp", "scope"), patient=("launch_response_patient", "patient"),
                           fhir_user=("fhirUser",), client_id=("cid", "client_id"), subject=("sub",))
     if profile == "auth0":
-        return ClaimNames(scope=("scope",), patient=(f"{namespace}patient", "patient"),
+        # The Auth0 guide's Rule adds a namespaced ``patient_id``; a namespaced ``patient`` is read first.
+        return ClaimNames(scope=("scope",), patient=(f"{namespace}patient", f"{namespace}patient_id", "patient"),
                           fhir_user=(f"{namespace}fhirUser", "fhirUser"), client_id=("azp", "client_id"),
                           subject=("sub",))
     if profile == "keycloak":

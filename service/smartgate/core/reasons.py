@@ -28,6 +28,7 @@ class Reason(enum.Enum):
 
     # 401: no usable token.
     TOKEN_MISSING = ("token_missing", 401, None)
+    AUTHENTICATION_SCHEME_UNSUPPORTED = ("authentication_scheme_unsupported", 401, None)  # RFC 6750 section 3.1
     TOKEN_MALFORMED = ("token_malformed", 401, "invalid_token")
     TOKEN_ALGORITHM_NOT_ALLOWED = ("token_algorithm_not_allowed", 401, "invalid_token")
     TOKEN_TYPE_NOT_ALLOWED = ("token_type_not_allowed", 401, "invalid_token")

@@ -9,6 +9,8 @@ from smartgate.core.reasons import Reason, Refusal
 
 # RFC 6750 section 2.1 b64token.
 _TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*\Z")
+# RFC 9110 section 11.1 auth-scheme (a token), followed by credentials.
+_OTHER_SCHEME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S")
 
 
 def extract_bearer(headers: Mapping[str, str], max_bytes: int) -> str | Refusal | None:
@@ -18,7 +20,10 @@ def extract_bearer(headers: Mapping[str, str], max_bytes: int) -> str | Refusal 
         return None
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer":
-        return Refusal(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Authorization scheme must be Bearer")
+        if _OTHER_SCHEME.match(value):
+            # RFC 6750 section 3.1: a request with another authentication method gets the bare challenge.
+            return Refusal(Reason.AUTHENTICATION_SCHEME_UNSUPPORTED, "the Authorization scheme must be Bearer")
+        return Refusal(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Authorization header is not Bearer <token>")
     token = token.strip(" ")
     if not token:
         return Refusal(Reason.AUTHORIZATION_HEADER_MALFORMED, "the Bearer credentials are empty")
