@@ -87,8 +87,13 @@ async def test_missing_token_is_401(harness: Harness) -> None:
     assert decision.http_status == 401
 
 
-async def test_non_bearer_authorization_is_400(harness: Harness) -> None:
+async def test_another_authentication_scheme_is_401_without_an_error_code(harness: Harness) -> None:
     decision = await harness.decide("/Observation?patient=123", headers={"authorization": "Basic dXNlcjpwdw=="})
+    assert decision.reason is Reason.AUTHENTICATION_SCHEME_UNSUPPORTED
+
+
+async def test_a_bearer_header_without_a_token_is_400(harness: Harness) -> None:
+    decision = await harness.decide("/Observation?patient=123", headers={"authorization": "Bearer "})
     assert decision.reason is Reason.AUTHORIZATION_HEADER_MALFORMED
 
 

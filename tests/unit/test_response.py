@@ -118,12 +118,16 @@ def test_deny_grpc_status(reason: Reason, code: int) -> None:
     assert build(Decision(reason, "denied")).status.code == code
 
 
-def test_missing_token_challenge_has_no_error_attribute() -> None:
-    headers = headers_of(build(Decision(Reason.TOKEN_MISSING, "a bearer token is required")).denied_response.headers)
+BARE_CHALLENGE = (Reason.TOKEN_MISSING, Reason.AUTHENTICATION_SCHEME_UNSUPPORTED)  # RFC 6750 section 3.1
+
+
+@pytest.mark.parametrize("reason", BARE_CHALLENGE)
+def test_missing_token_or_another_scheme_challenge_has_no_error_attribute(reason: Reason) -> None:
+    headers = headers_of(build(Decision(reason, "a bearer token is required")).denied_response.headers)
     assert headers["www-authenticate"] == f'Bearer realm="{REALM}"'
 
 
-@pytest.mark.parametrize("reason", [r for r in DENY_REASONS if r.http_status == 401 and r is not Reason.TOKEN_MISSING])
+@pytest.mark.parametrize("reason", [r for r in DENY_REASONS if r.http_status == 401 and r not in BARE_CHALLENGE])
 def test_token_errors_challenge_with_invalid_token(reason: Reason) -> None:
     challenge = headers_of(build(Decision(reason, "bad token")).denied_response.headers)["www-authenticate"]
     assert challenge == f'Bearer realm="{REALM}", error="invalid_token", error_description="bad token"'

@@ -35,7 +35,7 @@ from smartgate.config.checks import (
 )
 from smartgate.config.profiles import ClaimNames as ClaimNames
 from smartgate.config.profiles import ProfileName
-from smartgate.fhir.definitions import RESOURCE_TYPES
+from smartgate.fhir.definitions import RESOURCE_TYPES, search_parameter
 
 Mode = Literal["enforce", "dry_run"]
 """enforce: deny what the rules deny. dry_run: decide, log and count, but allow everything."""
@@ -51,9 +51,12 @@ DEFAULT_TOKEN_TYPES: tuple[str, ...] = ("at+jwt", "application/at+jwt", "jwt")
 # Types outside the R4 Patient compartment that routinely carry patient data: a patient/
 # scope does not open them unless the operator changes ``patient_closed_types``.
 DEFAULT_PATIENT_CLOSED_TYPES: frozenset[str] = frozenset({
-    "Binary", "Bundle", "Contract", "Device", "GuidanceResponse", "Linkage", "MessageHeader", "Parameters",
+    "Binary", "Bundle", "Contract", "GuidanceResponse", "Linkage", "MessageHeader", "Parameters",
     "Subscription", "Task",
 })
+# Types outside the R4 Patient compartment that are bound to one patient through a reference search
+# parameter and element, handled like compartment types (US Core's Implantable Device: Device.patient).
+DEFAULT_EXTRA_BINDINGS: Mapping[str, tuple[str, ...]] = {"Device": ("patient",)}
 DEFAULT_CAPABILITIES = (
     "launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",
     "client-confidential-asymmetric", "context-ehr-patient", "context-standalone-patient", "sso-openid-connect",
@@ -98,6 +101,25 @@ def _resource_types(key: str, value: Any) -> frozenset[str]:
         if item not in RESOURCE_TYPES:
             raise ConfigError(f"{key}[{i}]", f"{item!r} is not a FHIR R4 resource type")
     return frozenset(value)
+
+
+def _extra_bindings(key: str, value: Any) -> Mapping[str, tuple[str, ...]]:
+    """``{Type: [param, ...]}``: each a reference search parameter of that type that can target Patient."""
+    from_file = mapping(key, value)
+    bindings: dict[str, tuple[str, ...]] = {}
+    for resource_type, params in from_file.items():
+        if resource_type not in RESOURCE_TYPES:
+            raise ConfigError(f"{key}.{resource_type}", f"{resource_type!r} is not a FHIR R4 resource type")
+        names = string_list(f"{key}.{resource_type}", params)
+        if not names:
+            raise ConfigError(f"{key}.{resource_type}", "must name at least one search parameter")
+        for i, name in enumerate(names):
+            info = search_parameter(resource_type, name)
+            if info is None or info.type != "reference" or "Patient" not in info.targets:
+                raise ConfigError(f"{key}.{resource_type}[{i}]",
+                                  f"{name!r} is not a {resource_type} reference search parameter that targets Patient")
+        bindings[resource_type] = names
+    return bindings
 
 
 def _context_header_name(key: str, value: Any) -> str:
@@ -226,6 +248,17 @@ class ResponseVerificationConfig:
 
 
 @dataclass(frozen=True)
+class CompartmentConfig:
+    """How far a patient's compartment reaches beyond the official R4 definition."""
+
+    # R4's Patient compartment lists Patient.link: B's record linking to A would be in A's compartment.
+    # Off by default: the context patient is the only Patient resource in it (as HAPI's interceptors do).
+    follow_patient_links: bool = field(default=False, metadata=check(boolean))
+    extra_binding_params: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_EXTRA_BINDINGS), metadata=check(_extra_bindings))
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """Paths only; parse checks that each file exists."""
 
@@ -305,6 +338,10 @@ class Config:
     operations: tuple[OperationRule, ...] = field(default=(), metadata=check(each(OperationRule)))
     response_verification: ResponseVerificationConfig = field(
         default_factory=ResponseVerificationConfig, metadata=check(nested(ResponseVerificationConfig)))
+    # Under patient/ scopes, a search of a bound type that names no patient is narrowed to the context
+    # patient (Envoy's query_parameters_to_set) instead of refused.
+    search_narrowing: bool = field(default=True, metadata=check(boolean))
+    compartment: CompartmentConfig = field(default_factory=CompartmentConfig, metadata=check(nested(CompartmentConfig)))
 
 
 def grpc_address(config: Config, worker_index: int) -> str:
