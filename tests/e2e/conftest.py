@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from smartgate.config.model import VerificationMode
 from smartgate.envoy_glue.bootstrap import EnvoySettings
 from tests.support.ports import free_port
 from tests.support.processes import running
@@ -181,7 +182,9 @@ def components(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Components]
 
 
 @contextlib.contextmanager
-def _gateway(parts: Components, name: str, envoy_port: int, response_verification: str) -> Iterator[E2EStack]:
+def _gateway(
+    parts: Components, name: str, envoy_port: int, response_verification: VerificationMode
+) -> Iterator[E2EStack]:
     """smartgate + Envoy (rendered by smartgate.envoy_glue.bootstrap) in front of the shared FHIR server."""
     started = time.monotonic()
     workdir = parts.workdir / name

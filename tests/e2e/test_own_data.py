@@ -45,7 +45,9 @@ def test_reads_vreads_and_searches_of_own_data(gateway: E2EStack) -> None:
     for ref in sorted(a.resources):
         assert assert_ok(gateway.get(f"/{ref}", token))["id"] == ref.split("/")[1], ref
     obs = f"Observation/{a.ids('Observation')[0]}"
-    version = gateway.fhir.resource(obs)["meta"]["versionId"]  # type: ignore[index]
+    resource = gateway.fhir.resource(obs)
+    assert resource is not None, obs
+    version = resource["meta"]["versionId"]
     assert assert_ok(gateway.get(f"/{obs}/_history/{version}", token))["meta"]["versionId"] == version
     for path in (f"Observation?patient={a.patient_id}", f"Patient/{a.patient_id}/Condition",
                  f"Coverage?beneficiary=Patient/{a.patient_id}", f"Patient?_id={a.patient_id}"):

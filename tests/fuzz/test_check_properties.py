@@ -24,7 +24,8 @@ FORM = "application/x-www-form-urlencoded"
 
 
 def _denied(response: external_auth_pb2.CheckResponse) -> bool:
-    return response.WhichOneof("http_response") == "denied_response"
+    kind: str | None = response.WhichOneof("http_response")  # the protobuf modules ship no stubs
+    return kind == "denied_response"
 
 
 @PROPERTY

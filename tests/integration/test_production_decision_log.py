@@ -97,7 +97,9 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
             assert len(forwarded) == 1
             decisions = {entry["request_id"]: entry for entry in gated.smartgate.decisions()}
             audits = {_request_id_of(event): event for event in gated.smartgate.audit_events()}
-            raw = gated.smartgate.decision_log_path.read_text() + audit.read_text()  # type: ignore[union-attr]
+            decision_log = gated.smartgate.decision_log_path
+            assert decision_log is not None  # smartgate_config logs decisions to a file by default
+            raw = decision_log.read_text() + audit.read_text()
             yield Logged(gated, echo, tokens, statuses, decisions, audits, forwarded[0]["x-request-id"], window,
                          raw)
     finally:

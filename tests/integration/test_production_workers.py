@@ -68,6 +68,7 @@ def _decisions_by_pid(metrics_dir: Path) -> dict[int, int]:
     counts = {}
     for path in metrics_dir.glob("counter_*.db"):
         pid = int(path.stem.split("_")[1])
+        # prometheus-client's MultiProcessCollector.merge is unannotated.
         for family in MultiProcessCollector.merge([str(path)]):  # type: ignore[no-untyped-call]
             if family.name == "smartgate_decisions":
                 counts[pid] = int(sum(s.value for s in family.samples if s.name == "smartgate_decisions_total"))

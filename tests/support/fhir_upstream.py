@@ -118,6 +118,8 @@ def _search_totals_handler(upstream: RecordingUpstream, delay: float,
 def _demo_handler(upstream: RecordingUpstream, base_path: str) -> type[BaseHTTPRequestHandler]:
     demo = make_handler(FhirStore(SEED), base_path)
 
+    # make_handler builds its class per store, and declares it as BaseHTTPRequestHandler, which has none of the
+    # demo's do_* methods or its _send/_read_body: mypy cannot take a class held in a variable as a base.
     class Handler(demo):  # type: ignore[valid-type,misc]
         def do_GET(self) -> None:  # noqa: N802 (BaseHTTPRequestHandler names)
             upstream.record(self)

@@ -12,14 +12,18 @@ from smartgate.fhir.request import FhirRequest, Interaction, is_valid_id, parse_
 from tests.unit.policy_helpers import BASE_PATH, form_post, http, request_error
 
 
-def classify(path: str, method: str = "GET", **kwargs: object) -> FhirRequest:
-    parsed = parse_fhir_request(http(BASE_PATH + path, method, **kwargs), BASE_PATH)  # type: ignore[arg-type]
+def classify(
+    path: str, method: str = "GET", *, headers: dict[str, str] | None = None, body: bytes | None = None
+) -> FhirRequest:
+    parsed = parse_fhir_request(http(BASE_PATH + path, method, headers, body), BASE_PATH)
     assert isinstance(parsed, FhirRequest), parsed
     return parsed
 
 
-def error_reason(path: str, method: str = "GET", **kwargs: object) -> Reason:
-    return request_error(http(BASE_PATH + path, method, **kwargs)).reason  # type: ignore[arg-type]
+def error_reason(
+    path: str, method: str = "GET", *, headers: dict[str, str] | None = None, body: bytes | None = None
+) -> Reason:
+    return request_error(http(BASE_PATH + path, method, headers, body)).reason
 
 
 # --- interactions -------------------------------------------------------------------------------

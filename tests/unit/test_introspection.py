@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from smartgate.config.model import (
+    AuthMethod,
     IntrospectionConfig,
     IssuerConfig,
     LookupConfig,
@@ -100,7 +101,7 @@ def issuer_config(
     endpoint: str = ENDPOINT,
     client_id: str = CLIENT_ID,
     client_secret: str = CLIENT_SECRET,
-    auth_method: str = "client_secret_basic",
+    auth_method: AuthMethod = "client_secret_basic",
     max_ttl: float = 60.0,
     timeout: float = 2.0,
 ) -> IssuerConfig:
@@ -559,7 +560,9 @@ async def test_an_introspected_token_gives_the_same_context_as_a_jwt_with_the_sa
     endpoint: IntrospectionEndpoint, tmp_path: Path
 ) -> None:
     exp = int(time.time()) + 600
-    claims = {"sub": "u-7", "client_id": "app-9", "fhirUser": f"{FHIR_BASE_URL}/Practitioner/9", "exp": exp}
+    claims: dict[str, Any] = {
+        "sub": "u-7", "client_id": "app-9", "fhirUser": f"{FHIR_BASE_URL}/Practitioner/9", "exp": exp,
+    }
     key = SigningKey(tmp_path)
     async with offline_client() as offline:
         from_jwt = await file_verifier(key, offline).verify(key.token(SCOPE, "Patient/123", **claims))

@@ -347,9 +347,11 @@ async def test_idp_down_from_the_start_makes_the_verifier_answer_jwks_unavailabl
 
 
 @pytest.mark.parametrize("error", [httpx.ReadTimeout, httpx.ConnectTimeout, httpx.RemoteProtocolError])
-async def test_idp_timeout_or_transport_error_is_a_failure(clock: ManualClock, error: type[httpx.HTTPError]) -> None:
+async def test_idp_timeout_or_transport_error_is_a_failure(
+    clock: ManualClock, error: type[httpx.TransportError]
+) -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
-        raise error("failed", request=request)  # type: ignore[call-arg]
+        raise error("failed", request=request)
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     try:

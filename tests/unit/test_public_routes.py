@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from smartgate.config.model import PublicRoute
 from smartgate.core.reasons import Reason
 from smartgate.pipeline.authorizer import Authorizer
 from smartgate.pipeline.fhir_lookup import LookupResult, MembershipLookup
@@ -25,8 +26,8 @@ from tests.unit.policy_helpers import (
 PREFLIGHT = {"origin": "https://app.example.org", "access-control-request-method": "GET"}
 
 
-def routes(*extra: object) -> PublicRoutes:
-    return PublicRoutes(BASE_PATH, extra)  # type: ignore[arg-type]
+def routes(*extra: PublicRoute) -> PublicRoutes:
+    return PublicRoutes(BASE_PATH, extra)
 
 
 # --- PublicRoutes.matches ---------------------------------------------------------------------------------

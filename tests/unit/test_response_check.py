@@ -164,7 +164,7 @@ def test_a_searchset_inside_a_batch_response_is_checked_entry_by_entry() -> None
 
 def test_a_transaction_response_checks_resources_and_passes_outcomes() -> None:
     outcome = {"resourceType": "OperationOutcome", "issue": []}
-    outer = {"resourceType": "Bundle", "type": "transaction-response", "entry": [
+    outer: dict[str, Any] = {"resourceType": "Bundle", "type": "transaction-response", "entry": [
         {"resource": observation(), "response": {"status": "201 Created"}},
         {"response": {"status": "204 No Content", "outcome": outcome}},
         {"response": {"status": "200 OK"}},

@@ -71,6 +71,7 @@ BUILD_INFO: MetricKey = ("smartgate_build_info", "smartgate_build_info", [], [],
 
 def _write(directory: Path, file_name: str, metric: MetricKey, value: float) -> None:
     """What a worker's prometheus-client writes: one value under the metric's key in ``file_name``."""
+    # prometheus-client's MmapedDict is unannotated, hence the no-untyped-call ignores.
     values = MmapedDict(str(directory / file_name))  # type: ignore[no-untyped-call]
     values.write_value(mmap_key(*metric), value, 0.0)  # type: ignore[no-untyped-call]
     values.close()  # type: ignore[no-untyped-call]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Self
 
 import jwt.api_jwt
 import pytest
@@ -538,7 +538,8 @@ async def test_token_with_a_time_claim_that_is_not_a_finite_number_is_rejected(
     verifier: TokenVerifier, claim: str, number: float
 ) -> None:
     # Python's JSON parser reads NaN and Infinity; a NaN exp never compares as past and would never lapse.
-    assert await rejected(verifier, token(**{claim: number})) is Reason.TOKEN_MALFORMED
+    overrides: dict[str, Any] = {claim: number}
+    assert await rejected(verifier, token(**overrides)) is Reason.TOKEN_MALFORMED
 
 
 async def test_token_with_fractional_exp_is_accepted(verifier: TokenVerifier) -> None:
@@ -705,7 +706,8 @@ async def test_claim_with_trailing_newline_is_rejected(verifier: TokenVerifier, 
 @pytest.mark.parametrize("claim", ["fhirUser", "sub", "client_id"])
 async def test_claim_with_control_or_non_ascii_characters_is_rejected(verifier: TokenVerifier, claim: str) -> None:
     for value in ("a\tb", "a\x00b", "a\x7fb", "caf\u00e9", "x" * 2049):
-        assert await rejected(verifier, token(**{claim: value})) is Reason.TOKEN_CLAIMS_INVALID, value
+        overrides: dict[str, Any] = {claim: value}
+        assert await rejected(verifier, token(**overrides)) is Reason.TOKEN_CLAIMS_INVALID, value
 
 
 @pytest.mark.parametrize("scope", [42, ["user/*.rs", 1], {"user": "*.rs"}, True], ids=["number", "mixed", "object",
@@ -859,8 +861,8 @@ def jwt_time(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
 
     class _FrozenDatetime(datetime.datetime):
         @classmethod
-        def now(cls, tz: datetime.tzinfo | None = None) -> datetime.datetime:  # type: ignore[override]
-            return datetime.datetime.fromtimestamp(clock.now, tz)
+        def now(cls, tz: datetime.tzinfo | None = None) -> Self:
+            return cls.fromtimestamp(clock.now, tz)
 
     monkeypatch.setattr(jwt.api_jwt, "datetime", _FrozenDatetime)
     return clock

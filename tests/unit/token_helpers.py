@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from cryptography.hazmat.primitives import hashes, serialization
@@ -101,9 +101,10 @@ class KeyPair:
         return jwk
 
     def public_pem(self) -> bytes:
-        return self.public_key.public_bytes(
+        pem: bytes = self.public_key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+        return pem
 
 
 def _to_jwk(key: Any) -> dict[str, Any]:
@@ -145,19 +146,21 @@ def signature(alg: str, key: Any, signing_input: bytes) -> bytes:
     if alg.startswith("HS"):
         secret = key if isinstance(key, bytes) else str(key).encode("utf-8")
         return hmac.new(secret, signing_input, getattr(hashlib, f"sha{alg[2:]}")).digest()
+    # ``key`` is whatever the test passes; the casts say which key type each family signs with.
     if alg.startswith("RS"):
-        return key.sign(signing_input, padding.PKCS1v15(), _HASHES[alg[2:]]())
+        return cast(rsa.RSAPrivateKey, key).sign(signing_input, padding.PKCS1v15(), _HASHES[alg[2:]]())
     if alg.startswith("PS"):
         digest = _HASHES[alg[2:]]()
         pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
-        return key.sign(signing_input, pss, digest)
+        return cast(rsa.RSAPrivateKey, key).sign(signing_input, pss, digest)
     if alg.startswith("ES"):
         # The curve is the key's own: this deliberately allows "ES384 with a P-256 key".
-        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(_HASHES[alg[2:]]())))
-        size = (key.curve.key_size + 7) // 8
+        ec_key = cast(ec.EllipticCurvePrivateKey, key)
+        r, s = decode_dss_signature(ec_key.sign(signing_input, ec.ECDSA(_HASHES[alg[2:]]())))
+        size = (ec_key.curve.key_size + 7) // 8
         return r.to_bytes(size, "big") + s.to_bytes(size, "big")
     if alg == "EdDSA":
-        return key.sign(signing_input)
+        return cast(ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey, key).sign(signing_input)
     raise ValueError(f"cannot sign with {alg}")
 
 

@@ -4,7 +4,7 @@
 |----------|-----------------------------|----------------------------|---------------------|----------------|
 | generic  | ``scope`` string (or ``scp``) | ``patient``              | ``fhirUser``        | ``client_id``  |
 | okta     | ``scp`` array               | ``launch_response_patient`` | ``fhirUser`` (URL)  | ``cid``        |
-| auth0    | ``scope`` string            | ``{ns}patient`` or ``{ns}patient_id`` | ``{ns}fhirUser``    | ``azp``        |
+| auth0    | ``scope`` string            | ``{ns}patient``, ``{ns}patient_id`` | ``{ns}fhirUser``    | ``azp``        |
 | keycloak | ``scope`` string            | ``patient_id``             | ``fhirUser``        | ``azp``        |
 | entra    | ``scp`` string, dotted      | ``patient``                | ``fhirUser``        | ``azp``/``appid`` |
 
