@@ -26,6 +26,7 @@ class CheckTarget:
         self.world = world
         self.tokens = [world.tokens[spec.name] for spec in TOKEN_SPECS]
         self.patients = [spec.patient for spec in TOKEN_SPECS]
+        self.bound = tuple(spec.bound for spec in TOKEN_SPECS)
         self.allowed = 0
         self.denied = 0
 
@@ -34,7 +35,7 @@ class CheckTarget:
             import atheris  # the provider; imported late so the oracle works without instrumentation
 
             provider: DataProvider = atheris.FuzzedDataProvider(data[1:])
-            return build_structured(provider, self.tokens, self.patients)
+            return build_structured(provider, self.tokens, self.patients, self.bound)
         try:
             return external_auth_pb2.CheckRequest.FromString(data)
         except DecodeError:

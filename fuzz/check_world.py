@@ -4,12 +4,17 @@ One issuer with a fixed ES256 key (a fuzz-only key, derived from a constant so t
 corpus keeps verifying), a fixed clock (so its tokens never expire), the real TokenVerifier,
 Authorizer, ResponseBuilder and AuthorizationService, and a membership look-up stand-in that
 answers deterministically from the resource id: ``alice7-o1`` belongs to patient ``alice7``.
+
+One token is DPoP-bound (``cnf.jkt`` of a fuzz-only client key): ``dpop_proof`` signs fresh proofs
+for it, and the oracle allows it only with a proof that verifies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -20,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.service.auth.v3 import external_auth_pb2
 from jwt.algorithms import ECAlgorithm
 
-from smartgate.config.model import HeaderNames, IssuerConfig, JwksPolicy, LookupConfig, TokenPolicy
+from smartgate.config.model import DpopConfig, HeaderNames, IssuerConfig, JwksPolicy, LookupConfig, TokenPolicy
 from smartgate.envoy_glue.authz_service import AuthorizationService, Pipeline
 from smartgate.envoy_glue.check_response import ResponseBuilder
 from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
@@ -32,7 +37,9 @@ from smartgate.pipeline.fhir_lookup import LookupResult, MembershipLookup
 from smartgate.pipeline.public_routes import PublicRoutes
 from smartgate.policy import PolicySettings
 from smartgate.policy.plan import MembershipCheck
+from smartgate.tokens.dpop import DpopVerifier
 from smartgate.tokens.jwks import JwksCache
+from smartgate.tokens.sender_constraint import SenderConstraints
 from smartgate.tokens.verifier import TokenVerifier
 
 FHIR_BASE_URL = "https://fhir.example.org/r4"
@@ -50,6 +57,10 @@ ALL_PATIENTS = (*PATIENTS, FOREIGN_PATIENT)
 # A fuzz-only signing key: a constant scalar, never used anywhere else.
 _PRIVATE_KEY = ec.derive_private_key(0x5EED_F022_C0DE_0001_5EED_F022_C0DE_0001_5EED_F022_C0DE_0001, ec.SECP256R1())
 PUBLIC_KEY = _PRIVATE_KEY.public_key()
+# The DPoP client's key (fuzz-only, constant), to which the bound token is bound.
+DPOP_KEY = ec.derive_private_key(0xD0_9F_F022_C0DE_0002_5EED_F022_C0DE_0002_5EED_F022_C0DE_0002, ec.SECP256R1())
+DPOP_PUBLIC_KEY = DPOP_KEY.public_key()
+FHIR_ORIGIN = "https://fhir.example.org"
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class TokenSpec:
     name: str
     patient: str | None
     scope: str
+    bound: bool = False  # DPoP-bound to DPOP_KEY (cnf.jkt)
 
 
 TOKEN_SPECS: tuple[TokenSpec, ...] = (
@@ -69,6 +81,7 @@ TOKEN_SPECS: tuple[TokenSpec, ...] = (
               " patient/Condition.read patient/Practitioner.rs"),
     TokenSpec("alice-v1", "alice7", "patient/*.read patient/*.write"),
     TokenSpec("user-read", None, "user/*.rs"),
+    TokenSpec("alice-dpop", "alice7", "launch/patient patient/*.rs", bound=True),
 )
 
 
@@ -107,8 +120,37 @@ def sign(claims: dict[str, Any], header: dict[str, Any] | None = None,
     return f"{signing_input.decode('ascii')}.{b64url(es256_signature(signing_input, key))}"
 
 
+def dpop_public_jwk() -> dict[str, str]:
+    numbers = DPOP_PUBLIC_KEY.public_numbers()
+    return {"kty": "EC", "crv": "P-256", "x": b64url(numbers.x.to_bytes(32, "big")),
+            "y": b64url(numbers.y.to_bytes(32, "big"))}
+
+
+def dpop_thumbprint() -> str:
+    """RFC 7638 thumbprint of the DPoP client's key: the bound token's ``cnf.jkt``."""
+    jwk = dpop_public_jwk()
+    canonical = json.dumps({name: jwk[name] for name in ("crv", "kty", "x", "y")}, separators=(",", ":"))
+    return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
 def token_for(spec: TokenSpec) -> str:
+    if spec.bound:
+        return sign(claims_for(spec.patient, spec.scope, cnf={"jkt": dpop_thumbprint()}))
     return sign(claims_for(spec.patient, spec.scope))
+
+
+_PROOF_IDS = itertools.count()
+
+
+def dpop_proof(method: str, path: str, token: str, key: ec.EllipticCurvePrivateKey = DPOP_KEY,
+               **overrides: Any) -> str:
+    """A fresh DPoP proof (new jti) by the client key for ``method`` on ``path`` (the query is dropped)."""
+    claims: dict[str, Any] = {
+        "jti": f"fuzz-proof-{next(_PROOF_IDS)}", "htm": method, "htu": FHIR_ORIGIN + path.partition("?")[0],
+        "iat": NOW, "ath": b64url(hashlib.sha256(token.encode("ascii", "replace")).digest()),
+    }
+    claims.update(overrides)
+    return sign(claims, {"typ": "dpop+jwt", "alg": "ES256", "jwk": dpop_public_jwk()}, key)
 
 
 def owner_of(resource_id: str) -> str | None:
@@ -190,11 +232,13 @@ class CheckWorld:
         cache = JwksCache(issuer, JwksPolicy(), self.client)
         verifier = TokenVerifier({ISSUER: (issuer, cache)}, TokenPolicy(), FHIR_BASE_URL, clock=lambda: float(NOW))
         self.lookup = DeterministicLookup(self.client)
+        self.dpop = DpopVerifier(DpopConfig(), TokenPolicy().clock_skew_seconds, clock=lambda: float(NOW))
         authorizer = Authorizer(BASE_PATH, PublicRoutes(BASE_PATH, ()), verifier,
-                                PolicySettings(fhir_base_url=FHIR_BASE_URL), self.lookup, MAX_TOKEN_BYTES)
+                                PolicySettings(fhir_base_url=FHIR_BASE_URL), self.lookup, MAX_TOKEN_BYTES,
+                                sender_constraints=SenderConstraints(FHIR_BASE_URL, dpop=self.dpop))
         pipeline = Pipeline(
             authorizer=authorizer,
-            responses=ResponseBuilder(HeaderNames(), FHIR_BASE_URL),
+            responses=ResponseBuilder(HeaderNames(), FHIR_BASE_URL, dpop_algs=DpopConfig().algorithms),
             decision_log=DecisionLog("off"),
             audit_log=AuditEventLog("off", FHIR_BASE_URL, "fuzz"),
         )

@@ -3,16 +3,20 @@
 1. An explicit status: allow = ``ok_response`` with status OK; deny = ``denied_response`` with a
    non-OK status and a 4xx/5xx HTTP status.
 2. An allow without a public route needs a token whose signed content is exactly one the world
-   issued and whose signature verifies (checked here with ``cryptography``, not PyJWT).
+   issued and whose signature verifies (checked here with ``cryptography``, not PyJWT). An allow for
+   the DPoP-bound token also needs the DPoP scheme and a proof, signed by the client's key, for this
+   method, URL and token, dated within the window.
 3. An allow for a patient-context token never mentions another patient (conservatively: in any
    reference-like position, in any encoding we can decode, in the path, query, form body,
-   JSON body and Bundle entry URLs).
+   JSON body and Bundle entry URLs; a parameter name in any case).
+4. A narrowed allow (``query_parameters_to_set``, search narrowing) sets only the context patient.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -29,14 +33,18 @@ from google.rpc import code_pb2
 from fuzz.check_world import (
     ALL_PATIENTS,
     BASE_PATH,
+    DPOP_PUBLIC_KEY,
     FHIR_BASE_URL,
+    FHIR_ORIGIN,
+    NOW,
     PUBLIC_KEY,
     TOKEN_SPECS,
     TokenSpec,
+    dpop_public_jwk,
     token_for,
 )
 from smartgate.fhir.compartment import BINDING_PARAMS, MEMBERSHIP_PARAMS
-from smartgate.fhir.definitions import RESOURCE_TYPES, search_parameter
+from smartgate.fhir.definitions import RESOURCE_TYPES, SEARCH_PARAMETERS, SearchParameterInfo, search_parameter
 
 _PUBLIC_PATHS = (f"{BASE_PATH}/metadata", f"{BASE_PATH}/.well-known/smart-configuration")
 _SIGNED_CONTENT: dict[str, TokenSpec] = {token_for(spec).rsplit(".", 1)[0]: spec for spec in TOKEN_SPECS}
@@ -73,27 +81,72 @@ def _lenient_b64(segment: str) -> bytes | None:
         return None
 
 
+def _es256_verifies(public_key: ec.EllipticCurvePublicKey, signing_input: str, signature_segment: str) -> bool:
+    signature = _lenient_b64(signature_segment)
+    if signature is None or len(signature) != 64:
+        return False
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+    try:
+        public_key.verify(der, signing_input.encode("ascii", "replace"), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
 def issued_spec(token: str) -> TokenSpec | None:
     """The TokenSpec whose signed content ``token`` carries with a valid signature, else None."""
     signing_input, _, signature_segment = token.rpartition(".")
     spec = _SIGNED_CONTENT.get(signing_input)
-    signature = _lenient_b64(signature_segment)
-    if spec is None or signature is None or len(signature) != 64:
-        return None
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
-    try:
-        PUBLIC_KEY.verify(der, signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
+    if spec is None or not _es256_verifies(PUBLIC_KEY, signing_input, signature_segment):
         return None
     return spec
 
 
-def bearer_of(headers: dict[str, str]) -> str | None:
+def credentials_of(headers: dict[str, str]) -> tuple[str, str] | None:
+    """(scheme in lower case, token) for the Bearer and DPoP schemes."""
     value = headers.get("authorization")
     if value is None:
         return None
     scheme, _, token = value.partition(" ")
-    return token.strip(" ") if scheme.lower() == "bearer" else None
+    return (scheme.lower(), token.strip(" ")) if scheme.lower() in ("bearer", "dpop") else None
+
+
+def bearer_of(headers: dict[str, str]) -> str | None:
+    credentials = credentials_of(headers)
+    return credentials[1] if credentials is not None else None
+
+
+def _json_segment(segment: str) -> Any:
+    raw = _lenient_b64(segment)
+    try:
+        return json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def proof_problem(headers: dict[str, str], method: str, path: str, token: str) -> str | None:
+    """Why the request does not prove possession of the DPoP client's key (RFC 9449), or None."""
+    credentials = credentials_of(headers)
+    if credentials is None or credentials[0] != "dpop":
+        return "without the DPoP scheme"
+    proof = headers.get("dpop", "")
+    signing_input, _, signature_segment = proof.rpartition(".")
+    header_segment, _, claims_segment = signing_input.partition(".")
+    header, claims = _json_segment(header_segment), _json_segment(claims_segment)
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        return "without a DPoP proof"
+    if header.get("typ") != "dpop+jwt" or header.get("alg") != "ES256" or header.get("jwk") != dpop_public_jwk():
+        return "with a proof that is not an ES256 dpop+jwt by the client's key"
+    if not _es256_verifies(DPOP_PUBLIC_KEY, signing_input, signature_segment):
+        return "with a proof whose signature does not verify"
+    ath = base64.urlsafe_b64encode(hashlib.sha256(token.encode("ascii", "replace")).digest()).rstrip(b"=").decode()
+    expected = {"htm": method, "htu": FHIR_ORIGIN + path.partition("?")[0], "ath": ath}
+    if any(claims.get(name) != value for name, value in expected.items()):
+        return f"with a proof for another request or token: {claims!r}"
+    iat = claims.get("iat")
+    if not isinstance(iat, int | float) or isinstance(iat, bool) or not NOW - 120 <= iat <= NOW + 60:
+        return "with a stale or future proof"
+    return None
 
 
 def is_public(method: str, path: str, headers: dict[str, str]) -> bool:
@@ -151,10 +204,18 @@ def _can_name_patient(searched: str | None, code: str) -> bool:
     a server ignores or refuses them, and the other parameters still bind the search.)"""
     if searched is None:
         return code in REFERENCE_CODES
-    if code == "_id":
+    if code.lower() == "_id":
         return searched == "Patient"
-    info = search_parameter(searched, code)
+    info = search_parameter(searched, code) or _case_variant_of(searched, code)
     return info is not None and info.type == "reference" and "Patient" in info.targets
+
+
+def _case_variant_of(searched: str, code: str) -> SearchParameterInfo | None:
+    """A server that folds case reads ``Patient=x`` as ``patient=x``: so does the oracle."""
+    for known, info in SEARCH_PARAMETERS.get(searched, {}).items():
+        if known.lower() == code.lower():
+            return info
+    return None
 
 
 def _query_mentions(query: str, route_segments: list[str], patient: str) -> str | None:
@@ -247,6 +308,19 @@ def _header_value(ok: external_auth_pb2.OkHttpResponse, name: str) -> str | None
     return None
 
 
+def allowed_token(headers: dict[str, str], method: str, path: str) -> TokenSpec | str:
+    """The issued token an allow may rest on, or why there is none (invariant 2)."""
+    token = bearer_of(headers)
+    spec = issued_spec(token) if token else None
+    if spec is None:
+        return "allowed a request without a token that verifies"
+    if spec.bound:
+        unproven = proof_problem(headers, method, path, token or "")
+        if unproven is not None:
+            return f"allowed the DPoP-bound {spec.name} {unproven}"
+    return spec
+
+
 def decision_problem(request: external_auth_pb2.CheckRequest, response: external_auth_pb2.CheckResponse) -> str | None:
     """Why ``response`` breaks an invariant for ``request``, or None when it holds them all."""
     problem = status_problem(response)
@@ -257,13 +331,16 @@ def decision_problem(request: external_auth_pb2.CheckRequest, response: external
     method = http.method.upper()
     if is_public(method, http.path, headers):
         return None
-    token = bearer_of(headers)
-    spec = issued_spec(token) if token else None
-    if spec is None:
-        return "allowed a request without a token that verifies"
+    spec = allowed_token(headers, method, http.path)
+    if isinstance(spec, str):
+        return spec
     injected = _header_value(response.ok_response, "x-smart-patient")
     if injected != spec.patient:
         return f"x-smart-patient is {injected!r} for a token of {spec.patient!r}"
+    narrowing = [(parameter.key, parameter.value) for parameter in response.ok_response.query_parameters_to_set]
+    if narrowing and (spec.patient is None or any(value not in (spec.patient, f"Patient/{spec.patient}")
+                                                  for _, value in narrowing)):
+        return f"query_parameters_to_set {narrowing!r} does not narrow to the context patient {spec.patient!r}"
     if spec.patient is None:
         return None
     # Servers read a body only on POST, PUT and PATCH (a GET body has no meaning in HTTP or FHIR).

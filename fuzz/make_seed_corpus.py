@@ -73,7 +73,8 @@ SEEDS: list[tuple[str, str, str, str | None, str, bytes | None]] = [
     ("deny-encoded", "Observation?patient=%62ob9", "GET", "alice-all", "", None),
     ("deny-other-compartment", "Patient/bob9/Observation", "GET", "alice-all", "", None),
     ("deny-other-read", "Observation/bob9-o1", "GET", "alice-all", "", None),
-    ("deny-unbound", "Observation?code=1234", "GET", "alice-all", "", None),
+    ("allow-narrowed", "Observation?code=1234", "GET", "alice-all", "", None),
+    ("deny-unbound", "Observation/_search", "POST", "alice-all", FORM, b"code=1234"),
     ("deny-post-search-other", "Observation/_search", "POST", "alice-all", FORM,
      b"patient=alice7&subject=Patient/bob9"),
     ("deny-create-other", "Observation", "POST", "alice-all", FHIR_JSON, _observation("bob9")),
@@ -82,6 +83,7 @@ SEEDS: list[tuple[str, str, str, str | None, str, bytes | None]] = [
     ("deny-no-token", "Observation?patient=alice7", "GET", None, "", None),
     ("deny-scope", "Condition?patient=bob9", "GET", "bob-obs", "", None),
     ("deny-method-override", "Observation?patient=alice7", "GET", "alice-all", "", None),
+    ("deny-dpop-bound-as-bearer", "Observation?patient=alice7", "GET", "alice-dpop", "", None),
 ]
 
 

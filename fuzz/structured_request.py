@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from envoy.service.auth.v3 import external_auth_pb2
 
-from fuzz.check_world import ALL_PATIENTS, BASE_PATH, FHIR_BASE_URL, check_request
+from fuzz.check_world import ALL_PATIENTS, BASE_PATH, FHIR_BASE_URL, check_request, dpop_proof
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
 TYPES = ("Observation", "Patient", "Condition", "Encounter", "Practitioner", "Binary", "Coverage",
@@ -145,9 +145,24 @@ def _authorization(fdp: DataProvider, tokens: list[str], index: int) -> str | No
     return None
 
 
-def build_structured(fdp: DataProvider, tokens: list[str], token_patients: list[str | None]) -> (
-        external_auth_pb2.CheckRequest):
-    """A FHIR-shaped CheckRequest around one of ``tokens`` (whose patients are ``token_patients``)."""
+def _prove(fdp: DataProvider, headers: dict[str, str], token: str, method: str, path: str) -> None:
+    """For the DPoP-bound token: mostly the DPoP scheme with a fresh valid proof, else one defect."""
+    choice = fdp.ConsumeIntInRange(0, 5)
+    headers["authorization"] = f"{'Bearer' if choice == 4 else 'DPoP'} {token}"
+    if choice == 3:
+        return
+    if choice == 5:
+        other_method = _pick(fdp, METHODS)
+        other_path = f"{BASE_PATH}/{_pick(fdp, TYPES)}"
+        headers["dpop"] = dpop_proof(other_method, other_path, token)
+        return
+    headers["dpop"] = dpop_proof(method, path, token)
+
+
+def build_structured(fdp: DataProvider, tokens: list[str], token_patients: list[str | None],
+                     bound: tuple[bool, ...] = ()) -> external_auth_pb2.CheckRequest:
+    """A FHIR-shaped CheckRequest around one of ``tokens`` (whose patients are ``token_patients``;
+    ``bound[i]``: token ``i`` is DPoP-bound and gets a proof, or a defective one)."""
     index = fdp.ConsumeIntInRange(0, len(tokens) - 1)
     own = token_patients[index] or ALL_PATIENTS[0]
     method = _pick(fdp, METHODS)
@@ -157,6 +172,8 @@ def build_structured(fdp: DataProvider, tokens: list[str], token_patients: list[
     authorization = _authorization(fdp, tokens, index)
     if authorization is not None:
         headers["authorization"] = authorization
+        if index < len(bound) and bound[index] and authorization == f"Bearer {tokens[index]}":
+            _prove(fdp, headers, tokens[index], method, path)
     body = _body(fdp, own, path) if method in ("POST", "PUT", "PATCH") or fdp.ConsumeIntInRange(0, 7) == 0 else None
     content_type = _pick(fdp, CONTENT_TYPES)
     if content_type:

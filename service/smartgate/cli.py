@@ -56,7 +56,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 async def _explain(config: Config, http: HttpRequest) -> dict[str, object]:
-    from smartgate.runtime.worker import build_components
+    from smartgate.runtime.worker import build_components, dpop_algorithms
 
     components = build_components(config)
     try:
@@ -64,7 +64,7 @@ async def _explain(config: Config, http: HttpRequest) -> dict[str, object]:
         decision = await components.authorizer.authorize(http)
     finally:
         await components.http_client.aclose()
-    response = ResponseBuilder(config.headers, config.realm).build(decision)
+    response = ResponseBuilder(config.headers, config.realm, dpop_algs=dpop_algorithms(config)).build(decision)
     result: dict[str, object] = {
         "decision": "allow" if decision.allowed else "deny",
         "reason": decision.reason.code,

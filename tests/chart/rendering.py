@@ -9,10 +9,13 @@ from typing import Any
 import yaml
 from helm_python import Chart
 
+from tests.support.tls import make_tls_files
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "smartgate"
 VALUES_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE, NAMESPACE = "gw", "fhir"
+TLS_MOUNT = "/etc/envoy-tls"  # where the pod mounts the mTLS listener's Secret (templates/deployment.yaml)
 
 
 @dataclass
@@ -55,3 +58,24 @@ def render(values: dict[str, Any]) -> Rendering:
     manifests = [doc for path, text in files.items() if not path.endswith("NOTES.txt")
                  for doc in yaml.safe_load_all(text) if doc]
     return Rendering(files, manifests)
+
+
+def with_local_tls_files(envoy: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """The mTLS listener's files under ``TLS_MOUNT`` -> test certificates in ``directory`` (a CA that signs
+    both the server and the client certificate), so Envoy can load the rendering outside a pod."""
+    tls = make_tls_files(directory)
+    local = {"tls.crt": tls.server_cert, "tls.key": tls.server_key, "client-ca.crt": tls.ca}
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            name = node.get("filename")
+            if isinstance(name, str) and name.startswith(TLS_MOUNT + "/"):
+                node["filename"] = str(local[name.removeprefix(TLS_MOUNT + "/")])
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for item in node:
+                visit(item)
+
+    visit(envoy)
+    return envoy

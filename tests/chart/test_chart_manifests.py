@@ -20,10 +20,10 @@ from helm_python import HelmError
 from prometheus_client.metrics import MetricWrapperBase
 
 from smartgate.dev.demo.runner import find_envoy
-from smartgate.envoy_glue.bootstrap import EnvoySettings, render
+from smartgate.envoy_glue.bootstrap import DownstreamTls, EnvoySettings, FrontDoorLimits, render
 from smartgate.telemetry import metrics
 
-from .rendering import CHART, VALUES_FILES, Rendering, load_values
+from .rendering import CHART, TLS_MOUNT, VALUES_FILES, Rendering, load_values, with_local_tls_files
 from .rendering import render as render_chart
 
 pytestmark = pytest.mark.chart
@@ -95,6 +95,44 @@ def test_the_rendered_smartgate_config_passes_check_config(rendering: Rendering,
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# values path under ``envoy`` -> FrontDoorLimits field (tests/unit/test_defaults_agree.py checks the defaults).
+FRONT_DOOR_VALUES = {
+    "maxConnections": "max_downstream_connections",
+    "maxHeapBytes": "max_heap_bytes",
+    "timeouts.requestHeadersSeconds": "request_headers_timeout_seconds",
+    "timeouts.requestSeconds": "request_timeout_seconds",
+    "timeouts.upstreamSeconds": "upstream_timeout_seconds",
+    "timeouts.streamIdleSeconds": "stream_idle_timeout_seconds",
+    "timeouts.connectionIdleSeconds": "connection_idle_timeout_seconds",
+    "timeouts.maxConnectionDurationSeconds": "max_connection_duration_seconds",
+    "http2.maxConcurrentStreams": "http2_max_concurrent_streams",
+    "http2.initialStreamWindowBytes": "http2_initial_stream_window_bytes",
+    "http2.initialConnectionWindowBytes": "http2_initial_connection_window_bytes",
+    "xffNumTrustedHops": "xff_num_trusted_hops",
+}
+
+
+def _front_door(values: dict[str, Any]) -> FrontDoorLimits:
+    """The values' front-door settings as FrontDoorLimits (absent ones: its defaults)."""
+    found: dict[str, Any] = {}
+    for path, field in FRONT_DOOR_VALUES.items():
+        node: Any = values.get("envoy", {})
+        for name in path.split("."):
+            node = node.get(name, {}) if isinstance(node, dict) else {}
+        if node != {}:
+            found[field] = node
+    return FrontDoorLimits(**found)
+
+
+def _tls(values: dict[str, Any]) -> DownstreamTls | None:
+    tls = values.get("envoy", {}).get("tls", {})
+    if not tls.get("enabled"):
+        return None
+    return DownstreamTls(port=8443, cert_path=f"{TLS_MOUNT}/tls.crt", key_path=f"{TLS_MOUNT}/tls.key",
+                         client_ca_path=f"{TLS_MOUNT}/client-ca.crt",
+                         require_client_certificate=tls.get("requireClientCertificate", True))
+
+
 def _envoy_settings(values: dict[str, Any]) -> EnvoySettings:
     base_path = re.sub(r"^https?://[^/]+", "", values["fhir"]["baseUrl"]).rstrip("/")
     limits = values.get("limits", {})
@@ -106,6 +144,7 @@ def _envoy_settings(values: dict[str, Any]) -> EnvoySettings:
         base_path=base_path, max_request_bytes=limits.get("maxRequestBytes", 1048576),
         response_verification=verification.get("mode", "off"),
         max_response_bytes=verification.get("maxBodyBytes", 4194304), ready_port=9902,
+        front_door=_front_door(values), tls=_tls(values),
     )
 
 
@@ -119,7 +158,7 @@ def test_the_rendered_envoy_config_is_the_one_smartgate_renders_for_the_same_val
 
 def test_the_rendered_envoy_config_passes_envoy_mode_validate(rendering: Rendering, tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
-    path.write_text(yaml.safe_dump(rendering.config("envoy.yaml")), encoding="utf-8")
+    path.write_text(yaml.safe_dump(with_local_tls_files(rendering.config("envoy.yaml"), tmp_path)), encoding="utf-8")
     result = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0 and "OK" in result.stdout + result.stderr, result.stdout + result.stderr
@@ -175,7 +214,7 @@ def test_smartgate_is_probed_by_grpc_health_and_envoy_by_its_ready_endpoint(rend
 
 def test_the_service_exposes_only_envoy(rendering: Rendering) -> None:
     service = rendering.one("Service", "gw-smartgate")
-    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
+    assert [port["targetPort"] for port in service["spec"]["ports"]] in (["http"], ["http", "https"])
 
 
 def test_the_introspection_secret_comes_from_the_existing_secret_by_reference(production: Rendering) -> None:
@@ -394,3 +433,94 @@ def test_bad_values_fail_to_render_naming_the_value(change: Any, named: str) -> 
     with pytest.raises(HelmError) as raised:
         render_chart(values)
     assert named in str(raised.value), str(raised.value)
+
+
+# --- the front door (issue 17): Envoy's client-facing limits and the optional mTLS listener -----------
+
+
+def _hcm(envoy: dict[str, Any], listener: str = "fhir_ingress") -> dict[str, Any]:
+    [found] = [item for item in envoy["static_resources"]["listeners"] if item["name"] == listener]
+    typed: dict[str, Any] = found["filter_chains"][0]["filters"][0]["typed_config"]
+    return typed
+
+
+def test_the_front_door_values_reach_the_envoy_config(production: Rendering,
+                                                       production_values: dict[str, Any]) -> None:
+    envoy, values = production.config("envoy.yaml"), production_values["envoy"]
+    [connections] = [m for m in envoy["overload_manager"]["resource_monitors"]
+                     if m["name"] == "envoy.resource_monitors.global_downstream_max_connections"]
+    assert connections["typed_config"]["max_active_downstream_connections"] == values["maxConnections"]
+    hcm = _hcm(envoy)
+    assert hcm["request_headers_timeout"] == f"{values['timeouts']['requestHeadersSeconds']}s"
+    assert hcm["xff_num_trusted_hops"] == values["xffNumTrustedHops"] and hcm["use_remote_address"] is True
+    assert hcm["http2_protocol_options"]["max_concurrent_streams"] == values["http2"]["maxConcurrentStreams"]
+
+
+def test_probes_and_the_admin_are_outside_the_connection_cap(rendering: Rendering) -> None:
+    envoy = rendering.config("envoy.yaml")
+    [ready] = [item for item in envoy["static_resources"]["listeners"] if item["name"] == "envoy_ready"]
+    assert ready["ignore_global_conn_limit"] is True and envoy["admin"]["ignore_global_conn_limit"] is True
+
+
+def test_without_tls_values_there_is_no_mtls_listener_port_or_volume() -> None:
+    minimal = render_chart(load_values(CHART / "ci" / "minimal-values.yaml"))
+    listeners = [item["name"] for item in minimal.config("envoy.yaml")["static_resources"]["listeners"]]
+    assert listeners == ["fhir_ingress", "envoy_ready"]
+    pod = minimal.one("Deployment")["spec"]["template"]["spec"]
+    assert "envoy-tls" not in {volume["name"] for volume in pod["volumes"]}
+
+
+def test_the_mtls_listener_mounts_the_existing_secrets_and_is_exposed(production: Rendering) -> None:
+    pod = production.one("Deployment")["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "envoy-tls"]
+    sources = [(s["secret"]["name"], [item["path"] for item in s["secret"]["items"]])
+               for s in volume["projected"]["sources"]]
+    assert sources == [("fhir-gateway-tls", ["tls.crt", "tls.key"]), ("partner-client-ca", ["client-ca.crt"])]
+    envoy_container = next(c for c in _containers(production) if c["name"] == "envoy")
+    assert {"name": "envoy-tls", "mountPath": TLS_MOUNT, "readOnly": True} in envoy_container["volumeMounts"]
+    assert {"name": "https", "containerPort": 8443, "protocol": "TCP"} in envoy_container["ports"]
+    service_ports = production.one("Service", "gw-smartgate")["spec"]["ports"]
+    assert {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"} in service_ports
+    [ingress, *_] = production.one("NetworkPolicy", "gw-smartgate")["spec"]["ingress"]
+    assert {"port": "https", "protocol": "TCP"} in ingress["ports"]
+
+
+def test_the_mtls_listener_checks_client_certificates_against_the_client_ca(production: Rendering) -> None:
+    tls = production.config("envoy.yaml")["static_resources"]["listeners"][1]
+    context = tls["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert context["common_tls_context"]["validation_context"] == {
+        "trusted_ca": {"filename": f"{TLS_MOUNT}/client-ca.crt"}}
+    assert context["require_client_certificate"] is False  # as the production values ask
+    ext_authz = _hcm(production.config("envoy.yaml"), "fhir_ingress_tls")["http_filters"][0]["typed_config"]
+    assert ext_authz["include_peer_certificate"] is True
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (lambda v: v.setdefault("envoy", {}).update(tls={"enabled": True}), "secretName"),
+    (lambda v: v.setdefault("envoy", {}).update(maxConnections=0), "maxConnections"),
+    (lambda v: v.setdefault("envoy", {}).update(http2={"initialStreamWindowBytes": 1024}), "initialStreamWindowBytes"),
+    (lambda v: v.setdefault("envoy", {}).update(timeouts={"requestHeadersSeconds": 0}), "requestHeadersSeconds"),
+    (lambda v: v.setdefault("envoy", {}).update(timeouts={"streamIdleSeconds": 30}), "streamIdleSeconds"),
+    (lambda v: v.setdefault("envoy", {}).update(xffNumTrustedHops=-1), "xffNumTrustedHops"),
+], ids=["tls-without-secret", "no-connections", "tiny-http2-window", "zero-header-timeout",
+        "idle-shorter-than-upstream", "negative-hops"])
+def test_bad_front_door_values_fail_to_render_naming_the_value(change: Any, named: str) -> None:
+    values = load_values(CHART / "ci" / "minimal-values.yaml")
+    change(values)
+    with pytest.raises(HelmError) as raised:
+        render_chart(values)
+    assert named in str(raised.value), str(raised.value)
+
+
+def _quantity_bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
+
+
+def test_envoys_heap_limit_comes_before_its_containers_memory_limit(rendering: Rendering) -> None:
+    """Envoy answers 503 at 98 % of its heap limit; the kernel kills it at the container limit."""
+    monitors = {m["name"]: m["typed_config"] for m in rendering.config("envoy.yaml")["overload_manager"]
+                ["resource_monitors"]}
+    heap = monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"]
+    envoy_container = next(c for c in _containers(rendering) if c["name"] == "envoy")
+    assert heap <= 0.8 * _quantity_bytes(envoy_container["resources"]["limits"]["memory"])

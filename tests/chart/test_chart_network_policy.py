@@ -70,8 +70,9 @@ def test_only_the_fhir_api_and_the_listed_metrics_peers_are_admitted(name: str) 
     policy = _gateway_policy(render(values))
     rules = {tuple(port["port"] for port in rule["ports"]): rule.get("from") for rule in policy["spec"]["ingress"]}
     metrics_from = values["networkPolicy"].get("metricsFrom")
-    assert set(rules) == {("http",)} | ({("metrics",)} if metrics_from else set())
-    assert rules[("http",)] == (values["networkPolicy"].get("ingressFrom") or None)
+    api = ("http", "https") if values.get("envoy", {}).get("tls", {}).get("enabled") else ("http",)  # + mTLS
+    assert set(rules) == {api} | ({("metrics",)} if metrics_from else set())
+    assert rules[api] == (values["networkPolicy"].get("ingressFrom") or None)
     if metrics_from:
         assert rules[("metrics",)] == metrics_from
 

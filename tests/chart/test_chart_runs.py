@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from tests.support.ports import free_consecutive_ports, free_port
 from tests.support.processes import running, start_envoy_process, start_smartgate_process
 from tests.support.waits import wait_for
 
-from .rendering import CHART, Rendering, load_values, render
+from .rendering import CHART, Rendering, load_values, render, with_local_tls_files
 
 pytestmark = pytest.mark.chart
 
@@ -51,6 +52,8 @@ class ChartStack:
 class ProductionStack:
     """The production values' gateway; tokens are what its first IdP (profile okta, RS256 only) issues."""
     url: str
+    tls_url: str  # the same API on the mTLS listener
+    workdir: Path  # holds the test CA (ca.pem) and a client certificate it signed (client.pem, client.key)
     okta: IdentityProvider
     keys: SigningKeys
     audience: str
@@ -82,9 +85,9 @@ def _move_ports(envoy: dict[str, Any], smartgate: dict[str, Any], ports: dict[in
 
 
 def _pod_ports(workers: int) -> dict[int, int]:
-    """In-pod port -> free loopback port: Envoy 8080/9902/9901, smartgate HTTP 9190, gRPC 9191 + worker."""
+    """In-pod port -> free loopback port: Envoy 8080/8443/9902/9901, smartgate HTTP 9190, gRPC 9191 + worker."""
     grpc = free_consecutive_ports(workers)
-    ports = {8080: free_port(), 9902: free_port(), 9901: free_port(), 9190: free_port()}
+    ports = {8080: free_port(), 8443: free_port(), 9902: free_port(), 9901: free_port(), 9190: free_port()}
     ports.update({9191 + worker: grpc + worker for worker in range(workers)})
     return ports
 
@@ -95,6 +98,7 @@ def _serving(rendering: Rendering, workdir: Path, env: dict[str, str] | None = N
     envoy_config, smartgate_config = rendering.config("envoy.yaml"), rendering.config("smartgate.yaml")
     ports = _pod_ports(smartgate_config.get("workers", 1))
     _move_ports(envoy_config, smartgate_config, ports)
+    with_local_tls_files(envoy_config, workdir)  # the mTLS listener's Secret, when the values turn it on
     (workdir / "envoy.yaml").write_text(yaml.safe_dump(envoy_config), encoding="utf-8")
     (workdir / "smartgate.yaml").write_text(yaml.safe_dump(smartgate_config), encoding="utf-8")
     smartgate = start_smartgate_process(workdir / "smartgate.yaml", workdir / "smartgate.log", env=env)
@@ -156,9 +160,10 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
     values = _production_values_on_loopback(f"http://127.0.0.1:{upstream_port}/fhir/R4", okta.issuer,
                                             keycloak.issuer)
     try:
-        with _serving(render(values), tmp_path_factory.mktemp("chart-run-production"),
-                      INTROSPECTION_SECRET_STAND_IN) as ports:
-            stack = ProductionStack(f"http://127.0.0.1:{ports[8080]}/r4", okta, keys, values["fhir"]["baseUrl"])
+        workdir = tmp_path_factory.mktemp("chart-run-production")
+        with _serving(render(values), workdir, INTROSPECTION_SECRET_STAND_IN) as ports:
+            stack = ProductionStack(f"http://127.0.0.1:{ports[8080]}/r4", f"https://127.0.0.1:{ports[8443]}/r4",
+                                    workdir, okta, keys, values["fhir"]["baseUrl"])
             wait_for_allow(stack.url)
             yield stack
     finally:
@@ -276,3 +281,19 @@ def test_the_production_run_changed_only_addresses_in_the_smartgate_config() -> 
             issuer.pop("jwks_uri", None)
             issuer.get("introspection", {}).pop("endpoint", None)
     assert moved == committed
+
+
+def test_production_values_serve_the_api_on_the_mtls_listener_too(production_stack: ProductionStack) -> None:
+    workdir = production_stack.workdir
+    with httpx.Client(verify=client_tls(workdir), timeout=10) as client:
+        response = client.get(production_stack.tls_url + "/Observation?patient=123",
+                              headers={"authorization": f"Bearer {production_stack.token()}"})
+    assert response.status_code == 200
+    assert {e["resource"]["id"] for e in response.json()["entry"]} == {"obs-123-a", "obs-123-b"}
+
+
+def client_tls(workdir: Path) -> ssl.SSLContext:
+    """Trust the test CA that signed the rendering's server certificate; present the client certificate."""
+    context = ssl.create_default_context(cafile=str(workdir / "ca.pem"))
+    context.load_cert_chain(str(workdir / "client.pem"), str(workdir / "client.key"))
+    return context

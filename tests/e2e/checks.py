@@ -47,3 +47,22 @@ def assert_no_foreign_data(e2e: E2EStack, key: str, response: httpx.Response) ->
     blob = response.text + json.dumps(dict(response.headers))
     found = sorted(f"{who}:{marker}" for marker, who in foreign_markers(e2e, key).items() if marker in blob)
     assert not found, f"{response.request.method} {response.request.url} returned other patients' data: {found}"
+
+
+def foreign_refs(e2e: E2EStack, key: str) -> dict[str, str]:
+    """"Type/id" of every seeded record of the other patients -> whose it is."""
+    return {ref: other for other, p in e2e.data.patients.items() if other != key for ref in p.resources}
+
+
+def assert_only_patients_data(e2e: E2EStack, key: str, response: httpx.Response) -> None:
+    """Every resource in the response is ``key``'s own or outside every patient's records (shared
+    Practitioners, Organizations, ...): no other patient's record (their linked Patient included) by
+    reference, and no marker of theirs anywhere in the bytes."""
+    assert_no_foreign_data(e2e, key, response)
+    if response.status_code != 200 or not response.content:
+        return
+    body = response.json()
+    refs = entry_refs(body) if body.get("resourceType") == "Bundle" else {f"{body['resourceType']}/{body.get('id')}"}
+    others = foreign_refs(e2e, key)
+    found = sorted(f"{others[ref]}:{ref}" for ref in refs if ref in others)
+    assert not found, f"{response.request.method} {response.request.url} returned other patients' records: {found}"

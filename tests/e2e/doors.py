@@ -11,7 +11,7 @@ still not leak.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -31,6 +31,33 @@ class Door:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     must_deny: bool = True
+    enforcing_may_pass: bool = False  # may pass when response verification enforces (see below)
+
+
+# Searches that name no patient: with search narrowing on (the default) smartgate narrows them to ctx
+# (Envoy sets patient=ctx, or _id=ctx for Patient), so they reach the FHIR server bound to ctx. And
+# _revinclude=Provenance:target on a bound search, allowed in every mode. They must not leak.
+MAY_PASS = frozenset({
+    "unbound", "unbound by code", "unbound _id", "Patient by name", "Patient by family", "Patient by identifier",
+    "Patient unbound", "Patient by general-practitioner", "Coverage by payor", "Coverage by subscriber-id",
+    "EOB by insurer", "EOB by coverage", "Observation by practitioner", "_revinclude Provenance",
+})
+# Includes and revincludes that can bring in compartment types: allowed when response verification
+# enforces (every included resource is verified; a foreign one withholds the whole response).
+MAY_PASS_WHEN_ENFORCING = frozenset({
+    "_include subject through performer", "_include patient through performer",
+    "_include subject:Patient through performer", "_include encounter", "_revinclude from Practitioner",
+    "_revinclude from all Practitioners", "_revinclude Coverage from payer", "_revinclude EOB from payer",
+    "_revinclude DiagnosticReport",
+})
+
+
+def _classified(doors: list[Door]) -> list[Door]:
+    names = {door.name for door in doors}
+    assert names >= MAY_PASS | MAY_PASS_WHEN_ENFORCING, sorted((MAY_PASS | MAY_PASS_WHEN_ENFORCING) - names)
+    return [replace(door, must_deny=False) if door.name in MAY_PASS
+            else replace(door, enforcing_may_pass=True) if door.name in MAY_PASS_WHEN_ENFORCING else door
+            for door in doors]
 
 
 def _json(value: Any) -> bytes:
@@ -51,6 +78,31 @@ def _observation(subject: str, **extra: Any) -> dict[str, Any]:
 
 def _bundle(kind: str, *entries: dict[str, Any]) -> bytes:
     return _json({"resourceType": "Bundle", "type": kind, "entry": list(entries)})
+
+
+def _linked_patient_doors(other: PatientData, ctx: PatientData) -> list[Door]:
+    """When other's Patient.link points to ctx, the official compartment definition puts other's
+    Patient in ctx's compartment; smartgate keeps it out by default. These may pass (what comes back
+    must hold only ctx's data), and must not leak."""
+    links = other.resources[other.reference].get("link", [])
+    if not any(link["other"]["reference"] == ctx.reference for link in links):
+        return []
+    a, o = ctx.patient_id, other.patient_id
+    doors = [Door("linked", name, "GET", f"/{path}", must_deny=False) for name, path in [
+        ("_revinclude Patient:link", f"Patient?_id={a}&_revinclude=Patient:link"),
+        ("_revinclude:iterate Patient:link", f"Patient?_id={a}&_revinclude:iterate=Patient:link"),
+        ("compartment Patient/ctx/Patient", f"Patient/{a}/Patient"),
+        ("compartment Patient/ctx/Patient by _id", f"Patient/{a}/Patient?_id={o}"),
+        ("search by link", f"Patient?link=Patient/{a}"),
+        ("search by link bare id", f"Patient?link={a}"),
+        ("Observation of linked patient via link chain", f"Observation?patient.link=Patient/{a}"),
+    ]]
+    doors.append(Door("linked", "POST _search by link", "POST", "/Patient/_search", _form(("link", f"Patient/{a}")),
+                      {"content-type": FORM}, must_deny=False))
+    doors.append(Door("linked", "batch search by link", "POST", "",
+                      _bundle("batch", {"request": {"method": "GET", "url": f"Patient?link=Patient/{a}"}}),
+                      {"content-type": FHIR_JSON}, must_deny=False))
+    return doors
 
 
 def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: str, direct_url: str,
@@ -114,6 +166,9 @@ def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: st
         ("patient and subject", f"Observation?patient={a}&subject=Patient/{o}"),
         ("duplicate subject", f"Observation?subject=Patient/{a}&subject=Patient/{o}"),
         ("upper-case parameter", f"Observation?PATIENT={o}"),
+        ("case-variant parameter", f"Observation?Patient={o}"),
+        ("bound plus case-variant parameter", f"Observation?patient={a}&Patient={o}"),
+        ("bound plus case-variant subject", f"Observation?patient={a}&Subject=Patient/{o}"),
         ("bracketed parameter", f"Observation?patient[]={o}"),
         ("unbound", "Observation"),
         ("unbound by code", "Observation?code=http://loinc.org|8867-4"),
@@ -196,6 +251,8 @@ def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: st
         must_deny=False)
     add("search", "_revinclude performer from ctx", "GET",
         f"/Patient?_id={a}&_revinclude=Observation:performer", must_deny=False)
+
+    doors.extend(_linked_patient_doors(other, ctx))
 
     # --- POST _search -----------------------------------------------------------------------
     post_searches: list[tuple[str, str, bytes, str]] = [
@@ -390,4 +447,4 @@ def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: st
                       must_deny=False))
     doors.append(Door("override", "OPTIONS without preflight headers", "OPTIONS", f"/Patient/{o}"))
     doors.append(Door("override", "TRACE", "TRACE", f"/Patient/{o}"))
-    return doors
+    return _classified(doors)

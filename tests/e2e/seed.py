@@ -7,6 +7,11 @@ patient B whose performer is patient A, which is in A's compartment by definitio
 carebundle emits transaction Bundles with ``urn:uuid:`` full URLs and POST entries; here every
 resource gets the uuid as its id, references become ``Type/id``, and the whole data set is
 loaded with PUT entries in transactions of at most 50 writes (Medplum's limit).
+
+A and B also get one record per US Core 6.1 profile (``us_core.py``: Device, Binary and a Provenance
+targeting their records included), the payer records get CARIN Blue Button's references (care team,
+provider, payee, identifier), and B's Patient links to A (``Patient.link``, type ``seealso``): in the
+official compartment definition B is then in A's compartment; smartgate keeps B out by default.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import carebundle
 
+from . import us_core
 from .components import FhirServer
 
 TRANSACTION_LIMIT = 50
@@ -26,6 +32,10 @@ _NAMESPACE = uuid.UUID("5b0c1d4e-2f3a-4b6c-8d9e-0a1b2c3d4e5f")
 
 # (key, carebundle profile, seed, sex): names, identifiers and ids are distinct across them.
 PATIENTS = (("A", "type2_diabetes", 101, "F"), ("B", "hypertension", 202, "M"), ("C", "ckd_stage3", 303, "F"))
+US_CORE_PATIENTS = ("A", "B")
+LINKED = ("B", "A")  # B's Patient.link points to A
+# Types of the patients' own records that the official Patient compartment leaves out.
+OUTSIDE_COMPARTMENT = frozenset({"Device", "Binary"})
 
 
 def _id(*parts: str) -> str:
@@ -42,6 +52,7 @@ class PatientData:
     member_id: str
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # "Type/id" -> resource (own data)
     practitioner: str = ""  # "Practitioner/id" of the practitioner in this patient's bundle
+    us_core_owner: us_core.Owner | None = None  # A and B: whose US Core records (us_core.py) this patient has
 
     @property
     def reference(self) -> str:
@@ -49,6 +60,14 @@ class PatientData:
 
     def ids(self, resource_type: str) -> list[str]:
         return sorted(ref.split("/", 1)[1] for ref in self.resources if ref.startswith(resource_type + "/"))
+
+    def owner(self) -> us_core.Owner:
+        assert self.us_core_owner is not None, f"patient {self.key} has no US Core records"
+        return self.us_core_owner
+
+    def compartment_refs(self) -> set[str]:
+        """The own records that the official compartment holds (a $everything returns them)."""
+        return {ref for ref in self.resources if ref.split("/")[0] not in OUTSIDE_COMPARTMENT}
 
     def types(self) -> set[str]:
         return {ref.split("/", 1)[0] for ref in self.resources}
@@ -115,6 +134,7 @@ def _from_carebundle(key: str, profile: str, seed: int, sex: str) -> tuple[Patie
 
 def _payer_records(data: PatientData, payer: str) -> list[dict[str, Any]]:
     coverage_id, eob_id = _id(data.key, "coverage"), _id(data.key, "eob")
+    claim_id = f"CLAIM-{_id(data.key, 'claim')[:13].upper()}"
     coverage = {
         "resourceType": "Coverage", "id": coverage_id, "status": "active",
         "identifier": [{"system": "https://payer.example.org/member", "value": data.member_id}],
@@ -131,7 +151,13 @@ def _payer_records(data: PatientData, payer: str) -> list[dict[str, Any]]:
         "resourceType": "ExplanationOfBenefit", "id": eob_id, "status": "active",
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
         "use": "claim", "patient": {"reference": data.reference}, "created": "2026-01-02T10:00:00Z",
-        "insurer": {"reference": payer}, "provider": {"reference": data.practitioner}, "outcome": "complete",
+        "insurer": {"reference": payer}, "provider": {"reference": us_core.shared_ref("Organization/provider")},
+        "outcome": "complete", "identifier": [{"system": "https://payer.example.org/claim", "value": claim_id}],
+        "billablePeriod": {"start": "2026-01-01", "end": "2026-01-01"},
+        "careTeam": [{"sequence": 1, "provider": {"reference": data.practitioner}, "role": {"coding": [{
+            "system": "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBClaimCareTeamRole", "code": "performing"}]}}],
+        "payee": {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/payeetype",
+                                       "code": "subscriber"}]}, "party": {"reference": data.reference}},
         "insurance": [{"focal": True, "coverage": {"reference": f"Coverage/{coverage_id}"}}],
         "item": [{"sequence": 1, "productOrService": {"coding": [{"system": "http://www.ama-assn.org/go/cpt",
                                                                  "code": "99213"}]},
@@ -159,8 +185,13 @@ def build_dataset() -> Dataset:
             shared[f"Practitioner/{practitioner['id']}"] = practitioner
         for record in _payer_records(data, f"Organization/{payer_id}"):
             data.resources[f"{record['resourceType']}/{record['id']}"] = record
+        if key in US_CORE_PATIENTS:
+            data.us_core_owner = us_core.Owner(key, data.reference, f"Coverage/{_id(key, 'coverage')}")
+            data.resources.update(us_core.patient_records(data.us_core_owner))
         patients[key] = data
-    a, b = patients["A"], patients["B"]
+    shared.update(us_core.shared_records())
+    a, b = patients[LINKED[1]], patients[LINKED[0]]
+    b.resources[b.reference]["link"] = [{"other": {"reference": a.reference}, "type": "seealso"}]
     cross_id = _id("cross", "B-observed-by-A")
     shared[f"Observation/{cross_id}"] = {
         "resourceType": "Observation", "id": cross_id, "status": "final",

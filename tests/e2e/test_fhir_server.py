@@ -12,6 +12,7 @@ import pytest
 
 from smartgate.fhir.definitions import PATIENT_COMPARTMENT_PARAMS
 
+from . import us_core
 from .checks import assert_ok, entry_refs
 from .components import NODE_DIR
 from .conftest import E2EStack
@@ -46,7 +47,7 @@ def test_compartment_search_and_everything_routes(e2e: E2EStack) -> None:
     assert compartment == {f"Observation/{i}" for i in a.ids("Observation")} | {e2e.data.cross_reference}
     assert _total(e2e, f"Patient/{a.patient_id}/Observation?_summary=count") == len(compartment)
     everything = entry_refs(assert_ok(e2e.fhir.get(f"Patient/{a.patient_id}/$everything")))
-    assert everything == set(a.resources) | {e2e.data.cross_reference}
+    assert everything == a.compartment_refs() | {e2e.data.cross_reference}  # Device, Binary: not members
 
 
 def test_every_seeded_record_is_found_by_smartgates_compartment_look_up(e2e: E2EStack) -> None:
@@ -56,7 +57,7 @@ def test_every_seeded_record_is_found_by_smartgates_compartment_look_up(e2e: E2E
     compartment by identity: smartgate does not look it up."""
     a = e2e.data.patients["A"]
     table: dict[str, dict[str, int]] = {}
-    for ref in sorted({*a.resources, e2e.data.cross_reference} - {a.reference}):
+    for ref in sorted({*a.compartment_refs(), e2e.data.cross_reference} - {a.reference}):
         resource_type, resource_id = ref.split("/")
         params = PATIENT_COMPARTMENT_PARAMS[resource_type]
         found = {p: _total(e2e, f"{resource_type}?" + urlencode({"_id": resource_id, p: a.reference,
@@ -114,3 +115,37 @@ def test_medplum_history_of_a_deleted_resource_is_404(e2e: E2EStack) -> None:
                                headers=headers).status_code in (200, 201)
     assert e2e.fhir.client.delete("/Observation/e2e-history-probe").status_code in (200, 204)
     assert e2e.fhir.get("Observation/e2e-history-probe/_history").status_code == 404
+
+
+def test_medplum_post_search_ignores_the_url_parameters(e2e: E2EStack) -> None:
+    """``POST Observation/_search?patient=A`` with ``code=X`` in the body searches ``code=X`` over every
+    patient: Medplum's searchByPost reads only the body. Narrowing a POST _search through the URL
+    (Envoy's query_parameters_to_set) would not narrow it, so smartgate must not try."""
+    a, b = e2e.data.patients["A"].owner(), e2e.data.patients["B"].owner()
+    response = e2e.fhir.client.post(f"/Observation/_search?patient={a.patient.split('/')[1]}",
+                                    content=urlencode({"code": f"{us_core.LOINC}|2339-0"}),
+                                    headers={"content-type": "application/x-www-form-urlencoded"})
+    refs = entry_refs(assert_ok(response))
+    assert {a.ref("Observation", "lab"), b.ref("Observation", "lab")} <= refs
+
+
+def test_wrapper_compartment_search_of_patient_follows_link(e2e: E2EStack) -> None:
+    """The official definition's ``Patient: link``: B links to A, so ``Patient/A/Patient`` holds B.
+    $everything leaves linked patients out."""
+    a, b = e2e.data.patients["A"], e2e.data.patients["B"]
+    assert entry_refs(assert_ok(e2e.fhir.get(f"Patient/{a.patient_id}/Patient"))) == {a.reference, b.reference}
+    assert b.reference not in entry_refs(assert_ok(e2e.fhir.get(f"Patient/{a.patient_id}/$everything")))
+
+
+def test_wrapper_expands_wildcard_includes_and_knows_carins_search_parameters(e2e: E2EStack) -> None:
+    a = e2e.data.patients["A"]
+    eob = next(ref for ref in a.resources if ref.startswith("ExplanationOfBenefit/"))
+    coverage = next(ref for ref in a.resources if ref.startswith("Coverage/"))
+    refs = entry_refs(assert_ok(e2e.fhir.get(f"ExplanationOfBenefit?patient={a.patient_id}"
+                                             "&_include=ExplanationOfBenefit:*")))
+    assert {eob, coverage, a.reference, a.practitioner} <= refs
+    payer = a.resources[eob]["insurer"]["reference"]
+    for query in (f"insurer={payer}", "type=professional", "service-date=2026-01-01",
+                  "billable-period-start=2026-01-01"):
+        found = entry_refs(assert_ok(e2e.fhir.get(f"ExplanationOfBenefit?patient={a.patient_id}&{query}")))
+        assert eob in found, query

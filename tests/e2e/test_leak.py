@@ -7,7 +7,12 @@ and smartgate in front of the real FHIR server; then assert that
 - nothing of theirs was created, changed or deleted (their compartments, read straight from the
   FHIR server before and after, are identical, version ids included);
 - every door that is not bound to A was refused before the FHIR server (each request carries an
-  ``x-e2e-probe`` id and the FHIR server lists the ids it saw).
+  ``x-e2e-probe`` id and the FHIR server lists the ids it saw), apart from the searches smartgate
+  narrows to A and, through the enforcing gateway, the includes whose responses it verifies
+  (``doors.MAY_PASS``, ``doors.MAY_PASS_WHEN_ENFORCING``).
+
+B's Patient links to A (``seed.LINKED``): the linked-patient doors (``doors._linked_patient_doors``)
+try every way the official compartment definition's ``link`` rule would open to B's Patient.
 
 Figures (tried / denied / passed through / leaked) are printed and written to
 tests/e2e/leak-report.json (gitignored).
@@ -112,8 +117,9 @@ def leak_run(request: pytest.FixtureRequest) -> LeakRun:
                 response = _send(e2e, door, token, probe)
                 blob = response.text + json.dumps(dict(response.headers))
                 leaked = sorted(f"{markers[m]}:{m}" for m in markers if m in blob)
+                must_deny = door.must_deny and not (gateway == "verified" and door.enforcing_may_pass)
                 attempt = Attempt(probe, gateway, label, other.key, door.category, door.name, door.method,
-                                  door.path[:160], door.must_deny, response.status_code, None,
+                                  door.path[:160], must_deny, response.status_code, None,
                                   _smartgate_reason(response), False, leaked)
                 pending.append((attempt, response))
     seen = e2e.fhir.probes_seen()

@@ -70,7 +70,7 @@ def test_everything_of_the_context_patient(request: pytest.FixtureRequest, gatew
     a = gateway.data.patients["A"]
     response = gateway.get(f"/Patient/{a.patient_id}/$everything", token)
     refs = entry_refs(assert_ok(response))
-    assert set(a.resources) <= refs and gateway.data.cross_reference in refs
+    assert a.compartment_refs() <= refs and gateway.data.cross_reference in refs
     assert_no_foreign_data(gateway, "A", response)
 
 

@@ -86,6 +86,9 @@ def _mentions(other: str, encoded: str) -> list[tuple[str, str, bytes | None]]:
         ("GET", f"Observation?patient=alice7,{encoded}", None),
         ("GET", f"Observation?patient={encoded},alice7", None),
         ("GET", f"Observation?patient=alice7&patient={encoded}", None),
+        ("GET", f"Observation?patient=alice7&Patient={encoded}", None),  # a case variant (issue 15)
+        ("GET", f"Observation?code=1234&PATIENT={encoded}", None),
+        ("GET", f"Device?type=x&patient={encoded}", None),
         ("GET", f"Observation?patient.identifier={encoded}", None),
         ("GET", f"Observation?patient._id={encoded}&patient=alice7", None),
         ("GET", f"Observation?subject:Patient._id={encoded}", None),

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
-from smartgate.dev.demo.upstream import MISBEHAVE_TAG
+from smartgate.dev.demo.upstream import MISBEHAVE_PROVENANCE_TAG, MISBEHAVE_TAG
 from tests.support.stack import Stack, start_stack
 
 pytestmark = pytest.mark.integration
@@ -114,3 +115,58 @@ def test_enforce_mode_refuses_a_response_too_large_to_verify(tmp_path_factory: p
     assert single.status_code == 200 and len(single.content) <= 200
     assert search.status_code == 403
     assert "too large to verify" in search.text and "obs-123-a" not in search.text
+
+
+# --- issue 15: Provenance of the matches, includes of compartment types --------------------------------
+
+PROVENANCE_SEARCH = "/Observation?patient=123&_revinclude=Provenance:target"
+
+
+def _ids(response: httpx.Response) -> set[str]:
+    return {e["resource"]["id"] for e in response.json()["entry"]}
+
+
+@pytest.mark.parametrize("gateway", ["stack", "reporting", "enforcing"])
+def test_provenance_revinclude_is_served_in_every_mode(gateway: str, request: pytest.FixtureRequest) -> None:
+    running: Stack = request.getfixturevalue(gateway)
+    response = running.get(PROVENANCE_SEARCH, running.token())
+    assert response.status_code == 200
+    assert _ids(response) == {"obs-123-a", "obs-123-b", "prov-123-a"}  # never prov-456-a
+
+
+def test_provenance_revinclude_still_needs_a_scope_that_reads_provenance(stack: Stack) -> None:
+    response = stack.get(PROVENANCE_SEARCH, stack.token(scope="launch/patient patient/Observation.rs"))
+    assert response.status_code == 403 and "include_not_permitted" in response.text
+
+
+def test_enforce_mode_blocks_a_provenance_that_names_another_patient(enforcing: Stack) -> None:
+    response = enforcing.get(f"{PROVENANCE_SEARCH}&_tag={MISBEHAVE_PROVENANCE_TAG}", enforcing.token())
+    assert response.status_code == 403
+    assert response.json()["issue"][0]["details"]["coding"][0]["code"] == "response_foreign_resource"
+    assert "prov-names-456" not in response.text
+
+
+INCLUDE_OF_THE_SUBJECT = "/Observation?performer=Patient/123&_include=Observation:subject"  # obs-456-by-123
+
+
+def test_an_include_of_a_compartment_type_is_denied_without_enforce_and_names_it(stack: Stack) -> None:
+    response = stack.get(INCLUDE_OF_THE_SUBJECT, stack.token())
+    assert response.status_code == 403
+    assert "include_not_permitted" in response.text and "response_verification.mode: enforce" in response.text
+
+
+def test_enforce_mode_allows_an_include_of_a_compartment_type_and_verifies_it(enforcing: Stack) -> None:
+    own = enforcing.get("/Coverage?patient=123&_include=Coverage:beneficiary", enforcing.token())
+    assert own.status_code == 200 and _ids(own) == {"cov-123", "123"}
+    foreign = enforcing.get(INCLUDE_OF_THE_SUBJECT, enforcing.token())  # brings in Patient/456
+    assert foreign.status_code == 403 and "Brown" not in foreign.text
+    assert foreign.json()["issue"][0]["details"]["coding"][0]["code"] == "response_foreign_resource"
+
+
+@pytest.mark.parametrize("gateway", ["stack", "enforcing"])
+def test_an_include_of_a_granted_type_outside_the_compartment_is_served_in_every_mode(
+    gateway: str, request: pytest.FixtureRequest
+) -> None:
+    running: Stack = request.getfixturevalue(gateway)
+    response = running.get("/Coverage?patient=123&_include=Coverage:payor:Organization", running.token())
+    assert response.status_code == 200 and _ids(response) == {"cov-123", "payer-1"}

@@ -4,6 +4,7 @@ MembershipLookup against a mocked FHIR server."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -205,7 +206,28 @@ async def test_binary_whose_security_context_is_another_patient_is_denied(harnes
     harness.lookup.binary_targets["b1"] = ("Patient", "456")
     harness.lookup.outcome = False  # Patient/456 does not link to Patient/123
     assert (await harness.decide("/Binary/b1", harness.key.token())).reason is Reason.NOT_IN_COMPARTMENT
-    assert harness.lookup.checks == [compartment_check("Patient", "456", "123", ("link",))]
+    assert harness.lookup.checks == []  # another Patient is never proven while links are not followed
+
+
+async def test_binary_of_a_linked_patient_is_denied_by_default(harness: Harness) -> None:
+    harness.lookup.binary_targets["b1"] = ("Patient", "789")
+    harness.lookup.outcome = True  # Patient/789 links to Patient/123: the look-up would find it
+    assert (await harness.decide("/Binary/b1", harness.key.token())).reason is Reason.NOT_IN_COMPARTMENT
+    assert harness.lookup.checks == []
+
+
+async def test_binary_of_a_linked_patient_follows_the_link_when_configured(tmp_path: Path) -> None:
+    key = SigningKey(tmp_path)
+    lookup = FakeLookup(outcome=True)
+    settings = dataclasses.replace(SETTINGS, follow_patient_links=True)
+    lookup.binary_targets["b1"] = ("Patient", "789")
+    async with offline_client() as client:
+        authorizer = Authorizer(BASE_PATH, PublicRoutes(BASE_PATH, ()), file_verifier(key, client), settings,
+                                lookup, 16_384)
+        decision = await authorizer.authorize(http(f"{BASE_PATH}/Binary/b1", "GET",
+                                                   {"authorization": f"Bearer {key.token()}"}))
+    assert decision.reason is Reason.ALLOWED_COMPARTMENT_MEMBER
+    assert lookup.checks == [compartment_check("Patient", "789", "123", ("link",))]
 
 
 async def test_binary_without_security_context_is_denied(harness: Harness) -> None:
@@ -218,6 +240,13 @@ async def test_binary_of_a_compartment_resource_needs_its_membership(harness: Ha
     harness.lookup.outcome = False
     assert (await harness.decide("/Binary/b1", harness.key.token())).reason is Reason.NOT_IN_COMPARTMENT
     assert [(c.resource_type, c.resource_id) for c in harness.lookup.checks] == [("DocumentReference", "d1")]
+
+
+async def test_binary_of_an_extra_bound_type_needs_its_membership_through_its_parameter(harness: Harness) -> None:
+    harness.lookup.binary_targets["b1"] = ("Device", "d1")  # compartment.extra_binding_params: {Device: [patient]}
+    harness.lookup.outcome = False
+    assert (await harness.decide("/Binary/b1", harness.key.token())).reason is Reason.NOT_IN_COMPARTMENT
+    assert harness.lookup.checks == [compartment_check("Device", "d1", "123", ("patient",))]
 
 
 async def test_own_patient_read_needs_no_lookup(harness: Harness) -> None:

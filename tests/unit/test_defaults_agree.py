@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, get_args
@@ -30,14 +30,16 @@ from smartgate.config.model import (
 )
 from smartgate.config.parse import ConfigError, parse_config
 from smartgate.config.profiles import PROFILE_NAMES
-from smartgate.envoy_glue.bootstrap import EnvoySettings, render
+from smartgate.envoy_glue.bootstrap import EnvoySettings, FrontDoorLimits, render
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "smartgate"
 
 # The top-level values that become smartgate's config (templates/_helpers.tpl, "smartgate.config"); the rest
 # of values.yaml is about Kubernetes objects.
 CONFIG_SECTIONS = ("fhir", "issuers", "publicRoutes", "tokens", "jwks", "limits", "mode", "responseVerification",
-                   "workers", "decisionLog", "audit", "smartConfiguration")
+                   "searchNarrowing", "compartment", "workers", "decisionLog", "audit", "smartConfiguration")
+# Values that are maps in both places, compared whole.
+MAP_VALUES = {"compartment.extraBindingParams"}
 # Values whose config key is not the snake_case of their path.
 RENAMED = {"limits.maxRequestBytes": "max_request_bytes"}
 # Values that Envoy's rendering reads, not smartgate: values path -> EnvoySettings field.
@@ -65,7 +67,7 @@ def default_config() -> Config:
 
 def leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted path, value) of every scalar or list in a values tree."""
-    if isinstance(node, dict) and node:
+    if isinstance(node, dict) and node and path not in MAP_VALUES:
         for name, child in node.items():
             yield from leaves(child, f"{path}.{name}" if path else name)
     else:
@@ -83,6 +85,8 @@ def config_value(config: Any, dotted: str) -> Any:
 
 
 def comparable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: comparable(item) for key, item in value.items()}
     return tuple(value) if isinstance(value, list | tuple) else value
 
 
@@ -201,3 +205,52 @@ def test_the_default_envoy_rendering_carries_the_config_models_limits() -> None:
     typed = ext_authz["typed_config"]
     assert typed["with_request_body"]["max_request_bytes"] == default_config().max_request_bytes
     assert typed["grpc_service"]["timeout"] == f"{chart_values()['limits']['authzTimeoutSeconds']:g}s"
+
+
+# --- the front door (issue 17): Envoy's client-facing limits -------------------------------------------
+
+# values path -> FrontDoorLimits field; every value under envoy besides the image, threads, log level
+# and the optional mTLS listener is one of them.
+FRONT_DOOR = {
+    "envoy.maxConnections": "max_downstream_connections",
+    "envoy.maxHeapBytes": "max_heap_bytes",
+    "envoy.timeouts.requestHeadersSeconds": "request_headers_timeout_seconds",
+    "envoy.timeouts.requestSeconds": "request_timeout_seconds",
+    "envoy.timeouts.upstreamSeconds": "upstream_timeout_seconds",
+    "envoy.timeouts.streamIdleSeconds": "stream_idle_timeout_seconds",
+    "envoy.timeouts.connectionIdleSeconds": "connection_idle_timeout_seconds",
+    "envoy.timeouts.maxConnectionDurationSeconds": "max_connection_duration_seconds",
+    "envoy.http2.maxConcurrentStreams": "http2_max_concurrent_streams",
+    "envoy.http2.initialStreamWindowBytes": "http2_initial_stream_window_bytes",
+    "envoy.http2.initialConnectionWindowBytes": "http2_initial_connection_window_bytes",
+    "envoy.xffNumTrustedHops": "xff_num_trusted_hops",
+}
+NOT_FRONT_DOOR = ("envoy.image.", "envoy.concurrency", "envoy.logLevel", "envoy.tls.")
+
+
+@pytest.mark.parametrize(("path", "field"), FRONT_DOOR.items(), ids=list(FRONT_DOOR))
+def test_each_front_door_value_defaults_to_what_envoys_rendering_defaults_to(path: str, field: str) -> None:
+    values = dict(leaves(chart_values()))
+    assert values[path] == getattr(FrontDoorLimits(), field), f"values.yaml {path} vs FrontDoorLimits.{field}"
+
+
+def test_every_front_door_value_is_compared() -> None:
+    envoy_values = [path for path, _ in leaves(chart_values()["envoy"], "envoy")]
+    assert {path for path in envoy_values if not path.startswith(NOT_FRONT_DOOR)} == set(FRONT_DOOR)
+
+
+def test_the_mtls_listener_is_off_by_default_in_the_chart_and_in_envoys_rendering() -> None:
+    assert chart_values()["envoy"]["tls"]["enabled"] is False and EnvoySettings().tls is None
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
+
+
+def test_envoys_heap_limit_leaves_room_below_its_container_memory_limit() -> None:
+    """Envoy refuses requests at 98 % of max_heap_bytes; the kernel kills it at the container limit. The
+    heap limit must come first, with room for what tcmalloc does not count."""
+    values = chart_values()
+    container_limit = _bytes(values["resources"]["envoy"]["limits"]["memory"])
+    assert values["envoy"]["maxHeapBytes"] <= 0.8 * container_limit

@@ -6,7 +6,7 @@ import pytest
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 from smartgate.core.http import HttpRequest
-from smartgate.core.reasons import Reason
+from smartgate.core.reasons import Reason, Refusal
 from smartgate.envoy_glue.check_request import PARTIAL_BODY_HEADER, from_check_request
 from smartgate.fhir.request import FhirRequest, Interaction, is_valid_id, parse_fhir_request
 from tests.unit.policy_helpers import BASE_PATH, form_post, http, request_error
@@ -51,6 +51,23 @@ def test_search_type_get() -> None:
     request = classify("/Observation?patient=123&code=1234-5")
     assert (request.interaction, request.resource_type) == (Interaction.SEARCH_TYPE, "Observation")
     assert [(p.name, p.value) for p in request.params] == [("patient", "123"), ("code", "1234-5")]
+
+
+@pytest.mark.parametrize("query", ["patient=123", "subject=Patient/123", "code=1234", "_id=o1", "Patient=123",
+                                   "_has:Observation:patient:_id=1", "_count=5&patient=123"])
+def test_post_search_with_selecting_parameters_in_the_url_is_malformed(query: str) -> None:
+    """Medplum reads a POST _search's body alone: a binding in the URL would be ignored there and the
+    search would run over every patient. Selecting parameters belong in the body."""
+    request = parse_fhir_request(form_post(f"{BASE_PATH}/Observation/_search?{query}", b"code=x"), BASE_PATH)
+    assert isinstance(request, Refusal) and request.reason is Reason.REQUEST_MALFORMED
+    assert "in the body" in request.message
+
+
+@pytest.mark.parametrize("query", ["_format=json", "_count=5&_sort=-date", "_include=Observation:performer",
+                                   "_summary=count", "_elements=code"])
+def test_post_search_may_shape_the_result_in_the_url(query: str) -> None:
+    request = parse_fhir_request(form_post(f"{BASE_PATH}/Observation/_search?{query}", b"patient=123"), BASE_PATH)
+    assert isinstance(request, FhirRequest)
 
 
 def test_search_type_post_with_form_body() -> None:

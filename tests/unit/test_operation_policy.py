@@ -21,6 +21,7 @@ LASTN = OperationRule("$lastn", frozenset({"type"}), "s")
 META = OperationRule("$meta", frozenset({"instance"}), "r", patient_context=True)
 EXPORT = OperationRule("$export", frozenset({"system", "type"}), "r")
 CONFIGURED = PolicySettings(fhir_base_url=FHIR_BASE_URL, operations=(LASTN, META, EXPORT))
+FOLLOWING_LINKS = PolicySettings(fhir_base_url=FHIR_BASE_URL, follow_patient_links=True)
 
 
 def reason(path: str, scope: str = "patient/*.rs", patient: str | None = "123", method: str = "GET",
@@ -188,8 +189,12 @@ def test_vread_needs_read() -> None:
     assert reason("Observation/abc/_history/1", "patient/Observation.s") is Reason.SCOPE_INSUFFICIENT
 
 
-def test_instance_history_of_another_patient_record_needs_the_link_lookup() -> None:
-    (check, *_) = pending("Patient/456/_history").checks
+def test_instance_history_of_another_patient_record_is_denied() -> None:
+    assert reason("Patient/456/_history") is Reason.COMPARTMENT_OTHER_PATIENT
+
+
+def test_instance_history_of_another_patient_record_needs_the_link_lookup_when_links_are_followed() -> None:
+    (check, *_) = pending("Patient/456/_history", settings=FOLLOWING_LINKS).checks
     assert check == MembershipCheck("Patient", "456", ((("link", "Patient/123"),),))
 
 

@@ -192,16 +192,20 @@ def test_reference_of_a_type_the_param_cannot_target_is_ambiguous() -> None:
     assert reason("Observation?subject=Practitioner/1&patient=123") is Reason.COMPARTMENT_AMBIGUOUS
 
 
+# Issue 15: with search_narrowing (the default) these are narrowed instead (tests/unit/test_search_narrowing.py).
+NO_NARROWING = PolicySettings(fhir_base_url=FHIR_BASE_URL, search_narrowing=False)
+
+
 def test_search_without_binding_is_unbound() -> None:
-    assert reason("Observation?code=1234-5") is Reason.COMPARTMENT_UNBOUND
+    assert reason("Observation?code=1234-5", settings=NO_NARROWING) is Reason.COMPARTMENT_UNBOUND
 
 
 def test_search_without_any_param_is_unbound() -> None:
-    assert reason("Observation") is Reason.COMPARTMENT_UNBOUND
+    assert reason("Observation", settings=NO_NARROWING) is Reason.COMPARTMENT_UNBOUND
 
 
 def test_search_bound_only_to_a_non_patient_is_unbound() -> None:
-    assert reason("Observation?subject=Group/7") is Reason.COMPARTMENT_UNBOUND
+    assert reason("Observation?subject=Group/7", settings=NO_NARROWING) is Reason.COMPARTMENT_UNBOUND
 
 
 @pytest.mark.parametrize("query", ["patient.name=Smith", "subject:Patient.name=Smith",
@@ -257,7 +261,7 @@ def test_patient_id_with_modifier_is_ambiguous() -> None:
 
 
 def test_patient_search_without_id_is_unbound() -> None:
-    assert reason("Patient?name=Smith") is Reason.COMPARTMENT_UNBOUND
+    assert reason("Patient?name=Smith", settings=NO_NARROWING) is Reason.COMPARTMENT_UNBOUND
 
 
 def test_patient_search_by_id_with_filters_is_allowed() -> None:
@@ -275,8 +279,8 @@ def test_patient_token_vreads_its_own_patient_without_lookup() -> None:
     assert reason("Patient/123/_history/2") is Reason.ALLOWED_CONTEXT_PATIENT
 
 
-def test_read_of_another_patient_needs_a_lookup() -> None:
-    assert membership("Patient/456") == MembershipCheck("Patient", "456", by_param("link"))
+def test_read_of_another_patient_is_denied_without_a_lookup() -> None:
+    assert reason("Patient/456") is Reason.COMPARTMENT_OTHER_PATIENT  # linked or not: links are not followed
 
 
 def test_read_of_an_observation_needs_a_membership_lookup() -> None:
@@ -361,8 +365,9 @@ def test_non_compartment_search_naming_the_context_patient_is_allowed() -> None:
     assert reason("VerificationResult?target=Patient/123") is Reason.ALLOWED_OUTSIDE_COMPARTMENT
 
 
-def test_device_is_closed_to_patient_scopes_because_it_names_its_patient() -> None:
-    assert reason("Device?patient=456") is Reason.SCOPE_INSUFFICIENT
+def test_device_is_bound_through_patient_so_another_patients_devices_are_denied() -> None:
+    """Issue 15: Device is no longer closed; it is bound through ``patient`` (compartment.extra_binding_params)."""
+    assert reason("Device?patient=456") is Reason.COMPARTMENT_OTHER_PATIENT
 
 
 @pytest.mark.parametrize("resource_type", sorted(DEFAULT_PATIENT_CLOSED_TYPES - {"Binary"}))
@@ -616,8 +621,8 @@ def test_revinclude_through_a_non_binding_param_is_denied() -> None:
     assert reason("Patient?_id=123&_revinclude=Observation:focus") is Reason.INCLUDE_NOT_PERMITTED
 
 
-def test_revinclude_on_an_observation_search_is_denied() -> None:
-    assert reason("Observation?patient=123&_revinclude=Provenance:target") is Reason.INCLUDE_NOT_PERMITTED
+def test_revinclude_of_a_compartment_type_on_an_observation_search_is_denied() -> None:
+    assert reason("Observation?patient=123&_revinclude=Observation:has-member") is Reason.INCLUDE_NOT_PERMITTED
 
 
 def test_revinclude_on_a_practitioner_search_is_denied() -> None:

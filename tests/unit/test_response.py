@@ -87,6 +87,19 @@ def test_allow_status_is_set_explicitly_to_ok() -> None:
     assert response.status.code == code_pb2.OK == 0
 
 
+def test_a_narrowed_search_sets_its_binding_parameter_on_the_request() -> None:
+    decision = Decision(Reason.ALLOWED_NARROWED, "narrowed", token_context("patient/*.rs"), "search-type",
+                        "Observation", query_parameters_to_set=(("patient", "123"),))
+    parameters = build(decision).ok_response.query_parameters_to_set
+    assert [(parameter.key, parameter.value) for parameter in parameters] == [("patient", "123")]
+
+
+def test_an_allow_that_is_not_narrowed_sets_no_query_parameter() -> None:
+    response = build(full_context_decision())
+    assert list(response.ok_response.query_parameters_to_set) == []
+    assert list(response.ok_response.query_parameters_to_remove) == []
+
+
 @pytest.mark.parametrize("reason", [reason for reason in Reason if reason.allows])
 def test_every_allow_reason_builds_an_ok_response(reason: Reason) -> None:
     response = build(Decision(reason, "ok", token_context("patient/*.rs")))
@@ -127,10 +140,39 @@ def test_missing_token_or_another_scheme_challenge_has_no_error_attribute(reason
     assert headers["www-authenticate"] == f'Bearer realm="{REALM}"'
 
 
-@pytest.mark.parametrize("reason", [r for r in DENY_REASONS if r.http_status == 401 and r not in BARE_CHALLENGE])
+@pytest.mark.parametrize("reason", [r for r in DENY_REASONS
+                                    if r.http_status == 401 and r not in BARE_CHALLENGE and not r.dpop_challenge])
 def test_token_errors_challenge_with_invalid_token(reason: Reason) -> None:
     challenge = headers_of(build(Decision(reason, "bad token")).denied_response.headers)["www-authenticate"]
     assert challenge == f'Bearer realm="{REALM}", error="invalid_token", error_description="bad token"'
+
+
+DPOP_PROOF_FAILURES = [Reason.DPOP_PROOF_MISSING, Reason.DPOP_PROOF_INVALID, Reason.DPOP_PROOF_REPLAYED]
+
+
+@pytest.mark.parametrize("reason", DPOP_PROOF_FAILURES)
+def test_dpop_proof_failures_challenge_with_the_dpop_scheme_invalid_dpop_proof_and_algs(reason: Reason) -> None:
+    """RFC 9449 section 7.1: the DPoP challenge names the proof algorithms the server accepts."""
+    response = ResponseBuilder(HeaderNames(), REALM, dpop_algs=("ES256", "PS256")).build(Decision(reason, "bad proof"))
+    challenge = headers_of(response.denied_response.headers)["www-authenticate"]
+    assert challenge == (f'DPoP realm="{REALM}", error="invalid_dpop_proof", error_description="bad proof", '
+                         'algs="ES256 PS256"')
+    assert response.denied_response.status.code == 401
+
+
+@pytest.mark.parametrize("reason", [r for r in DENY_REASONS if r.dpop_challenge and r not in DPOP_PROOF_FAILURES])
+def test_other_dpop_binding_failures_challenge_with_the_dpop_scheme_and_invalid_token(reason: Reason) -> None:
+    response = ResponseBuilder(HeaderNames(), REALM, dpop_algs=("ES256",)).build(Decision(reason, "bad binding"))
+    challenge = headers_of(response.denied_response.headers)["www-authenticate"]
+    assert challenge == f'DPoP realm="{REALM}", error="invalid_token", error_description="bad binding", algs="ES256"'
+
+
+@pytest.mark.parametrize("reason", [Reason.CERTIFICATE_BINDING_MISSING, Reason.CERTIFICATE_BINDING_MISMATCH,
+                                    Reason.TOKEN_BINDING_UNSUPPORTED, Reason.BEARER_TOKEN_NOT_ALLOWED])
+def test_certificate_and_unsupported_binding_failures_keep_the_bearer_challenge(reason: Reason) -> None:
+    response = ResponseBuilder(HeaderNames(), REALM, dpop_algs=("ES256",)).build(Decision(reason, "bad binding"))
+    challenge = headers_of(response.denied_response.headers)["www-authenticate"]
+    assert challenge.startswith(f'Bearer realm="{REALM}", error="invalid_token"')
 
 
 @pytest.mark.parametrize("reason", [r for r in DENY_REASONS if r.http_status == 400])

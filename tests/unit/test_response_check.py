@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from smartgate.fhir.compartment import bound_types
 from smartgate.policy.response_rules import ResponseContext, check_response_body
 from smartgate.tokens.scopes import parse_scopes
 
@@ -212,3 +213,38 @@ def test_a_contained_resource_nested_too_deeply_is_a_finding() -> None:
         deep = {"x": deep}
     inner = {"resourceType": "Medication", "id": "m", "extension": [deep]}
     assert problems(observation(contained=[inner])) == ["resource: a contained resource nested too deeply to check"]
+
+
+# --- types a deployment binds beyond R4's compartment (Device through patient) ------------------------
+
+
+def device(patient: str | None, ident: str = "d1") -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Device", "id": ident}
+    if patient is not None:
+        resource["patient"] = {"reference": f"Patient/{patient}"}
+    return resource
+
+
+def bound_context() -> ResponseContext:
+    return ResponseContext("123", parse_scopes(["patient/*.rs"]), BASE, CLOSED,
+                           membership=bound_types({"Device": ("patient",)}).membership)
+
+
+def test_a_device_of_another_patient_is_foreign_when_device_is_bound_through_patient() -> None:
+    found = problems(bundle("searchset", device("123"), device("456", "d2")), bound_context())
+    assert found == ["entry 1: a resource outside the context patient's compartment"]
+
+
+@pytest.mark.parametrize("patient", [None, "456"])
+def test_an_included_device_that_is_not_the_patients_is_foreign(patient: str | None) -> None:
+    document = bundle("searchset", observation())
+    document["entry"].append({"resource": device(patient, "d9"), "search": {"mode": "include"}})
+    assert len(problems(document, bound_context())) == 1
+
+
+def test_the_patients_own_device_passes() -> None:
+    assert problems(bundle("searchset", device("123")), bound_context()) == []
+
+
+def test_without_the_binding_a_device_is_outside_the_compartment_as_in_r4() -> None:
+    assert problems(bundle("searchset", device("456"))) == []

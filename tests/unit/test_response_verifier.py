@@ -153,3 +153,39 @@ async def test_report_mode_logs_the_finding_as_reported() -> None:
     log: list[dict[str, Any]] = []
     await run(verifier("report", log=log), headers_message(CONTEXT), body_message(searchset("456")))
     assert [(e["outcome"], e["reason"]) for e in log] == [("reported", "response_foreign_resource")]
+
+
+# --- issue 15: Provenance of the matches, linked patients --------------------------------------------------
+
+
+LINKED_PATIENT = {"resourceType": "Patient", "id": "789", "link": [{"other": {"reference": "Patient/123"}}]}
+PATIENT_READ = {**CONTEXT, "interaction": "read", "resource_type": "Patient"}
+
+
+async def test_enforce_mode_passes_provenance_revincluded_for_the_patients_own_observations() -> None:
+    document = searchset("123")
+    document["entry"].append({"resource": {"resourceType": "Provenance", "id": "p1",
+                                           "target": [{"reference": "Observation/o0"}]}, "search": {"mode": "include"}})
+    answers = await run(verifier(), headers_message(CONTEXT), body_message(document))
+    assert answers[1].WhichOneof("response") == "response_body"
+
+
+async def test_enforce_mode_blocks_a_provenance_naming_another_patient() -> None:
+    document = searchset("123")
+    document["entry"].append({"resource": {"resourceType": "Provenance", "id": "p1", "target": [
+        {"reference": "Observation/o0"}, {"reference": "Patient/456"}]}, "search": {"mode": "include"}})
+    answers = await run(verifier(), headers_message(CONTEXT), body_message(document))
+    assert answers[1].WhichOneof("response") == "immediate_response"
+
+
+async def test_enforce_mode_blocks_a_linked_patient_by_default() -> None:
+    answers = await run(verifier(), headers_message(PATIENT_READ), body_message(LINKED_PATIENT))
+    assert answers[1].WhichOneof("response") == "immediate_response"
+
+
+async def test_enforce_mode_passes_a_linked_patient_when_links_are_followed() -> None:
+    log: list[dict[str, Any]] = []
+    following = ResponseVerifier("enforce", 1024 * 1024, BASE, frozenset({"Binary"}), log.append,
+                                 follow_patient_links=True)
+    answers = await run(following, headers_message(PATIENT_READ), body_message(LINKED_PATIENT))
+    assert answers[1].WhichOneof("response") == "response_body"

@@ -37,10 +37,11 @@ app.kubernetes.io/component: fhir-gateway
 {{- end -}}
 {{- end -}}
 
-{{/* Fixed in-pod ports: Envoy listens on 8080 (FHIR) and 9902 (/ready only); its admin stays on
-loopback 9901; smartgate serves gRPC (ext_authz, ext_proc, health) on 9191.. and HTTP on 9190. */}}
+{{/* Fixed in-pod ports: Envoy listens on 8080 (FHIR), 8443 (FHIR over mTLS, when envoy.tls.enabled) and
+9902 (/ready only); its admin stays on loopback 9901; smartgate serves gRPC (ext_authz, ext_proc, health)
+on 9191.. and HTTP on 9190. */}}
 {{- define "smartgate.ports" -}}
-{{- dict "envoy" 8080 "ready" 9902 "admin" 9901 "grpc" 9191 "http" 9190 | toJson -}}
+{{- dict "envoy" 8080 "tls" 8443 "ready" 9902 "admin" 9901 "grpc" 9191 "http" 9190 | toJson -}}
 {{- end -}}
 
 {{/* The environment variable that carries issuer i's introspection client secret. */}}
@@ -89,6 +90,9 @@ loopback 9901; smartgate serves gRPC (ext_authz, ext_proc, health) on 9191.. and
   "max_request_bytes" (int $v.limits.maxRequestBytes)
   "mode" $v.mode
   "response_verification" (dict "mode" $v.responseVerification.mode "max_body_bytes" (int $v.responseVerification.maxBodyBytes))
+  "search_narrowing" $v.searchNarrowing
+  "compartment" (dict "follow_patient_links" $v.compartment.followPatientLinks
+                      "extra_binding_params" $v.compartment.extraBindingParams)
   "workers" (int $v.workers)
   "decision_log" $v.decisionLog
   "audit" (dict "destination" $v.audit.destination)
@@ -111,9 +115,16 @@ for these settings; tests/chart compares the two. */}}
 {{- $base := urlParse $v.fhir.baseUrl -}}
 {{- $basePath := trimSuffix "/" $base.path -}}
 {{- $verifying := ne $v.responseVerification.mode "off" -}}
+{{- $t := $v.envoy.timeouts -}}
+{{- if lt (float64 $t.streamIdleSeconds) (float64 $t.upstreamSeconds) -}}
+{{- fail "envoy.timeouts.streamIdleSeconds must be at least envoy.timeouts.upstreamSeconds, or slow FHIR searches are cut by the idle timer" -}}
+{{- end -}}
+{{- if lt (float64 $t.requestSeconds) (float64 $t.requestHeadersSeconds) -}}
+{{- fail "envoy.timeouts.requestSeconds must be at least envoy.timeouts.requestHeadersSeconds" -}}
+{{- end -}}
 {{- $router := dict "name" "envoy.filters.http.router" "typed_config" (dict "@type" "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router") -}}
 {{- $hcmType := "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" -}}
-{{- $route := dict "cluster" "fhir_upstream" "timeout" "60s" -}}
+{{- $route := dict "cluster" "fhir_upstream" "timeout" (printf "%vs" $t.upstreamSeconds) -}}
 {{- if ne $upstreamPath $basePath }}{{ $_ := set $route "prefix_rewrite" (ternary (printf "%s/" $upstreamPath) "/" (ne $upstreamPath "")) }}{{ end -}}
 {{- $fhirRoute := dict "match" (dict "path" $basePath) "route" (deepCopy $route) -}}
 {{- $fhirPrefixRoute := dict "match" (dict "prefix" (printf "%s/" $basePath)) "route" $route -}}
@@ -132,6 +143,7 @@ for these settings; tests/chart compares the two. */}}
   "grpc_service" (dict "envoy_grpc" (dict "cluster_name" "smartgate") "timeout" (printf "%vs" $v.limits.authzTimeoutSeconds))
   "failure_mode_allow" false
   "status_on_error" (dict "code" "ServiceUnavailable")
+  "include_peer_certificate" true
   "with_request_body" (dict "max_request_bytes" (int $v.limits.maxRequestBytes) "allow_partial_message" false "pack_as_bytes" true)) -}}
 {{- $filters := list $extAuthz -}}
 {{- if $verifying -}}
@@ -148,7 +160,18 @@ for these settings; tests/chart compares the two. */}}
 {{- $filters = append $filters $router -}}
 {{- $hcm := dict "@type" $hcmType "stat_prefix" "fhir_ingress" "normalize_path" true "merge_slashes" true
   "path_with_escaped_slashes_action" "REJECT_REQUEST"
-  "common_http_protocol_options" (dict "headers_with_underscores_action" "REJECT_REQUEST")
+  "use_remote_address" true
+  "xff_num_trusted_hops" (int $v.envoy.xffNumTrustedHops)
+  "preserve_external_request_id" true
+  "request_headers_timeout" (printf "%vs" $t.requestHeadersSeconds)
+  "request_timeout" (printf "%vs" $t.requestSeconds)
+  "stream_idle_timeout" (printf "%vs" $t.streamIdleSeconds)
+  "common_http_protocol_options" (dict "headers_with_underscores_action" "REJECT_REQUEST"
+    "idle_timeout" (printf "%vs" $t.connectionIdleSeconds)
+    "max_connection_duration" (printf "%vs" $t.maxConnectionDurationSeconds))
+  "http2_protocol_options" (dict "max_concurrent_streams" (int $v.envoy.http2.maxConcurrentStreams)
+    "initial_stream_window_size" (int $v.envoy.http2.initialStreamWindowBytes)
+    "initial_connection_window_size" (int $v.envoy.http2.initialConnectionWindowBytes))
   "route_config" (dict "name" "fhir" "virtual_hosts" (list (dict "name" "fhir" "domains" (list "*") "routes" $routes)))
   "http_filters" $filters -}}
 {{- $bufferLimit := max (int $v.limits.maxRequestBytes) (ternary (int $v.responseVerification.maxBodyBytes) 0 $verifying) 1048576 -}}
@@ -172,17 +195,51 @@ for these settings; tests/chart compares the two. */}}
 {{- $_ := set $upstreamCluster "transport_socket" (dict "name" "envoy.transport_sockets.tls" "typed_config" (dict
   "@type" "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" "sni" $upstreamHost)) -}}
 {{- end -}}
+{{- $heap := "envoy.resource_monitors.fixed_heap" -}}
+{{- $overload := dict "refresh_interval" "0.25s"
+  "resource_monitors" (list
+    (dict "name" "envoy.resource_monitors.global_downstream_max_connections" "typed_config" (dict
+      "@type" "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+      "max_active_downstream_connections" (int $v.envoy.maxConnections)))
+    (dict "name" $heap "typed_config" (dict
+      "@type" "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
+      "max_heap_size_bytes" (int64 $v.envoy.maxHeapBytes))))
+  "actions" (list
+    (dict "name" "envoy.overload_actions.shrink_heap" "triggers" (list (dict "name" $heap "threshold" (dict "value" 0.95))))
+    (dict "name" "envoy.overload_actions.stop_accepting_requests" "triggers" (list (dict "name" $heap "threshold" (dict "value" 0.98))))) -}}
+{{- $listeners := list
+  (dict "name" "fhir_ingress"
+        "address" (dict "socket_address" (dict "address" "0.0.0.0" "port_value" $ports.envoy))
+        "per_connection_buffer_limit_bytes" $bufferLimit
+        "filter_chains" (list (dict "filters" (list (dict "name" "envoy.filters.network.http_connection_manager" "typed_config" $hcm))))) -}}
+{{- if $v.envoy.tls.enabled -}}
+{{- $tlsHcm := deepCopy $hcm -}}
+{{- $_ := set $tlsHcm "stat_prefix" "fhir_ingress_tls" -}}
+{{- $listeners = append $listeners (dict "name" "fhir_ingress_tls"
+  "address" (dict "socket_address" (dict "address" "0.0.0.0" "port_value" $ports.tls))
+  "per_connection_buffer_limit_bytes" $bufferLimit
+  "filter_chains" (list (dict
+    "filters" (list (dict "name" "envoy.filters.network.http_connection_manager" "typed_config" $tlsHcm))
+    "transport_socket" (dict "name" "envoy.transport_sockets.tls" "typed_config" (dict
+      "@type" "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+      "require_client_certificate" $v.envoy.tls.requireClientCertificate
+      "common_tls_context" (dict
+        "tls_params" (dict "tls_minimum_protocol_version" "TLSv1_2")
+        "alpn_protocols" (list "h2" "http/1.1")
+        "tls_certificates" (list (dict "certificate_chain" (dict "filename" "/etc/envoy-tls/tls.crt")
+                                       "private_key" (dict "filename" "/etc/envoy-tls/tls.key")))
+        "validation_context" (dict "trusted_ca" (dict "filename" "/etc/envoy-tls/client-ca.crt")))))))) -}}
+{{- end -}}
+{{- $listeners = append $listeners (dict "name" "envoy_ready"
+  "address" (dict "socket_address" (dict "address" "0.0.0.0" "port_value" $ports.ready))
+  "ignore_global_conn_limit" true
+  "filter_chains" (list (dict "filters" (list (dict "name" "envoy.filters.network.http_connection_manager" "typed_config" $readyHcm))))) -}}
 {{- $config := dict
-  "admin" (dict "address" (dict "socket_address" (dict "address" "127.0.0.1" "port_value" $ports.admin)))
+  "admin" (dict "address" (dict "socket_address" (dict "address" "127.0.0.1" "port_value" $ports.admin))
+                "ignore_global_conn_limit" true)
+  "overload_manager" $overload
   "static_resources" (dict
-    "listeners" (list
-      (dict "name" "fhir_ingress"
-            "address" (dict "socket_address" (dict "address" "0.0.0.0" "port_value" $ports.envoy))
-            "per_connection_buffer_limit_bytes" $bufferLimit
-            "filter_chains" (list (dict "filters" (list (dict "name" "envoy.filters.network.http_connection_manager" "typed_config" $hcm)))))
-      (dict "name" "envoy_ready"
-            "address" (dict "socket_address" (dict "address" "0.0.0.0" "port_value" $ports.ready))
-            "filter_chains" (list (dict "filters" (list (dict "name" "envoy.filters.network.http_connection_manager" "typed_config" $readyHcm))))))
+    "listeners" $listeners
     "clusters" (list
       (dict "name" "smartgate" "type" "STRICT_DNS" "connect_timeout" "1s" "lb_policy" "ROUND_ROBIN"
             "load_assignment" (dict "cluster_name" "smartgate" "endpoints" (list (dict "lb_endpoints" $authzEndpoints)))

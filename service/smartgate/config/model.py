@@ -43,6 +43,8 @@ VerificationMode = Literal["off", "report", "enforce"]
 AuthMethod = Literal["client_secret_basic", "client_secret_post"]
 OperationLevel = Literal["system", "type", "instance"]
 Permission = Literal["c", "r", "u", "d", "s"]
+SenderConstraint = Literal["optional", "required"]
+"""optional: bound tokens must prove possession, unbound ones pass. required: unbound tokens are refused."""
 
 SAFE_ALGORITHMS: tuple[str, ...] = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
@@ -218,6 +220,7 @@ class IssuerConfig:
         ProfileName, "{value!r} is not one of " + ", ".join(get_args(ProfileName)))))
     dotted_scopes: bool = False  # not a key: set for the entra profile
     introspection: IntrospectionConfig | None = field(default=None, metadata=parser_step())
+    sender_constraint: SenderConstraint = field(default="optional", metadata=check(one_of(SenderConstraint)))
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,17 @@ class TokenPolicy:
 
 
 @dataclass(frozen=True)
+class DpopConfig:
+    """RFC 9449 DPoP proofs for tokens bound with ``cnf.jkt`` (off: such tokens are refused)."""
+
+    enabled: bool = field(default=True, metadata=check(boolean))
+    algorithms: tuple[str, ...] = field(default=SAFE_ALGORITHMS, metadata=check(_algorithms))
+    # A proof is accepted while its iat is within this window (plus tokens.clock_skew_seconds) of now.
+    iat_window_seconds: int = field(default=60, metadata=check(positive_int))
+    replay_cache_size: int = field(default=100_000, metadata=check(positive_int))
+
+
+@dataclass(frozen=True)
 class JwksPolicy:
     refresh_interval_seconds: float = field(default=300.0, metadata=check(positive_number))
     min_refresh_interval_seconds: float = field(default=30.0, metadata=check(positive_number))
@@ -322,6 +336,7 @@ class Config:
     listen: ListenConfig = field(default_factory=ListenConfig, metadata=check(nested(ListenConfig)))
     tokens: TokenPolicy = field(default_factory=TokenPolicy, metadata=check(nested(TokenPolicy)))
     jwks: JwksPolicy = field(default_factory=JwksPolicy, metadata=check(nested(JwksPolicy)))
+    dpop: DpopConfig = field(default_factory=DpopConfig, metadata=check(nested(DpopConfig)))
     public_routes: tuple[PublicRoute, ...] = field(default=(), metadata=check(each(PublicRoute)))
     headers: HeaderNames = field(default_factory=HeaderNames, metadata=check(nested(HeaderNames)))
     realm: str = field(default="", metadata=check(string))  # parse defaults it to fhir.base_url

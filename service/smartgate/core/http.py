@@ -15,6 +15,9 @@ class HttpRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes | None = None
     body_truncated: bool = False
+    # The TLS client certificate (PEM) Envoy saw on the downstream connection, when its ext_authz filter
+    # sets include_peer_certificate; certificate-bound tokens (RFC 8705) are checked against it.
+    peer_certificate: str | None = None
 
     @property
     def request_id(self) -> str:

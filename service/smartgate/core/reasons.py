@@ -18,8 +18,10 @@ class Reason(enum.Enum):
     ALLOWED_BY_SCOPE = ("allowed_by_scope", 200, None)
     ALLOWED_OUTSIDE_COMPARTMENT = ("allowed_outside_compartment", 200, None)
     ALLOWED_COMPARTMENT_SEARCH = ("allowed_compartment_search", 200, None)
+    ALLOWED_NARROWED = ("allowed_narrowed", 200, None)  # a search narrowed to the context patient
     ALLOWED_CONTEXT_PATIENT = ("allowed_context_patient", 200, None)
     ALLOWED_COMPARTMENT_MEMBER = ("allowed_compartment_member", 200, None)
+    ALLOWED_VERIFIED_BY_RESPONSE = ("allowed_verified_by_response", 200, None)  # proven by ext_proc, not looked up
     ALLOWED_WRITE = ("allowed_write", 200, None)
     ALLOWED_BUNDLE = ("allowed_bundle", 200, None)
     ALLOWED_OPERATION = ("allowed_operation", 200, None)
@@ -41,6 +43,18 @@ class Reason(enum.Enum):
     TOKEN_CLAIMS_INVALID = ("token_claims_invalid", 401, "invalid_token")
     PATIENT_CONTEXT_MISSING = ("patient_context_missing", 401, "invalid_token")
     TOKEN_INACTIVE = ("token_inactive", 401, "invalid_token")
+    # Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 certificate-bound). A code starting with
+    # ``dpop_`` is answered with the DPoP challenge (RFC 9449 section 7.1), every other with Bearer.
+    DPOP_PROOF_MISSING = ("dpop_proof_missing", 401, "invalid_dpop_proof")
+    DPOP_PROOF_INVALID = ("dpop_proof_invalid", 401, "invalid_dpop_proof")
+    DPOP_PROOF_REPLAYED = ("dpop_proof_replayed", 401, "invalid_dpop_proof")
+    DPOP_BINDING_MISMATCH = ("dpop_binding_mismatch", 401, "invalid_token")  # proof key is not cnf.jkt
+    DPOP_TOKEN_AS_BEARER = ("dpop_token_as_bearer", 401, "invalid_token")  # RFC 9449 section 7.2
+    DPOP_TOKEN_UNBOUND = ("dpop_token_unbound", 401, "invalid_token")  # DPoP scheme, token without cnf.jkt
+    CERTIFICATE_BINDING_MISSING = ("certificate_binding_missing", 401, "invalid_token")
+    CERTIFICATE_BINDING_MISMATCH = ("certificate_binding_mismatch", 401, "invalid_token")
+    TOKEN_BINDING_UNSUPPORTED = ("token_binding_unsupported", 401, "invalid_token")  # a cnf member we cannot check
+    BEARER_TOKEN_NOT_ALLOWED = ("bearer_token_not_allowed", 401, "invalid_token")  # sender_constraint: required
 
     # 400: the request itself cannot be interpreted safely.
     AUTHORIZATION_HEADER_MALFORMED = ("authorization_header_malformed", 400, "invalid_request")
@@ -69,6 +83,7 @@ class Reason(enum.Enum):
     LOOKUP_FAILED = ("lookup_failed", 503, None)
     JWKS_UNAVAILABLE = ("jwks_unavailable", 503, None)
     INTROSPECTION_FAILED = ("introspection_failed", 503, None)
+    DPOP_REPLAY_CACHE_FULL = ("dpop_replay_cache_full", 503, None)  # cannot remember one more jti: fail closed
     INTERNAL_ERROR = ("internal_error", 500, None)
 
     def __init__(self, code: str, http_status: int, bearer_error: str | None) -> None:
@@ -79,6 +94,11 @@ class Reason(enum.Enum):
     @property
     def allows(self) -> bool:
         return self.http_status == 200
+
+    @property
+    def dpop_challenge(self) -> bool:
+        """Answered with ``WWW-Authenticate: DPoP`` rather than ``Bearer`` (RFC 9449 section 7.1)."""
+        return self.code.startswith("dpop_") and self.http_status == 401
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ the tests and the Helm chart render the same structure with their own addresses.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,62 @@ from smartgate.config.model import (
 )
 
 _HTTP_FILTERS_PREFIX = "type.googleapis.com/envoy.extensions.filters.http"
+
+
+@dataclass(frozen=True)
+class FrontDoorLimits:
+    """What one client may hold of Envoy's listener (Envoy's "Configuring Envoy as an edge proxy").
+    The defaults suit a FHIR API: searches and ``$everything`` get a minute, and no client can hold a
+    connection, a stream or the pod's memory without sending or reading anything."""
+
+    # Open client connections, all listeners together; one more is closed at once (overload manager).
+    max_downstream_connections: int = 1000
+    # Envoy's heap (tcmalloc) limit: at 95 % it shrinks its heap, at 98 % it answers new requests with 503.
+    # Keep it below the container's memory limit (the chart's is 256 MiB).
+    max_heap_bytes: int = 201_326_592
+    # The whole request header must arrive within this: a client trickling its headers is cut (408).
+    request_headers_timeout_seconds: float = 10
+    # The whole request (headers and body, up to max_request_bytes) must arrive within this.
+    request_timeout_seconds: float = 60
+    # The FHIR server's complete response must arrive within this (route timeout; then 504).
+    upstream_timeout_seconds: float = 60
+    # A stream with no bytes either way is reset after this; longer than upstream_timeout_seconds,
+    # so a slow search is ended by the upstream timeout, never by this one.
+    stream_idle_timeout_seconds: float = 120
+    # A connection with no stream is closed after this: longer than load balancers' own idle timeouts
+    # (AWS ALB 60 s, Azure 4 min, Google Cloud 10 min), so the balancer closes first, never Envoy under it.
+    connection_idle_timeout_seconds: float = 900
+    # A connection is drained after this, so long-lived HTTP/2 connections rebalance after a scale-out.
+    max_connection_duration_seconds: float = 3600
+    # HTTP/2 limits per connection (Envoy's edge guidance: 100 streams, 64 KiB stream, 1 MiB connection window).
+    http2_max_concurrent_streams: int = 100
+    http2_initial_stream_window_bytes: int = 65_536
+    http2_initial_connection_window_bytes: int = 1_048_576
+    # x-forwarded-for hops to trust in front of Envoy (use_remote_address is always on): 0 when clients
+    # connect to Envoy directly or through a TCP load balancer, 1 behind one HTTP proxy (an ingress
+    # controller) that appends the client's address. smartgate decides nothing on the client's address.
+    xff_num_trusted_hops: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stream_idle_timeout_seconds < self.upstream_timeout_seconds:
+            raise ValueError("stream_idle_timeout_seconds must be at least upstream_timeout_seconds, "
+                             "or slow FHIR searches are cut by the idle timer")
+        if self.request_timeout_seconds < self.request_headers_timeout_seconds:
+            raise ValueError("request_timeout_seconds must be at least request_headers_timeout_seconds")
+
+
+@dataclass(frozen=True)
+class DownstreamTls:
+    """An mTLS listener beside the plain one: Envoy passes the client certificate it verified to smartgate
+    (ext_authz ``include_peer_certificate``), which checks it against certificate-bound tokens."""
+
+    port: int
+    cert_path: str
+    key_path: str
+    client_ca_path: str
+    # False: a client without a certificate is served too (bearer and DPoP tokens); a certificate-bound
+    # token still needs one.
+    require_client_certificate: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,6 +102,8 @@ class EnvoySettings:
     response_verification: VerificationMode = ResponseVerificationConfig.mode  # ext_proc to smartgate
     max_response_bytes: int = ResponseVerificationConfig.max_body_bytes
     ready_port: int | None = None  # a listener serving only the admin's /ready (Kubernetes probes); admin stays local
+    front_door: FrontDoorLimits = FrontDoorLimits()
+    tls: DownstreamTls | None = None  # a second, mTLS listener (certificate-bound tokens, RFC 8705)
 
 
 def _cluster(name: str, host: str, ports: list[int], http2: bool) -> dict[str, Any]:
@@ -93,6 +152,8 @@ def _ext_authz(settings: EnvoySettings) -> dict[str, Any]:
             # Fail closed: if smartgate cannot answer, the request is refused with 503, not 403.
             "failure_mode_allow": False,
             "status_on_error": {"code": "ServiceUnavailable"},
+            # The TLS client certificate, when there is one, for certificate-bound tokens (RFC 8705).
+            "include_peer_certificate": True,
             "with_request_body": {
                 "max_request_bytes": settings.max_request_bytes,
                 "allow_partial_message": False,
@@ -139,7 +200,8 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
     upstream = urlsplit(settings.upstream_url)
     upstream_port = upstream.port or (443 if upstream.scheme == "https" else 80)
     upstream_path = upstream.path.rstrip("/")
-    route: dict[str, Any] = {"cluster": "fhir_upstream", "timeout": "60s"}
+    limits = settings.front_door
+    route: dict[str, Any] = {"cluster": "fhir_upstream", "timeout": _seconds(limits.upstream_timeout_seconds)}
     verifying = settings.response_verification != "off"
     if upstream_path != settings.base_path:
         route["prefix_rewrite"] = upstream_path + "/" if upstream_path else "/"
@@ -161,7 +223,7 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
         "normalize_path": True,
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
-        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        **_front_door_connection_manager(limits),
         "route_config": {
             "name": "fhir",
             "virtual_hosts": [{
@@ -182,21 +244,23 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
              "typed_config": {"@type": f"{_HTTP_FILTERS_PREFIX}.router.v3.Router"}},
         ],
     }
+    buffer_limit = max(settings.max_request_bytes, settings.max_response_bytes if verifying else 0, 1_048_576)
     return {
         "admin": {"address": {"socket_address": {"address": settings.admin_host,
-                                                 "port_value": settings.admin_port}}},
+                                                 "port_value": settings.admin_port}},
+                  "ignore_global_conn_limit": True},
+        "overload_manager": _overload_manager(limits),
         "static_resources": {
             "listeners": [{
                 "name": "fhir_ingress",
                 "address": {"socket_address": {"address": settings.listen_host,
                                                "port_value": settings.listen_port}},
-                "per_connection_buffer_limit_bytes": max(
-                    settings.max_request_bytes, settings.max_response_bytes if verifying else 0, 1_048_576),
+                "per_connection_buffer_limit_bytes": buffer_limit,
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": hcm,
                 }]}],
-            }, *_ready_listener(settings)],
+            }, *_tls_listener(settings, hcm, buffer_limit), *_ready_listener(settings)],
             "clusters": [
                 _with_health_checks(_cluster("smartgate", settings.authz_host,
                                              [settings.authz_port + i for i in range(settings.authz_workers)],
@@ -209,6 +273,91 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
             ],
         },
     }
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _front_door_connection_manager(limits: FrontDoorLimits) -> dict[str, Any]:
+    """The connection manager's front-door settings: timeouts that cut a client sending or reading nothing,
+    HTTP/2 limits, and where the client address comes from."""
+    return {
+        "use_remote_address": True,
+        "xff_num_trusted_hops": limits.xff_num_trusted_hops,
+        # At the edge Envoy would replace a client's x-request-id; the decision log and AuditEvents are keyed
+        # by it, so a client can find its request there (a new one is still generated when absent).
+        "preserve_external_request_id": True,
+        "request_headers_timeout": _seconds(limits.request_headers_timeout_seconds),
+        "request_timeout": _seconds(limits.request_timeout_seconds),
+        "stream_idle_timeout": _seconds(limits.stream_idle_timeout_seconds),
+        "common_http_protocol_options": {
+            "headers_with_underscores_action": "REJECT_REQUEST",
+            "idle_timeout": _seconds(limits.connection_idle_timeout_seconds),
+            "max_connection_duration": _seconds(limits.max_connection_duration_seconds),
+        },
+        "http2_protocol_options": {
+            "max_concurrent_streams": limits.http2_max_concurrent_streams,
+            "initial_stream_window_size": limits.http2_initial_stream_window_bytes,
+            "initial_connection_window_size": limits.http2_initial_connection_window_bytes,
+        },
+    }
+
+
+def _overload_manager(limits: FrontDoorLimits) -> dict[str, Any]:
+    """A global cap on client connections (the one past it is closed on accept, not queued), and heap
+    actions: shrink at 95 %, refuse new requests (503) at 98 % rather than be killed for memory."""
+    heap = "envoy.resource_monitors.fixed_heap"
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {"name": "envoy.resource_monitors.global_downstream_max_connections",
+             "typed_config": {
+                 "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3"
+                          ".DownstreamConnectionsConfig",
+                 "max_active_downstream_connections": limits.max_downstream_connections}},
+            {"name": heap,
+             "typed_config": {
+                 "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                 "max_heap_size_bytes": limits.max_heap_bytes}},
+        ],
+        "actions": [
+            {"name": "envoy.overload_actions.shrink_heap", "triggers": [{"name": heap, "threshold": {"value": 0.95}}]},
+            {"name": "envoy.overload_actions.stop_accepting_requests",
+             "triggers": [{"name": heap, "threshold": {"value": 0.98}}]},
+        ],
+    }
+
+
+def _tls_listener(settings: EnvoySettings, hcm: dict[str, Any], buffer_limit: int) -> list[dict[str, Any]]:
+    """The same routes and filters behind mTLS, when configured. The connection manager is a copy, so the
+    YAML holds no aliases."""
+    tls = settings.tls
+    if tls is None:
+        return []
+    tls_hcm = {**copy.deepcopy(hcm), "stat_prefix": "fhir_ingress_tls"}
+    return [{
+        "name": "fhir_ingress_tls",
+        "address": {"socket_address": {"address": settings.listen_host, "port_value": tls.port}},
+        "per_connection_buffer_limit_bytes": buffer_limit,
+        "filter_chains": [{
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": tls_hcm}],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": tls.require_client_certificate,
+                    "common_tls_context": {
+                        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                        "alpn_protocols": ["h2", "http/1.1"],
+                        "tls_certificates": [{"certificate_chain": {"filename": tls.cert_path},
+                                              "private_key": {"filename": tls.key_path}}],
+                        "validation_context": {"trusted_ca": {"filename": tls.client_ca_path}},
+                    },
+                },
+            },
+        }],
+    }]
 
 
 def _ready_listener(settings: EnvoySettings) -> list[dict[str, Any]]:
@@ -234,6 +383,8 @@ def _ready_listener(settings: EnvoySettings) -> list[dict[str, Any]]:
     return [{
         "name": "envoy_ready",
         "address": {"socket_address": {"address": settings.listen_host, "port_value": settings.ready_port}},
+        # Probes still get through when clients hold every connection: a busy pod is not restarted.
+        "ignore_global_conn_limit": True,
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                         "typed_config": hcm}]}],
     }]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from envoy.service.auth.v3 import external_auth_pb2
 
 from smartgate.core.http import HttpRequest
@@ -22,6 +24,9 @@ def from_check_request(check_request: external_auth_pb2.CheckRequest) -> HttpReq
     declared = headers.get("content-length")
     if declared is not None and body is not None:
         truncated = truncated or not declared.isdigit() or int(declared) != len(body)
+    # attributes.source.certificate: the peer's certificate, URL-encoded PEM (include_peer_certificate).
+    certificate = check_request.attributes.source.certificate
     return HttpRequest(
-        method=http.method.upper(), path=http.path, headers=headers, body=body, body_truncated=truncated
+        method=http.method.upper(), path=http.path, headers=headers, body=body, body_truncated=truncated,
+        peer_certificate=unquote(certificate) if certificate else None,
     )

@@ -3,6 +3,7 @@
 Every response sets ``status`` explicitly (Envoy reads an unset status as OK).
 Allow: the verified context headers are set with OVERWRITE_IF_EXISTS_OR_ADD, and every
 context header without a value is removed, so a client can never smuggle one through.
+A narrowed search also carries ``query_parameters_to_set`` (``patient=<ctx>``).
 Deny: the HTTP status, ``WWW-Authenticate`` (RFC 6750) and a FHIR OperationOutcome.
 """
 
@@ -23,6 +24,8 @@ from smartgate.policy.decision import Decision
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK = status_pb2.Status(code=code_pb2.OK)
 _MAX_REQUEST_ID = 200  # x-request-id is client-chosen; the response stage logs it, bounded
+# Removed from a read proven by its response, so that the FHIR server answers the resource, not a 304.
+_CONDITIONAL_READ_HEADERS = ("if-none-match", "if-modified-since")
 _UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
 _PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
 _UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
@@ -42,14 +45,18 @@ def _quoted(text: str) -> str:
     return _NOT_QDTEXT.sub("_", text)
 
 
-def www_authenticate(reason: Reason, realm: str, message: str) -> str | None:
-    """The RFC 6750 challenge for a denial, or None where none applies (5xx)."""
+def www_authenticate(reason: Reason, realm: str, message: str, dpop_algs: tuple[str, ...] = ()) -> str | None:
+    """The RFC 6750 challenge for a denial, or None where none applies (5xx). A DPoP failure gets the
+    RFC 9449 section 7.1 challenge instead: scheme ``DPoP`` and ``algs``, the proof algorithms accepted."""
     if reason.http_status >= 500:
         return None
-    parts = [f'Bearer realm="{_quoted(realm)}"']
+    dpop = reason.dpop_challenge
+    parts = [f'{"DPoP" if dpop else "Bearer"} realm="{_quoted(realm)}"']
     if reason.bearer_error is not None:
         parts.append(f'error="{reason.bearer_error}"')
         parts.append(f'error_description="{_quoted(message)}"')
+    if dpop and dpop_algs:
+        parts.append(f'algs="{_quoted(" ".join(dpop_algs))}"')
     return ", ".join(parts)
 
 
@@ -70,9 +77,11 @@ def operation_outcome(reason: Reason, message: str) -> bytes:
 
 
 class ResponseBuilder:
-    def __init__(self, header_names: HeaderNames, realm: str, hand_over_context: bool = False) -> None:
+    def __init__(self, header_names: HeaderNames, realm: str, hand_over_context: bool = False,
+                 dpop_algs: tuple[str, ...] = ()) -> None:
         self._names = header_names
         self._realm = realm
+        self._dpop_algs = dpop_algs  # the DPoP challenge's algs (RFC 9449 section 7.1)
         self._hand_over = hand_over_context  # for response verification (ext_proc)
 
     def build(self, decision: Decision, request_id: str = "") -> external_auth_pb2.CheckResponse:
@@ -97,12 +106,21 @@ class ResponseBuilder:
                 ok.headers.append(_header(name, value))
             else:
                 ok.headers_to_remove.append(name)
+        for key, value in decision.query_parameters_to_set:  # search narrowing: Envoy replaces any same-name one
+            ok.query_parameters_to_set.append(base_pb2.QueryParameter(key=key, value=value))
         response = external_auth_pb2.CheckResponse(status=_OK, ok_response=ok)
-        if self._hand_over and context is not None and context.patient and context.grants.has_patient_scopes:
+        handing_over = self._hand_over and context is not None and context.patient and context.grants.has_patient_scopes
+        if decision.reason is Reason.ALLOWED_VERIFIED_BY_RESPONSE:
+            if not handing_over:  # nothing would check the response: fail closed
+                return self._deny(Decision(Reason.INTERNAL_ERROR, "the response cannot be verified"))
+            # A 304 or a bodiless answer proves nothing: the FHIR server must send the resource to be checked.
+            ok.headers_to_remove.extend(_CONDITIONAL_READ_HEADERS)
+        if handing_over and context is not None:
             # Emitted by Envoy as dynamic metadata (namespace envoy.filters.http.ext_authz) for ext_proc.
             response.dynamic_metadata.update({
                 "patient": context.patient, "scope": context.scope_text, "interaction": decision.interaction,
                 "resource_type": decision.resource_type, "request_id": request_id[:_MAX_REQUEST_ID],
+                "reason": decision.reason.code,  # allowed_verified_by_response: the response is the proof
             })
         return response
 
@@ -114,7 +132,7 @@ class ResponseBuilder:
         )
         denied.headers.append(_header("content-type", "application/fhir+json"))
         denied.headers.append(_header("cache-control", "no-store"))
-        challenge = www_authenticate(reason, self._realm, decision.message)
+        challenge = www_authenticate(reason, self._realm, decision.message, self._dpop_algs)
         if challenge is not None:
             denied.headers.append(_header("www-authenticate", challenge))
         if reason.http_status == 401:

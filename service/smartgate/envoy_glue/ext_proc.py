@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -26,6 +26,7 @@ from envoy.type.v3 import http_status_pb2
 
 from smartgate.core.reasons import Reason
 from smartgate.envoy_glue.check_response import operation_outcome
+from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
 from smartgate.policy.response_rules import Finding, ResponseContext, check_response_body
 from smartgate.telemetry import metrics
 from smartgate.tokens.scopes import ScopeGrants, parse_scopes
@@ -37,6 +38,9 @@ _SKIP_BODY = processing_mode_pb2.ProcessingMode(
     response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
 )
 _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+_ABSENT = ("404", "410")  # the FHIR server's "no such id" and "deleted"
+# One answer for every read proven by its response that fails, so a 403 does not tell "no such id" apart.
+_UNPROVEN = "the resource is not proven to be the context patient's"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -51,6 +55,11 @@ def _header(headers: ext_proc.HttpHeaders, name: str) -> str:
     return ""
 
 
+def _proven_by_response(handed_over: Mapping[str, Any]) -> bool:
+    """The read skipped its look-up (``allowed_verified_by_response``): this stage is its only proof."""
+    return bool(handed_over.get("reason") == Reason.ALLOWED_VERIFIED_BY_RESPONSE.code)
+
+
 def _context_from_metadata(request: ext_proc.ProcessingRequest) -> dict[str, Any] | None:
     fields = request.metadata_context.filter_metadata.get(AUTHZ_NAMESPACE)
     if fields is None:
@@ -61,7 +70,10 @@ def _context_from_metadata(request: ext_proc.ProcessingRequest) -> dict[str, Any
 
 class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, mode: str, max_body_bytes: int, fhir_base_url: str, closed_types: frozenset[str],
-                 write_log: Callable[[dict[str, Any]], None]) -> None:
+                 write_log: Callable[[dict[str, Any]], None], follow_patient_links: bool = False,
+                 membership: Mapping[str, tuple[str, ...]] = MEMBERSHIP_PARAMS) -> None:
+        self._follow_patient_links = follow_patient_links  # compartment.follow_patient_links, as the policy
+        self._membership = membership  # the bound types, as the policy (Device through patient by default)
         self._write_log = write_log  # the decision log's destination (stdout, stderr, a file or off)
         self._enforce = mode == "enforce"
         self._mode = mode
@@ -96,6 +108,10 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
         if handed_over is None:
             metrics.RESPONSE_CHECKS.labels(self._mode, "skipped").inc()
             return ext_proc.ProcessingResponse(response_headers=ext_proc.HeadersResponse(), mode_override=_SKIP_BODY)
+        if _proven_by_response(handed_over) and (headers.end_of_stream or _header(headers, ":status") in _ABSENT):
+            # The look-up answers "no such id" and "another patient's" with one 403: so does the response proof.
+            return self._violation("the response carries no resource to prove the read by", handed_over,
+                                   headers=True)
         content_type = _header(headers, "content-type").split(";")[0].strip().lower()
         encoding = _header(headers, "content-encoding").strip().lower()
         unreadable = encoding not in ("", "identity") or (
@@ -115,7 +131,7 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
         if len(body.body) > self._max_body_bytes:
             return self._violation("the response is too large to verify", handed_over)
         context = ResponseContext(handed_over["patient"], _grants(handed_over.get("scope", "")),
-                                  self._base_url, self._closed_types)
+                                  self._base_url, self._closed_types, self._follow_patient_links, self._membership)
         if handed_over.get("resource_type") == "Binary" and not body.body.lstrip().startswith(b"{"):
             findings: list[Finding] = []  # raw Binary content: its securityContext was proven before the read
             checked = 1
@@ -126,6 +142,8 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
                   len(body.body), time.perf_counter() - started)
         if findings:
             return self._violation(f"{findings[0].where}: {findings[0].problem}", handed_over, log_it=False)
+        if checked == 0 and _proven_by_response(handed_over):  # e.g. a history of deletions only: nothing proven
+            return self._violation("the response carries no resource to prove the read by", handed_over)
         metrics.RESPONSE_CHECKS.labels(self._mode, "clean").inc()
         return ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
 
@@ -141,9 +159,10 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
                                                    mode_override=_SKIP_BODY)
             return ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
         reason = Reason.RESPONSE_FOREIGN_RESOURCE
+        shown = _UNPROVEN if _proven_by_response(handed_over) else message  # the log keeps the finding
         immediate = ext_proc.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=reason.http_status),
-            body=operation_outcome(reason, f"the response was withheld: {message}"),
+            body=operation_outcome(reason, f"the response was withheld: {shown}"),
             details=reason.code,
         )
         immediate.headers.set_headers.append(base_pb2.HeaderValueOption(

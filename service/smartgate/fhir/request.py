@@ -19,6 +19,12 @@ from smartgate.fhir.query import QueryError, SearchParam, parse_query
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
 _OPERATION = re.compile(r"^\$[A-Za-z][A-Za-z0-9\-_.]*\Z")
 _FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+# Servers differ on the URL of a POST _search: some combine it with the body, some (Medplum) read the
+# body alone. A parameter the server may ignore must not be what binds or constrains the search, so the
+# URL may carry only parameters that shape the result, never ones that select it.
+_POST_SEARCH_URL_PARAMS = frozenset({
+    "_format", "_pretty", "_summary", "_elements", "_count", "_sort", "_total", "_include", "_revinclude",
+})
 METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 
 
@@ -185,6 +191,18 @@ def _form_params(http: HttpRequest) -> tuple[SearchParam, ...] | Refusal:
         return _bad(Reason.BODY_INVALID, f"form body: {exc}")
 
 
+def _post_search_params(http: HttpRequest, url_params: tuple[SearchParam, ...]) -> tuple[SearchParam, ...] | Refusal:
+    """The URL's result-shaping parameters followed by the form body's."""
+    misplaced = [param.code for param in url_params if param.code not in _POST_SEARCH_URL_PARAMS]
+    if misplaced:
+        return _bad(Reason.REQUEST_MALFORMED,
+                    f"a POST _search carries its search parameters in the body, not the URL ({misplaced[0][:64]})")
+    form = _form_params(http)
+    if isinstance(form, Refusal):
+        return form
+    return url_params + form
+
+
 def parse_fhir_request(http: HttpRequest, base_path: str) -> FhirRequest | Refusal:
     """Classify ``http`` relative to ``base_path`` (for example ``/fhir``)."""
     for header in METHOD_OVERRIDE_HEADERS:
@@ -208,10 +226,10 @@ def parse_fhir_request(http: HttpRequest, base_path: str) -> FhirRequest | Refus
     except QueryError as exc:
         return _bad(Reason.REQUEST_MALFORMED, f"query: {exc}")
     if _is_search_post(classified, method):
-        form = _form_params(http)
-        if isinstance(form, Refusal):
-            return form
-        params = params + form
+        combined = _post_search_params(http, params)
+        if isinstance(combined, Refusal):
+            return combined
+        params = combined
     if any(param.code == "access_token" for param in params):
         return _bad(Reason.TOKEN_NOT_IN_HEADER, "tokens are accepted in the Authorization header only")
     carries_body = method in ("POST", "PUT", "PATCH") and not _is_search_post(classified, method)

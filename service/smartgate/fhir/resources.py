@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,10 +87,11 @@ def element_paths(resource_type: str, code: str) -> tuple[tuple[tuple[str, ...],
     return tuple(paths)
 
 
-def compartment_elements(resource_type: str) -> frozenset[str]:
-    """Top-level element names that hold compartment references (``subject``, ``performer``...)."""
+def compartment_elements(resource_type: str, params: tuple[str, ...] | None = None) -> frozenset[str]:
+    """Top-level element names that hold compartment references (``subject``, ``performer``...).
+    ``params``: the type's membership parameters when a deployment binds it beyond R4 (Device)."""
     names = set()
-    for code in MEMBERSHIP_PARAMS.get(resource_type, ()):
+    for code in MEMBERSHIP_PARAMS.get(resource_type, ()) if params is None else params:
         for path, _ in element_paths(resource_type, code):
             if path:
                 names.add(path[0])
@@ -98,17 +99,17 @@ def compartment_elements(resource_type: str) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compartment_paths(resource_type: str) -> tuple[tuple[str, ...], ...]:
-    paths = {
-        path for code in MEMBERSHIP_PARAMS.get(resource_type, ()) for path, _ in element_paths(resource_type, code)
-    }
+def _compartment_paths(resource_type: str, params: tuple[str, ...] | None) -> tuple[tuple[str, ...], ...]:
+    codes = MEMBERSHIP_PARAMS.get(resource_type, ()) if params is None else params
+    paths = {path for code in codes for path, _ in element_paths(resource_type, code)}
     return tuple(sorted(paths))
 
 
-def compartment_references(resource: dict[str, Any]) -> list[Any]:
-    """Every value found in the resource's compartment elements (References, or junk)."""
+def compartment_references(resource: dict[str, Any], params: tuple[str, ...] | None = None) -> list[Any]:
+    """Every value found in the resource's compartment elements (References, or junk); ``params`` as
+    for ``compartment_elements``."""
     found: list[Any] = []
-    for path in _compartment_paths(resource["resourceType"]):
+    for path in _compartment_paths(resource["resourceType"], params):
         found.extend(_values_at(resource, path))
     return found
 
@@ -169,18 +170,25 @@ def _codes(value: Any) -> Iterator[tuple[str | None, str]]:
             yield value.get("system"), value["value"]
 
 
-def belongs_to_patient(resource: dict[str, Any], patient: str, fhir_base_url: str) -> bool:
+def belongs_to_patient(
+    resource: dict[str, Any], patient: str, fhir_base_url: str, follow_patient_links: bool = False,
+    membership: Mapping[str, tuple[str, ...]] = MEMBERSHIP_PARAMS,
+) -> bool:
     """Is this resource in ``patient``'s compartment, by the compartment definition's own elements?
-    (Types outside the compartment belong to no patient: True.)"""
+    (Types outside the compartment belong to no patient: True.) Another Patient belongs only
+    through ``Patient.link`` to ``patient``, and only when links are followed."""
     resource_type = resource.get("resourceType")
     if resource_type == "Patient":
         if resource.get("id") == patient:
             return True
+        if not follow_patient_links:
+            return False
         links = [link.get("other") for link in resource.get("link") or [] if isinstance(link, dict)]
         return any(_names_patient(link, patient, fhir_base_url) for link in links)
-    if resource_type not in MEMBERSHIP_PARAMS:
+    params = membership.get(resource_type) if isinstance(resource_type, str) else None
+    if params is None:
         return True
-    return any(_names_patient(value, patient, fhir_base_url) for value in compartment_references(resource))
+    return any(_names_patient(value, patient, fhir_base_url) for value in compartment_references(resource, params))
 
 
 def _names_patient(value: Any, patient: str, fhir_base_url: str) -> bool:

@@ -11,7 +11,7 @@ import logging
 
 from smartgate.core.http import HttpRequest
 from smartgate.core.reasons import Reason, Refusal
-from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
+from smartgate.fhir.compartment import proving_params
 from smartgate.fhir.request import parse_fhir_request
 from smartgate.fhir.resources import belongs_to_patient
 from smartgate.pipeline.fhir_lookup import FhirLookupError, MembershipLookup
@@ -19,7 +19,8 @@ from smartgate.pipeline.public_routes import PublicRoutes
 from smartgate.policy import PolicySettings, decide
 from smartgate.policy.decision import Decision
 from smartgate.policy.plan import BinaryCheck, LookupCheck, MembershipCheck, Pending, VersionCheck, compartment_check
-from smartgate.tokens.bearer import extract_bearer
+from smartgate.tokens.bearer import extract_credentials
+from smartgate.tokens.sender_constraint import SenderConstraints
 from smartgate.tokens.verifier import TokenVerifier
 
 log = logging.getLogger("smartgate.authorizer")
@@ -34,6 +35,7 @@ class Authorizer:
         policy: PolicySettings,
         lookup: MembershipLookup,
         max_token_bytes: int,
+        sender_constraints: SenderConstraints | None = None,
     ) -> None:
         self._base_path = base_path
         self._public_routes = public_routes
@@ -41,6 +43,12 @@ class Authorizer:
         self._policy = policy
         self._lookup = lookup
         self._max_token_bytes = max_token_bytes
+        # Without DPoP settings a DPoP-bound token is refused; certificate-bound tokens are still checked.
+        self._senders = sender_constraints or SenderConstraints(policy.fhir_base_url)
+
+    @property
+    def sender_constraints(self) -> SenderConstraints:
+        return self._senders
 
     async def authorize(self, http: HttpRequest) -> Decision:
         try:
@@ -52,14 +60,17 @@ class Authorizer:
     async def _authorize(self, http: HttpRequest) -> Decision:
         if self._public_routes.matches(http):
             return Decision(Reason.ALLOWED_PUBLIC_ROUTE, "public route")
-        token = extract_bearer(http.headers, self._max_token_bytes)
-        if token is None:
+        credentials = extract_credentials(http.headers, self._max_token_bytes, dpop=self._senders.dpop_enabled)
+        if credentials is None:
             return Decision(Reason.TOKEN_MISSING, "a bearer token is required")
-        if isinstance(token, Refusal):
-            return Decision(token.reason, token.message)
-        context = await self._verifier.verify(token)
+        if isinstance(credentials, Refusal):
+            return Decision(credentials.reason, credentials.message)
+        context = await self._verifier.verify(credentials.token)
         if isinstance(context, Refusal):
             return Decision(context.reason, context.message)
+        unproven = self._senders.check(context, credentials, http)  # every request: proofs are never cached
+        if unproven is not None:
+            return Decision(unproven.reason, unproven.message, context)
         request = parse_fhir_request(http, self._base_path)
         if isinstance(request, Refusal):
             return Decision(request.reason, request.message, context)
@@ -90,7 +101,8 @@ class Authorizer:
             versions = await self._lookup.versions(check.resource_type, check.resource_id, check.version_id)
             return all(
                 isinstance(version, dict) and version.get("resourceType") == check.resource_type
-                and belongs_to_patient(version, check.patient_id, self._policy.fhir_base_url)
+                and belongs_to_patient(version, check.patient_id, self._policy.fhir_base_url,
+                                       self._policy.follow_patient_links)
                 for version in versions
             )
         result = await self._lookup.is_member(check)
@@ -107,9 +119,10 @@ class Authorizer:
         resource_type, resource_id = target
         if resource_type == "Patient" and resource_id == check.patient_id:
             return True
-        if resource_type not in MEMBERSHIP_PARAMS:
+        params = proving_params(resource_type, self._policy.follow_patient_links, self._policy.bound.membership)
+        if not params:  # outside the compartment, or another Patient while links are not followed
             return False
-        membership = compartment_check(resource_type, resource_id, check.patient_id, MEMBERSHIP_PARAMS[resource_type])
+        membership = compartment_check(resource_type, resource_id, check.patient_id, params)
         return (await self._lookup.is_member(membership)).member
 
 

@@ -83,6 +83,8 @@ class DecisionLog:
             "patient": (context.patient or "") if context else "",
             "latency_ms": round(latency_seconds * 1000, 3),
         }
+        if decision.query_parameters_to_set:  # the parameter names only: never a query value
+            entry["narrowed_by"] = [key for key, _ in decision.query_parameters_to_set]
         if dry_run:
             entry["dry_run"] = True
         self.write(entry)

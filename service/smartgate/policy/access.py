@@ -9,6 +9,9 @@ granular v2 scope, ``()`` no grant at all.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import math
 from dataclasses import dataclass
 
 from smartgate.fhir.query import SearchParam
@@ -16,6 +19,7 @@ from smartgate.policy.plan import Query
 from smartgate.tokens.scopes import ScopeGrants
 
 UNCONSTRAINED: tuple[Query, ...] = ((),)
+_MAX_LIST_SEARCHES = 64  # a longer cross product of comma lists is not expanded: not carried
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +63,36 @@ def carries(params: tuple[SearchParam, ...], constraint: Query) -> bool:
         if param.modifier is not None or param.chain is not None or param.value != value:
             return False
     return True
+
+
+def carries_any(params: tuple[SearchParam, ...], constraints: tuple[Query, ...]) -> bool:
+    """True when the search carries one of ``constraints`` exactly, or when it is comma lists on
+    constrained parameters and every single-valued search they stand for carries one
+    (``category=lab,vital-signs`` under one granular scope for lab and one for vital-signs: a list
+    is an OR, so the server returns the union of what those scopes grant)."""
+    if any(carries(params, constraint) for constraint in constraints):
+        return True
+    searches = _single_valued_searches(params, {code for constraint in constraints for code, _ in constraint})
+    return bool(searches) and all(
+        any(carries(search, constraint) for constraint in constraints) for search in searches
+    )
+
+
+def _single_valued_searches(
+    params: tuple[SearchParam, ...], constrained: set[str]
+) -> list[tuple[SearchParam, ...]]:
+    """The searches a comma list on constrained parameters stands for, one value each (none when
+    there is no such list, a value escapes a comma with ``\\`` or the lists multiply past a bound)."""
+    listed = [i for i, param in enumerate(params) if param.code in constrained and "," in param.value]
+    if not listed or any("\\" in params[i].value for i in listed):
+        return []
+    choices = [params[i].value.split(",") for i in listed]
+    if math.prod(len(values) for values in choices) > _MAX_LIST_SEARCHES:
+        return []
+    searches = []
+    for values in itertools.product(*choices):
+        search = list(params)
+        for i, value in zip(listed, values, strict=True):
+            search[i] = dataclasses.replace(params[i], value=value)
+        searches.append(tuple(search))
+    return searches

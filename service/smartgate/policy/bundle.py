@@ -80,6 +80,8 @@ def decide_bundle(
     """Decide every entry with ``decide_entry``; the Bundle is allowed, after the entries' look-ups, only if all are."""
     base_path = urlsplit(settings.fhir_base_url).path.rstrip("/")
     checks: list[LookupCheck] = []
+    # An entry's read is looked up: the batch-response would answer a 404 apart from another patient's id.
+    entry_settings = dataclasses.replace(settings, reads_proven_by_response=False)
     for index, entry in enumerate(_bundle(request, settings)):
         label = f"entry {index}"
         try:
@@ -91,7 +93,10 @@ def decide_bundle(
             raise DenyError(parsed.reason, f"{label}: {parsed.message}")
         if parsed.interaction is Interaction.BATCH:
             raise DenyError(Reason.BODY_INVALID, f"{label}: nested Bundles are not accepted")
-        outcome = decide_entry(parsed, token, settings)
+        outcome = decide_entry(parsed, token, entry_settings)
+        if isinstance(outcome, Decision) and outcome.query_parameters_to_set:  # Envoy narrows the URL, not entries
+            raise DenyError(Reason.BUNDLE_ENTRY_DENIED, f"{label}: a search in a Bundle must be bound to the context "
+                            f"patient, only a search sent alone is narrowed ({Reason.COMPARTMENT_UNBOUND.code})")
         if isinstance(outcome, Decision):
             if not outcome.allowed:
                 reason = outcome.reason if outcome.http_status != 403 else Reason.BUNDLE_ENTRY_DENIED

@@ -17,6 +17,9 @@ class Decision:
     context: TokenContext | None = None
     interaction: str = ""
     resource_type: str = ""
+    # Search narrowing: parameters Envoy sets on the request before it goes upstream (replacing any of the
+    # same name), e.g. (("patient", "123"),) for a patient/ search that named no patient.
+    query_parameters_to_set: tuple[tuple[str, str], ...] = ()
 
     @property
     def allowed(self) -> bool:

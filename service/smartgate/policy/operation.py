@@ -25,6 +25,7 @@ from smartgate.policy.base import (
     check_patient_params,
     decision,
     patient_queries,
+    require_own_patient_record,
     require_patient,
 )
 from smartgate.policy.decision import Decision
@@ -95,7 +96,9 @@ def _configured(
     allow = decision(Reason.ALLOWED_OPERATION, f"{request.operation} on a compartment resource", request, token)
     if request.resource_type == "Patient" and request.resource_id == patient:
         return allow
-    queries = patient_queries(request.resource_type, request.resource_id, patient, ((),))
+    require_own_patient_record(request.resource_type, request.resource_id, patient, settings)
+    queries = patient_queries(request.resource_type, request.resource_id, patient, ((),),
+                              settings.follow_patient_links, membership=settings.bound.membership)
     return Pending((MembershipCheck(request.resource_type, request.resource_id, tuple(queries)),), allow)
 
 

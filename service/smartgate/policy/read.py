@@ -3,6 +3,11 @@
 Under a user/ or system/ scope the scope decides. Under a patient/ scope the resource must be
 proven to be the context patient's by a look-up (``MembershipCheck``), a Binary by its
 securityContext (``BinaryCheck``), and past versions each by their own (``VersionCheck``).
+
+When response verification enforces, a read of a bound type is proven by its response instead
+(``allowed_verified_by_response``): the ext_proc stage checks every resource of the response, each
+version of a history included, before a byte reaches the client, so the look-up would only repeat
+it at the cost of a second FHIR round trip. Writes still look up first (policy/write.py).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 from smartgate.core.reasons import Reason
 from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
 from smartgate.fhir.request import FhirRequest, Interaction
+from smartgate.policy.access import Access, resolve_access
 from smartgate.policy.base import (
     DenyError,
     PolicySettings,
@@ -18,6 +24,7 @@ from smartgate.policy.base import (
     patient_queries,
     require_access,
     require_open_type,
+    require_own_patient_record,
     require_patient,
 )
 from smartgate.policy.decision import Decision
@@ -26,6 +33,9 @@ from smartgate.tokens.context import TokenContext
 
 READ_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements"})
 HISTORY_PARAMS = READ_PARAMS | {"_count", "_since", "_at"}
+# What leaves the response whole: _summary/_elements may strip the reference that proves membership, and
+# _since/_at/_count may leave a history with no version to prove anything by. Those still look up.
+WHOLE_RESPONSE_PARAMS = frozenset({"_format", "_pretty"})
 
 
 def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:
@@ -45,18 +55,55 @@ def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) 
             allow = decision(Reason.ALLOWED_COMPARTMENT_MEMBER, "Binary in the compartment", request, token)
             return Pending((BinaryCheck(resource_id, patient),), allow)
         require_open_type(resource_type, settings)
+        if not access.type_level:  # a user/ scope's constraint may still prove another Patient
+            require_own_patient_record(resource_type, resource_id, patient, settings)
         if access.patient_unconstrained:
             if resource_type == "Patient" and resource_id == patient:  # every version of it is the patient
                 return decision(Reason.ALLOWED_CONTEXT_PATIENT, "the context patient", request, token)
-            if resource_type not in MEMBERSHIP_PARAMS:
+            if resource_type not in settings.bound.membership:
                 return decision(Reason.ALLOWED_OUTSIDE_COMPARTMENT, f"{resource_type} is outside the compartment",
                                 request, token)
-        queries.extend(patient_queries(resource_type, resource_id, patient, access.patient_level))
+        if _proven_by_response(request, token, access, settings):
+            return decision(Reason.ALLOWED_VERIFIED_BY_RESPONSE, "to be proven by the response (verification enforces)",
+                            request, token)
+        queries.extend(patient_queries(resource_type, resource_id, patient, access.patient_level,
+                                       settings.follow_patient_links, membership=settings.bound.membership))
     allow = decision(Reason.ALLOWED_COMPARTMENT_MEMBER, "proven by look-up", request, token)
     checks: list[LookupCheck] = [MembershipCheck(resource_type, resource_id, tuple(queries))]
     past_versions = request.interaction in (Interaction.VREAD, Interaction.HISTORY_INSTANCE)
-    if past_versions and access.patient_level and not access.type_level and resource_type in MEMBERSHIP_PARAMS:
+    bound_type = resource_type in settings.bound.membership
+    if past_versions and access.patient_level and not access.type_level and bound_type:
+        if resource_type not in MEMBERSHIP_PARAMS:  # the version check reads the official compartment only
+            raise DenyError(Reason.INTERACTION_NOT_SUPPORTED,
+                            f"past {resource_type} versions cannot be bound to the patient")
         checks.append(VersionCheck(resource_type, resource_id, request.version_id, require_patient(token)))
     return Pending(tuple(checks), allow)
 
 
+
+
+def _proven_by_response(request: FhirRequest, token: TokenContext, access: Access, settings: PolicySettings) -> bool:
+    """Whether the ext_proc stage will prove this read from the response, so no look-up is needed.
+
+    Only when every patient-context response is checked (``response_verification.mode: enforce``), only
+    for bound types (the response check applies the same compartment definition and granular
+    constraints), only when no user/ scope's constraint could also prove it (the response check accepts
+    the patient's resources only), only when the response check holds the response to the read scope's
+    constraints (it accepts what a read or a search scope grants), and only when the response will carry
+    every version whole."""
+    if not (settings.responses_verified and settings.reads_proven_by_response):
+        return False
+    resource_type = request.resource_type
+    if resource_type is None or resource_type not in settings.bound.membership or access.type_level:
+        return False
+    if not all(param.code in WHOLE_RESPONSE_PARAMS for param in request.params):
+        return False
+    return _search_grants_no_more(resolve_access(token.grants, resource_type, "s"), access)
+
+
+def _search_grants_no_more(search: Access, read: Access) -> bool:
+    """The response check accepts a resource that meets a read or a search scope; it proves what the
+    look-up would only when the search scopes on the type grant nothing the read scopes do not."""
+    if search.type_unconstrained or search.type_level:
+        return False
+    return read.patient_unconstrained or set(search.patient_level) <= set(read.patient_level)

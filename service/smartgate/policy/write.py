@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from smartgate.core.reasons import Reason
-from smartgate.fhir.compartment import MEMBERSHIP_PARAMS, mentioned_patients
+from smartgate.fhir.compartment import mentioned_patients
 from smartgate.fhir.request import FhirRequest, Interaction
 from smartgate.fhir.resources import (
     BodyError,
@@ -85,13 +85,13 @@ def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) 
         _check_body(resource, patient, access, settings)
     elif request.interaction is Interaction.PATCH:
         constraints = access.patient_level if patient is not None else access.type_level
-        _check_patch(request, resource_type, patient, constraints)
-    return _stored_resource_check(request, token, access, patient, resource_type, resource_id)
+        _check_patch(request, resource_type, patient, constraints, settings)
+    return _stored_resource_check(request, token, access, patient, resource_type, resource_id, settings)
 
 
 def _stored_resource_check(
     request: FhirRequest, token: TokenContext, access: Access, patient: str | None,
-    resource_type: str, resource_id: str,
+    resource_type: str, resource_id: str, settings: PolicySettings,
 ) -> Decision | Pending:
     allow = decision(Reason.ALLOWED_WRITE, "the stored resource is in the compartment", request, token)
     upsert = request.interaction is Interaction.UPDATE
@@ -99,11 +99,13 @@ def _stored_resource_check(
         if resource_id != patient:
             raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "only the context patient's own record may change")
         return allow
-    if patient is not None and access.patient_unconstrained and resource_type not in MEMBERSHIP_PARAMS:
+    membership = settings.bound.membership
+    if patient is not None and access.patient_unconstrained and resource_type not in membership:
         return allow  # outside the compartment: the scope alone decides
     queries: list[Query] = list(access.type_level)
     if patient is not None:
-        queries.extend(patient_queries(resource_type, resource_id, patient, access.patient_level))
+        queries.extend(patient_queries(resource_type, resource_id, patient, access.patient_level,
+                                       membership=membership))
     return Pending((MembershipCheck(resource_type, resource_id, tuple(queries), absent_ok=upsert),), allow)
 
 
@@ -135,10 +137,11 @@ def check_patient_body(resource: dict[str, Any], patient: str, settings: PolicyS
         if resource.get("id") != patient or resource.get("link"):
             raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "only the context patient's record, without links")
         return
-    if resource_type not in MEMBERSHIP_PARAMS:
+    membership = settings.bound.membership
+    if resource_type not in membership:
         return
     bound = False
-    for value in compartment_references(resource):
+    for value in compartment_references(resource, membership[resource_type]):
         if not isinstance(value, dict):
             raise DenyError(Reason.BODY_INVALID, "a compartment element is not a Reference")
         target = value.get("reference")
@@ -170,7 +173,10 @@ def _constraint_elements(resource_type: str, constraints: tuple[Query, ...]) -> 
     return {path[0] for q in constraints for code, _ in q for path, _ in element_paths(resource_type, code) if path}
 
 
-def _check_patch(request: FhirRequest, resource_type: str, patient: str | None, constraints: tuple[Query, ...]) -> None:
+def _check_patch(
+    request: FhirRequest, resource_type: str, patient: str | None, constraints: tuple[Query, ...],
+    settings: PolicySettings,
+) -> None:
     body = request.body or b""
     try:
         document = json.loads(body)
@@ -178,7 +184,7 @@ def _check_patch(request: FhirRequest, resource_type: str, patient: str | None, 
         raise DenyError(Reason.BODY_INVALID, "the patch is not JSON") from exc
     protected = {"id", "resourceType", "contained", "meta"} | _constraint_elements(resource_type, constraints)
     if patient is not None:
-        protected |= compartment_elements(resource_type)
+        protected |= compartment_elements(resource_type, settings.bound.membership.get(resource_type, ()))
     if resource_type == "Patient":
         protected |= {"link"}
     if request.content_type == _JSON_PATCH:

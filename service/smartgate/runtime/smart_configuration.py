@@ -30,8 +30,10 @@ CORS_HEADERS = {"access-control-allow-origin": "*", "cache-control": "max-age=30
 
 
 class SmartConfiguration:
-    def __init__(self, settings: SmartConfigurationSettings, client: httpx.AsyncClient, ttl_seconds: float = 300):
+    def __init__(self, settings: SmartConfigurationSettings, client: httpx.AsyncClient, ttl_seconds: float = 300,
+                 dpop_algs: tuple[str, ...] = ()):
         self._settings = settings
+        self._dpop_algs = dpop_algs  # advertised when DPoP is on (RFC 9449 section 5.1's metadata name)
         self._client = client
         self._ttl = ttl_seconds
         self._discovery: dict[str, Any] | None = None
@@ -55,6 +57,8 @@ class SmartConfiguration:
         document["capabilities"] = list(settings.capabilities)
         if settings.scopes_supported:
             document["scopes_supported"] = list(settings.scopes_supported)
+        if self._dpop_algs:
+            document["dpop_signing_alg_values_supported"] = list(self._dpop_algs)
         document.update(settings.overrides)
         return document
 

@@ -30,6 +30,7 @@ from smartgate.config.parse import ConfigError, load_config
 from smartgate.envoy_glue.authz_service import AuthorizationService, Pipeline
 from smartgate.envoy_glue.check_response import ResponseBuilder
 from smartgate.envoy_glue.ext_proc import ResponseVerifier
+from smartgate.fhir.compartment import bound_types
 from smartgate.pipeline.audit_event import AuditEventLog
 from smartgate.pipeline.authorizer import Authorizer
 from smartgate.pipeline.decision_log import DecisionLog
@@ -40,8 +41,10 @@ from smartgate.runtime.http_listener import HttpListener, Route
 from smartgate.runtime.routes import http_routes
 from smartgate.runtime.smart_configuration import SmartConfiguration
 from smartgate.telemetry import metrics
+from smartgate.tokens.dpop import DpopVerifier, ReplayCache
 from smartgate.tokens.introspection import Introspector
 from smartgate.tokens.jwks import JwksCache
+from smartgate.tokens.sender_constraint import SenderConstraints
 from smartgate.tokens.verifier import TokenVerifier
 
 log = logging.getLogger("smartgate.server")
@@ -65,6 +68,11 @@ class Components:
     def authorizer(self) -> Authorizer:
         return self.pipeline.authorizer
 
+    @property
+    def replay_cache(self) -> ReplayCache | None:
+        dpop = self.authorizer.sender_constraints.dpop
+        return dpop.replay_cache if dpop is not None else None
+
     async def close(self) -> None:
         """Release what these components opened: the HTTP client and the decision-log and
         audit files (a reload builds new ones; without this each reload leaked two handles)."""
@@ -73,8 +81,9 @@ class Components:
         self.pipeline.audit_log.close()
 
 
-def build_components(config: Config) -> Components:
-    """Build the decision path. Must be called inside a running event loop's thread."""
+def build_components(config: Config, replay_cache: ReplayCache | None = None) -> Components:
+    """Build the decision path. Must be called inside a running event loop's thread. ``replay_cache``: the
+    DPoP replay cache of the components being replaced (a reload), shared from now on."""
     client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_connections=100))
     issuers = {}
     caches = []
@@ -89,14 +98,19 @@ def build_components(config: Config) -> Components:
         public_routes=PublicRoutes(config.fhir.base_path, config.public_routes),
         verifier=verifier,
         policy=PolicySettings(config.fhir.base_url, config.patient_closed_types, config.operations,
-                              responses_verified=config.response_verification.mode == "enforce"),
+                              responses_verified=config.response_verification.mode == "enforce",
+                              search_narrowing=config.search_narrowing,
+                              extra_binding_params=config.compartment.extra_binding_params,
+                              follow_patient_links=config.compartment.follow_patient_links),
         lookup=MembershipLookup(config.fhir.upstream_url, config.fhir.lookup, client),
         max_token_bytes=config.tokens.max_token_bytes,
+        sender_constraints=sender_constraints(config, replay_cache),
     )
     pipeline = Pipeline(
         authorizer=authorizer,
         responses=ResponseBuilder(config.headers, config.realm,
-                                  hand_over_context=config.response_verification.mode != "off"),
+                                  hand_over_context=config.response_verification.mode != "off",
+                                  dpop_algs=dpop_algorithms(config)),
         decision_log=DecisionLog(config.decision_log),
         audit_log=AuditEventLog(config.audit.destination, config.fhir.base_url, config.audit.source_observer),
         dry_run=config.mode == "dry_run",
@@ -104,6 +118,19 @@ def build_components(config: Config) -> Components:
     # Caches of issuers verified only by introspection never need keys.
     needed = [c for c in caches if c.issuer.introspection is None or c.issuer.jwks_uri or c.issuer.jwks_file]
     return Components(pipeline, needed, client)
+
+
+def dpop_algorithms(config: Config) -> tuple[str, ...]:
+    """The DPoP proof algorithms accepted, or () when DPoP is off."""
+    return config.dpop.algorithms if config.dpop.enabled else ()
+
+
+def sender_constraints(config: Config, replay_cache: ReplayCache | None = None) -> SenderConstraints:
+    """The binding rules: each worker has its own DPoP replay cache (README, "Sender-constrained tokens")."""
+    dpop = (DpopVerifier(config.dpop, config.tokens.clock_skew_seconds, replay_cache=replay_cache)
+            if config.dpop.enabled else None)
+    required = frozenset(issuer.issuer for issuer in config.issuers if issuer.sender_constraint == "required")
+    return SenderConstraints(config.fhir.base_url, required, dpop)
 
 
 def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
@@ -131,7 +158,8 @@ class Worker:
         """Built on the current components' HTTP client, so rebuilt on each reload (the old
         client is closed once the reload's grace period is over)."""
         settings = self.config.smart_configuration
-        return SmartConfiguration(settings, self.components.http_client) if settings else None
+        return (SmartConfiguration(settings, self.components.http_client, dpop_algs=dpop_algorithms(self.config))
+                if settings else None)
 
     def _http_routes(self) -> dict[str, Route]:
         async def ready() -> bool:
@@ -177,7 +205,7 @@ class Worker:
         if new_config.listen != self.config.listen or new_config.workers != self.config.workers:
             log.warning("listen addresses and workers change only on restart")
         old = self.components
-        fresh = build_components(new_config)
+        fresh = build_components(new_config, replay_cache=old.replay_cache)  # jtis stay refused across it
         await fresh.load_keys()
         if not fresh.ready():
             log.error("config reload rejected: the new issuers' keys are unavailable")
@@ -201,6 +229,8 @@ class Worker:
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ResponseVerifier(
                 verification.mode, verification.max_body_bytes, config.fhir.base_url, config.patient_closed_types,
                 lambda entry: self.components.pipeline.decision_log.write(entry),
+                follow_patient_links=config.compartment.follow_patient_links,
+                membership=bound_types(config.compartment.extra_binding_params).membership,
             ), server)
         await self._set_serving(False)
         address = grpc_address(config, self._index)

@@ -67,6 +67,11 @@ RESPONSE_CHECK_SECONDS = Histogram(
     "smartgate_response_check_duration_seconds", "Time to verify one buffered response body.",
     buckets=LATENCY_BUCKETS,
 )
+DPOP_REPLAY_CACHE_ENTRIES = Gauge(
+    "smartgate_dpop_replay_cache_entries",
+    "DPoP proof jti values remembered against replay (sum over workers; each worker has its own cache).",
+    multiprocess_mode="livesum",
+)
 READY = Gauge("smartgate_ready", "1 when every issuer has a usable key set.", multiprocess_mode="livemin")
 BUILD_INFO = Gauge(
     "smartgate_build_info", "Build information.", ["version", "python"], multiprocess_mode="max"

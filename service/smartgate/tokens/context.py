@@ -10,6 +10,7 @@ from typing import Any
 from smartgate.config.profiles import ClaimNames, undot_scope
 from smartgate.core.reasons import Reason, Refusal
 from smartgate.fhir.request import is_valid_id
+from smartgate.tokens.binding import Confirmation, confirmation_from_claims
 from smartgate.tokens.scopes import ScopeGrants, grants_for
 
 # Header-safe text: printable ASCII and no separators that could split a header.
@@ -27,6 +28,9 @@ class TokenContext:
     patient: str | None
     fhir_user: str | None
     expires_at: float
+    # cnf: the key or certificate the token is bound to. Kept with the cached context; the proof of
+    # possession is checked on every request (tokens/sender_constraint.py), never cached.
+    confirmation: Confirmation | None = None
 
 
 def _first(claims: Mapping[str, Any], names: tuple[str, ...]) -> Any:
@@ -69,6 +73,9 @@ def context_from_claims(
     claims: Mapping[str, Any], names: ClaimNames, fhir_base_url: str, dotted_scopes: bool = False
 ) -> TokenContext | Refusal:
     """Read the SMART context out of verified claims; refuse values that cannot be trusted."""
+    confirmation = confirmation_from_claims(claims)
+    if isinstance(confirmation, Refusal):
+        return confirmation
     scope_values = _scope_values(_first(claims, names.scope))
     if isinstance(scope_values, Refusal):
         return scope_values
@@ -102,4 +109,5 @@ def context_from_claims(
         patient=patient,
         fhir_user=normalise_fhir_user(fhir_user, fhir_base_url) if fhir_user else None,
         expires_at=float(claims["exp"]),
+        confirmation=confirmation,
     )

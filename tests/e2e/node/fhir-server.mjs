@@ -9,7 +9,14 @@
 //   GET  [base]/metadata                          a CapabilityStatement
 //   GET  [base]/Patient/{id}/{type}               compartment search (official R4 Patient
 //   POST [base]/Patient/{id}/{type}/_search       CompartmentDefinition parameters, OR-ed)
-//   GET  [base]/Patient/{id}/$everything          the patient and its whole compartment
+//   GET  [base]/Patient/{id}/$everything          the patient and its whole compartment (linked
+//                                                 Patients left out, as HAPI does)
+// The compartment search of Patient itself (`Patient/{id}/Patient`) follows `link`, as the official
+// definition says: a Patient whose link points to {id} comes back. CARIN Blue Button's search
+// parameters that R4 lacks are indexed (ExplanationOfBenefit insurer, type, service-date,
+// service-start-date, billable-period-start), and `_include=Type:*`, which Medplum refuses, is
+// expanded into one `_include` per reference search parameter of the type, as a server that
+// supports the wildcard would read it.
 //
 // and, so that the leak test has something to catch if smartgate ever let them through,
 // deliberately leaky stand-ins for doors Medplum has no route for: type-level $everything,
@@ -27,6 +34,7 @@ import { parseArgs } from 'node:util';
 import {
   allOk,
   badRequest,
+  getSearchParameters,
   getStatus,
   indexSearchParameterBundle,
   indexStructureDefinitionBundle,
@@ -52,6 +60,23 @@ const resourcesBundle = readJson('fhir/r4/profiles-resources.json');
 indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
 indexStructureDefinitionBundle(resourcesBundle);
 indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
+
+// CARIN Blue Button 2.0.0 search parameters that R4 does not define (from the CARIN IG package).
+const CARIN_SEARCH_PARAMETERS = [
+  ['insurer', 'reference', 'ExplanationOfBenefit.insurer', ['Organization']],
+  ['type', 'token', 'ExplanationOfBenefit.type'],
+  ['service-date', 'date', 'ExplanationOfBenefit.billablePeriod | ExplanationOfBenefit.item.serviced'],
+  ['service-start-date', 'date',
+    'ExplanationOfBenefit.billablePeriod.start | ExplanationOfBenefit.item.servicedDate | ExplanationOfBenefit.item.servicedPeriod.start'],
+  ['billable-period-start', 'date', 'ExplanationOfBenefit.billablePeriod.start'],
+].map(([code, type, expression, target]) => ({
+  resource: {
+    resourceType: 'SearchParameter', id: `explanationofbenefit-${code}`, status: 'active', name: code, code,
+    url: `http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-${code}`,
+    base: ['ExplanationOfBenefit'], type, expression, ...(target ? { target } : {}),
+  },
+}));
+indexSearchParameterBundle({ resourceType: 'Bundle', type: 'collection', entry: CARIN_SEARCH_PARAMETERS });
 
 const RESOURCE_TYPES = resourcesBundle.entry
   .map((e) => e.resource)
@@ -121,8 +146,9 @@ function toQueryString(query) {
 
 // Union of one search per compartment parameter (param=Patient/{id}), then _count/_offset
 // and _summary=count applied to the union, as a compartment search must.
-async function compartmentSearch(patientId, resourceType, query) {
-  const compartmentParams = resourceType === 'Patient' ? ['_id'] : PATIENT_COMPARTMENT[resourceType];
+async function compartmentSearch(patientId, resourceType, query, followLinks = false) {
+  const patientParams = followLinks ? ['_id', ...PATIENT_COMPARTMENT.Patient] : ['_id'];
+  const compartmentParams = resourceType === 'Patient' ? patientParams : PATIENT_COMPARTMENT[resourceType];
   if (!compartmentParams) {
     return [badRequest(`${resourceType} is not in the Patient compartment`)];
   }
@@ -208,7 +234,7 @@ router.add('GET', ':resourceType/:id/:compartment', async (req) => {
     return [notFound];
   }
   await repo.readResource('Patient', id);
-  return compartmentSearch(id, compartment, req.query);
+  return compartmentSearch(id, compartment, req.query, true);
 }, 'search-compartment');
 router.add('POST', ':resourceType/:id/:compartment/_search', async (req) => {
   const { resourceType, id, compartment } = req.params;
@@ -216,7 +242,7 @@ router.add('POST', ':resourceType/:id/:compartment/_search', async (req) => {
     return [notFound];
   }
   await repo.readResource('Patient', id);
-  return compartmentSearch(id, compartment, { ...req.query, ...(req.body ?? {}) });
+  return compartmentSearch(id, compartment, { ...req.query, ...(req.body ?? {}) }, true);
 }, 'search-compartment');
 // Leaky stand-ins (see the header comment).
 router.add('GET', '_history', async () => typeHistory(undefined), 'history-system');
@@ -271,6 +297,30 @@ function parseBody(text, contentType) {
   return JSON.parse(text);
 }
 
+// `_include=Type:*` (and `_include:iterate=Type:*`) -> one `_include` per reference search
+// parameter of Type that Medplum knows.
+function expandWildcardIncludes(relative) {
+  const mark = relative.indexOf('?');
+  if (mark < 0 || !relative.includes(':*')) {
+    return relative;
+  }
+  const params = new URLSearchParams(relative.slice(mark + 1));
+  const expanded = new URLSearchParams();
+  for (const [name, value] of params) {
+    const [type, wildcard] = value.split(':');
+    if (!name.startsWith('_include') || wildcard !== '*' || value.split(':').length !== 2) {
+      expanded.append(name, value);
+      continue;
+    }
+    for (const [code, definition] of Object.entries(getSearchParameters(type) ?? {})) {
+      if (definition.type === 'reference') {
+        expanded.append(name, `${type}:${code}`);
+      }
+    }
+  }
+  return `${relative.slice(0, mark)}?${expanded}`;
+}
+
 const probesSeen = new Set();
 
 async function handle(req, res) {
@@ -306,7 +356,7 @@ async function handle(req, res) {
     send(res, 400, badRequest(`Invalid body: ${err.message}`));
     return;
   }
-  const relative = req.url.slice(BASE.length).replace(/^\/+/, '');
+  const relative = expandWildcardIncludes(req.url.slice(BASE.length).replace(/^\/+/, ''));
   const [outcome, resource] = await router.handleRequest(
     { method, url: relative, pathname: '', body, params: {}, query: {}, headers: req.headers },
     repo

@@ -15,8 +15,10 @@
 //   smart-opaque              the same flow, but opaque access tokens (only these can be introspected)
 //   backend                   confidential (client_secret_basic), client_credentials, system/ scopes, JWT
 //   <introspection_client>    confidential, for smartgate's RFC 7662 introspection
-// The login and consent interaction completes by itself for the user named by login_hint.
-// Access tokens carry scope, and patient (with launch/patient) and fhirUser from the user.
+// The login and consent interaction completes by itself for the user named by login_hint; without
+// one, the login prompt is an HTML form (POST login=<user> to the same URL), as a user would see.
+// Access tokens carry scope, and patient (with launch/patient) and fhirUser from the user; the token
+// response also carries patient (SMART App Launch: the launch context), which SMART clients read.
 //
 // oidc-provider accepts client_secret_basic and client_secret_post interchangeably for a client
 // with a secret; so that the tests can tell which one smartgate used, this wrapper refuses the
@@ -40,7 +42,14 @@ const SMART_SCOPES = [
   'patient/*.rs', 'patient/*.cruds', 'patient/*.read', 'patient/*.write', 'patient/*.*',
   'patient/Patient.rs', 'patient/Patient.r', 'patient/Observation.rs', 'patient/Observation.cruds',
   'patient/Observation.read', 'patient/Condition.rs', 'patient/Coverage.rs', 'patient/ExplanationOfBenefit.rs',
-  'patient/Encounter.rs', 'patient/Practitioner.rs',
+  'patient/Encounter.rs', 'patient/Practitioner.rs', 'patient/Organization.rs', 'patient/RelatedPerson.rs',
+  'patient/PractitionerRole.rs', 'patient/Device.rs', 'patient/Provenance.rs',
+  // CARIN Blue Button consumer apps (SMART v1)
+  'patient/ExplanationOfBenefit.read', 'patient/Coverage.read', 'patient/Patient.read', 'patient/Practitioner.read',
+  'patient/Organization.read', 'patient/PractitionerRole.read', 'patient/RelatedPerson.read',
+  // SMART v2 granular scopes (US Core 6.1 granular scope tests)
+  'patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory',
+  'patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs',
   'user/*.rs', 'user/*.read', 'user/Observation.rs', 'user/Patient.rs',
   'system/*.rs', 'system/*.read', 'system/Observation.rs', 'system/Patient.rs',
 ];
@@ -168,6 +177,19 @@ function makeProvider(settings) {
       return extra;
     },
   });
+  // SMART launch context in the token response (post-middleware on the token endpoint).
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.oidc?.route !== 'token' || !ctx.body?.access_token) {
+      return;
+    }
+    const accountId = ctx.oidc.entities?.AuthorizationCode?.accountId ?? ctx.oidc.entities?.Grant?.accountId;
+    const user = accountId ? USERS[accountId] : undefined;
+    const scopes = new Set(String(ctx.body.scope ?? '').split(' '));
+    if (user?.patient && (scopes.has('launch/patient') || scopes.has('launch'))) {
+      ctx.body.patient = user.patient;
+    }
+  });
   provider.on('server_error', (_ctx, err) => process.stderr.write(`idp ${settings.port}: ${err.stack}\n`));
   return { issuer, provider };
 }
@@ -177,7 +199,16 @@ async function interaction(provider, req, res) {
   const details = await provider.interactionDetails(req, res);
   const { prompt, params, session } = details;
   if (prompt.name === 'login') {
-    const accountId = String(params.login_hint ?? '');
+    let accountId = String(params.login_hint ?? '');
+    if (!accountId && req.method !== 'POST') {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      res.end(`<!doctype html><title>Sign in</title><form method="post" action="/interaction/${details.uid}">`
+        + '<label>User <input name="login" autofocus></label><button type="submit">Sign in</button></form>');
+      return;
+    }
+    if (!accountId) {
+      accountId = new URLSearchParams(await readBody(req)).get('login') ?? '';
+    }
     if (!USERS[accountId]) {
       await provider.interactionFinished(req, res, {
         error: 'access_denied', error_description: `no test user ${accountId}`,

@@ -37,6 +37,14 @@ SEED: list[dict[str, Any]] = [
     {"resourceType": "Coverage", "id": "cov-456", "status": "active", "beneficiary": {"reference": "Patient/456"},
      "payor": [{"reference": "Organization/payer-1"}]},
     {"resourceType": "Organization", "id": "payer-1", "name": "Demo Health Plan"},
+    {"resourceType": "Provenance", "id": "prov-123-a", "recorded": "2024-01-01T00:00:00Z",
+     "target": [{"reference": "Observation/obs-123-a"}], "agent": [{"who": {"reference": "Practitioner/prac-1"}}]},
+    {"resourceType": "Provenance", "id": "prov-456-a", "recorded": "2024-01-01T00:00:00Z",
+     "target": [{"reference": "Observation/obs-456-a"}], "agent": [{"who": {"reference": "Practitioner/prac-1"}}]},
+    {"resourceType": "Binary", "id": "bin-123", "contentType": "text/plain",
+     "securityContext": {"reference": "Patient/123"}, "data": "QWxpY2U="},
+    {"resourceType": "Binary", "id": "bin-789", "contentType": "text/plain",
+     "securityContext": {"reference": "Patient/789"}, "data": "Q2Fp"},
 ]
 
 # Searching for this id fails with 500: the tests use it to make compartment look-ups fail.
@@ -48,6 +56,7 @@ REFERENCE_PARAMS: dict[str, dict[str, tuple[str, ...]]] = {
     "Coverage": {"beneficiary": ("beneficiary",), "patient": ("beneficiary",), "subscriber": ("subscriber",),
                  "policy-holder": ("policyHolder",), "payor": ("payor",)},
     "Patient": {"link": ("link.other",)},
+    "Provenance": {"target": ("target",), "patient": ("target",)},
 }
 
 
@@ -104,16 +113,54 @@ class FhirStore:
             found = [r for r in found if any(ref in wanted for p in paths for ref in _references(r, p))]
         return found
 
+    def included(self, found: list[dict[str, Any]], params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """What ``_include=Type:param[:Target]`` and ``_revinclude=Type:param`` add to ``found`` (one level)."""
+        names = {f"{r['resourceType']}/{r['id']}" for r in found}
+        extra: dict[str, dict[str, Any]] = {}
+        for name, value in params:
+            parts = value.split(":")
+            if name in ("_include", "_revinclude") and len(parts) >= 2:
+                paths = REFERENCE_PARAMS.get(parts[0], {}).get(parts[1], ())
+                pick = self._forward if name == "_include" else self._reverse
+                extra.update(pick(found, names, parts, paths))
+        return [resource for name, resource in extra.items() if name not in names]
+
+    def _forward(self, found: list[dict[str, Any]], names: set[str], parts: list[str],
+                 paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        extra = {}
+        for resource in (r for r in found if r["resourceType"] == parts[0]):
+            for reference in (ref for path in paths for ref in _references(resource, path)):
+                resource_type, _, resource_id = reference.partition("/")
+                target = self.resources.get((resource_type, resource_id))
+                if target is not None and (len(parts) < 3 or resource_type == parts[2]):
+                    extra[reference] = target
+        return extra
+
+    def _reverse(self, found: list[dict[str, Any]], names: set[str], parts: list[str],
+                 paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        return {
+            f"{resource_type}/{resource_id}": resource
+            for (resource_type, resource_id), resource in self.resources.items()
+            if resource_type == parts[0] and any(ref in names for path in paths for ref in _references(resource, path))
+        }
+
 
 # A search carrying _tag=smartgate-misbehave also returns another patient's Observation: the tests
 # use it to show response verification blocking what the request-side rules could not predict.
 MISBEHAVE_TAG = "smartgate-misbehave"
+# With this tag the search also returns a Provenance of the patient's Observation that names another patient.
+MISBEHAVE_PROVENANCE_TAG = "smartgate-misbehave-provenance"
+FOREIGN_PROVENANCE = {"resourceType": "Provenance", "id": "prov-names-456", "recorded": "2024-01-01T00:00:00Z",
+                      "target": [{"reference": "Observation/obs-123-a"}, {"reference": "Patient/456"}],
+                      "agent": [{"who": {"reference": "Practitioner/prac-1"}}]}
 
 
-def _bundle(resources: list[dict[str, Any]], summary_count: bool) -> dict[str, Any]:
+def _bundle(resources: list[dict[str, Any]], summary_count: bool,
+            included: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(resources)}
     if not summary_count:
-        bundle["entry"] = [{"resource": r} for r in resources]
+        bundle["entry"] = [{"resource": r, "search": {"mode": "match"}} for r in resources] + [
+            {"resource": r, "search": {"mode": "include"}} for r in included or []]
     return bundle
 
 
@@ -184,10 +231,14 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
             elif len(parts) == 1 or (len(parts) == 2 and parts[1] == "_search" and method == "POST"):
                 try:
                     tagged = ("_tag", MISBEHAVE_TAG) in params
-                    found = store.search(parts[0], [p for p in params if p != ("_tag", MISBEHAVE_TAG)])
+                    tags = (("_tag", MISBEHAVE_TAG), ("_tag", MISBEHAVE_PROVENANCE_TAG))
+                    found = store.search(parts[0], [p for p in params if p not in tags])
                     if tagged:
                         found.append(store.resources[("Observation", "obs-456-a")])
-                    self._send(200, _bundle(found, count))
+                    included = store.included(found, params)
+                    if ("_tag", MISBEHAVE_PROVENANCE_TAG) in params:
+                        included.append(FOREIGN_PROVENANCE)
+                    self._send(200, _bundle(found, count, included))
                 except RuntimeError:
                     self._send(500, {"resourceType": "OperationOutcome"})
             elif len(parts) == 3 and parts[2] == "_history" and method == "GET":
@@ -206,7 +257,8 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
                     self._send(200, resource)
             elif len(parts) == 3 and parts[0] == "Patient" and method == "GET":
                 param = "link" if parts[2] == "Patient" else "patient"
-                self._send(200, _bundle(store.search(parts[2], [*params, (param, f"Patient/{parts[1]}")]), count))
+                found = store.search(parts[2], [*params, (param, f"Patient/{parts[1]}")])
+                self._send(200, _bundle(found, count, store.included(found, params)))
             else:
                 self._send(404, {"resourceType": "OperationOutcome"})
 

@@ -1,0 +1,8 @@
+
+›"⁄◊GET
+
+:authorityfhir.example.org°
+authorizationèBearer eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImZ1enotZXMyNTYifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlLm9yZyIsImF1ZCI6Imh0dHBzOi8vZmhpci5leGFtcGxlLm9yZy9yNCIsInN1YiI6InVzZXItMSIsImNsaWVudF9pZCI6ImZ1enotYXBwIiwic2NvcGUiOiJsYXVuY2gvcGF0aWVudCBwYXRpZW50LyoucnMiLCJpYXQiOjE3NDk5OTk5NDAsImV4cCI6MTc1MDAwMzYwMCwianRpIjoiZnV6eiIsInBhdGllbnQiOiJhbGljZTciLCJjbmYiOnsiamt0IjoiLWd1bUxIZ0ExTm4zYzl1WUxVSjVBbkZDOUpSZmtCa0g4bnJGQVh2bEtRbyJ9fQ.U415mA9FmysBIt6lL3FQ2LLu1UiQoULtrfCoxjPR7GFJtfvRahclbN6F-sgUyBXkhvo54JWM6sXuVYUDVR5-ng'
+:path/r4/Observation?patient=alice7
+:methodGET
+:schemehttps"/r4/Observation?patient=alice7*fhir.example.org2httpsRHTTP/1.1
