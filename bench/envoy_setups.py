@@ -14,6 +14,9 @@ import copy
 import json
 from typing import Any
 
+import fhir_bodies
+
+from smartgate.config.model import VerificationMode
 from smartgate.envoy_glue.bootstrap import EnvoySettings, render
 
 BASE_PATH = "/fhir"
@@ -36,19 +39,31 @@ def _answer_directly(config: dict[str, Any]) -> None:
             route.update(copy.deepcopy(OK_BODY))
 
 
-def settings(listen_port: int, admin_port: int, authz_port: int, workers: int = 1) -> EnvoySettings:
+def settings(listen_port: int, admin_port: int, authz_port: int, workers: int = 1, authz_socket: str | None = None,
+             upstream_url: str = f"http://127.0.0.1:9{BASE_PATH}",
+             verification: VerificationMode = "off") -> EnvoySettings:
     return EnvoySettings(
         listen_host="127.0.0.1", listen_port=listen_port, admin_host="127.0.0.1", admin_port=admin_port,
-        authz_host="127.0.0.1", authz_port=authz_port, authz_workers=workers, smartgate_http_port=None,
-        upstream_url=f"http://127.0.0.1:9{BASE_PATH}", base_path=BASE_PATH,
+        authz_host="127.0.0.1", authz_port=authz_port, authz_workers=workers, authz_socket=authz_socket,
+        smartgate_http_port=None, upstream_url=upstream_url, base_path=BASE_PATH, response_verification=verification,
     )
 
 
-def ext_authz_config(listen_port: int, admin_port: int, authz_port: int, workers: int = 1) -> dict[str, Any]:
-    """Setups C, D, E: the shipped rendering, with the route answered by Envoy itself."""
-    config = render(settings(listen_port, admin_port, authz_port, workers))
+def ext_authz_config(listen_port: int, admin_port: int, authz_port: int, workers: int = 1,
+                     authz_socket: str | None = None) -> dict[str, Any]:
+    """Setups C, D, E (and D over a Unix socket): the shipped rendering, with the route answered by Envoy
+    itself."""
+    config = render(settings(listen_port, admin_port, authz_port, workers, authz_socket))
     _answer_directly(config)
     return config
+
+
+def upstream_config(listen_port: int, admin_port: int, authz_port: int, upstream_url: str,
+                    verification: VerificationMode) -> dict[str, Any]:
+    """Setups F: the shipped rendering unchanged, routed to the FHIR stand-in, so response verification
+    (ext_proc) sees real response bodies."""
+    return render(settings(listen_port, admin_port, authz_port, upstream_url=upstream_url,
+                           verification=verification))
 
 
 def no_authz_config(listen_port: int, admin_port: int) -> dict[str, Any]:
@@ -88,9 +103,31 @@ def _bundle(total: int) -> dict[str, Any]:
             "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/fhir+json"}}]}
 
 
-def fhir_stand_in_config(listen_port: int, admin_port: int, membership_params: tuple[str, ...]) -> dict[str, Any]:
+def _body(body: str) -> dict[str, Any]:
+    return {"direct_response": {"status": 200, "body": {"inline_string": body}},
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/fhir+json"}}]}
+
+
+def _answers(public_base: str) -> list[dict[str, Any]]:
+    """What the setups F read through the stand-in: a look-up (``_summary=count``) is a member; the
+    US Core search (``_revinclude``) its 20 Observations and 20 Provenances; any other search one of the
+    patient's Observations. Reads are answered by the Lua filter."""
+    return [
+        {"match": {"prefix": "/", "query_parameters": [{"name": "_summary", "present_match": True}]}, **_bundle(1)},
+        {"match": {"prefix": "/", "query_parameters": [{"name": "_revinclude", "present_match": True}]},
+         **_body(fhir_bodies.uscore_bundle(public_base))},
+        {"match": {"path": f"{BASE_PATH}/Observation"}, **_body(fhir_bodies.search_bundle(public_base))},
+    ]
+
+
+PUBLIC_BASE = "https://bench.smartgate.invalid/fhir"  # smartgate's fhir.base_url in the bench (never contacted)
+
+
+def fhir_stand_in_config(listen_port: int, admin_port: int, membership_params: tuple[str, ...],
+                         public_base: str = PUBLIC_BASE) -> dict[str, Any]:
     """A FHIR server that answers look-ups at once: ``total: 1`` (a member), except for ids starting
-    ``nm-`` (not a member) and smartgate's impossible-value probes (a server that honours the parameter)."""
+    ``nm-`` (not a member) and smartgate's impossible-value probes (a server that honours the parameter);
+    and reads and searches with bodies of the bench patient (``_answers``)."""
     not_member = [
         {"match": {"prefix": "/",
                    "query_parameters": [{"name": param, "string_match": {"contains": "smartgate-probe"}}]},
@@ -104,12 +141,16 @@ def fhir_stand_in_config(listen_port: int, admin_port: int, membership_params: t
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
                  ".HttpConnectionManager",
         "stat_prefix": "fhir_stand_in",
-        "route_config": {"name": "fhir", "virtual_hosts": [{
+        "route_config": {"name": "fhir", "max_direct_response_body_size_bytes": 1_048_576, "virtual_hosts": [{
             "name": "fhir", "domains": ["*"],
-            "routes": [*not_member, {"match": {"prefix": "/"}, **_bundle(1)}],
+            "routes": [*not_member, *_answers(public_base), {"match": {"prefix": "/"}, **_bundle(1)}],
         }]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        "http_filters": [
+            {"name": "envoy.filters.http.lua", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": fhir_bodies.read_observation_lua()}}},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
     }
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},

@@ -111,15 +111,20 @@ def envoy(config: dict[str, Any], workdir: Path, name: str, concurrency: int = 1
 
 
 def floor_server(kind: str, port: int, workdir: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-    command = [sys.executable, str(BENCH_DIR / "floor_server.py"), "--kind", kind, "--port", str(port)]
+    """``kind``: aio, threaded, or busyN (the aio floor busy-waiting N µs per Check)."""
+    busy = kind.removeprefix("busy") if kind.startswith("busy") else ""
+    command = [sys.executable, str(BENCH_DIR / "floor_server.py"), "--kind", "aio" if busy else kind,
+               "--port", str(port), *(["--busy-us", busy] if busy else [])]
     return running(command, workdir / f"floor-{kind}.log", _grpc_serving(f"127.0.0.1:{port}"), f"floor ({kind})")
 
 
 def smartgate_config(grpc_port: int, http_port: int, base_url: str, upstream_url: str, issuer: str,
-                     jwks_file: Path) -> dict[str, Any]:
-    """The shipped defaults with our addresses and the bench issuer; nothing tuned."""
+                     jwks_file: Path, grpc_socket: str | None = None) -> dict[str, Any]:
+    """The shipped defaults with our addresses and the bench issuer; nothing tuned. With ``grpc_socket``
+    the gRPC listener is that Unix domain socket instead of ``grpc_port``."""
     return {
-        "listen": {"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{http_port}"},
+        "listen": {"grpc": f"unix:{grpc_socket}" if grpc_socket else f"127.0.0.1:{grpc_port}",
+                   "http": f"127.0.0.1:{http_port}"},
         "fhir": {"base_url": base_url, "upstream_url": upstream_url},
         "issuers": [{"issuer": issuer, "jwks_file": str(jwks_file)}],
     }

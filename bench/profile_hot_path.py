@@ -2,7 +2,10 @@
 py-spy: where does a Check spend its time? Writes bench/results/profile.md (top functions by own
 time) and profile-flamegraph.svg.
 
-Usage: python bench/profile_hot_path.py [--seconds 15] [--out bench/results]
+``--gil`` samples only the thread holding the GIL (profile-gil.md): under grpc.aio the event loop,
+gRPC's poller thread and the decision-log writer share one GIL, and this shows who holds it.
+
+Usage: python bench/profile_hot_path.py [--seconds 15] [--out bench/results] [--gil]
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def _top(raw: Path, limit: int = 25) -> tuple[list[tuple[str, int]], list[tuple[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--gil", action="store_true",
+                        help="sample only the thread holding the GIL (where the GIL goes), into profile-gil.md")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     out: Path = args.out.resolve()
@@ -81,27 +86,31 @@ def main() -> int:
             url = f"http://127.0.0.1:{envoy_port}"
             run_wrk(url, THROUGHPUT, 2, plan, token=token)  # warm up
             raw = workdir / "profile.txt"
-            svg = out / "profile-flamegraph.svg"
+            svg = out / ("profile-gil-flamegraph.svg" if args.gil else "profile-flamegraph.svg")
             spy_cmd = [spy, "record", "--pid", str(smartgate.pid), "--rate", "250", "--nonblocking",
-                       "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(raw)]
+                       "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(raw),
+                       *(["--gil"] if args.gil else [])]
             recorder = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
             time.sleep(0.5)
             figures = run_wrk(url, THROUGHPUT, args.seconds - 1, plan, token=token)
             recorder.wait(timeout=args.seconds + 30)
             subprocess.run([spy, "record", "--pid", str(smartgate.pid), "--rate", "250", "--nonblocking",  # noqa: S603
-                            "--duration", "5", "--output", str(svg)], check=False, capture_output=True)
+                            "--duration", "5", "--output", str(svg), *(["--gil"] if args.gil else [])],
+                           check=False, capture_output=True)
         own, inclusive, total = _top(raw)
+    what = ("only the thread holding the GIL is sampled: each sample is GIL time, the share is of all GIL time"
+            if args.gil else
+            "idle samples included: the event loop waiting in epoll is the gap to a saturated core")
     lines = [
-        "# Where smartgate's time goes (py-spy, cached-token patient search, wrk c16)", "",
-        f"{figures['rps']:.0f} requests/s through Envoy during the profile; {total} samples at 250 Hz "
-        "(idle samples included: the event loop waiting in epoll is the gap to a saturated core).", "",
+        f"# Where smartgate's {'GIL' if args.gil else 'time'} goes (py-spy, cached-token patient search, wrk c16)", "",
+        f"{figures['rps']:.0f} requests/s through Envoy during the profile; {total} samples at 250 Hz ({what}).", "",
         "## Own time (top functions)", "", "| samples | share | function |", "| ---: | ---: | --- |",
         *(f"| {count} | {count / total:.1%} | `{name}` |" for name, count in own),
         "", "## smartgate functions, anywhere on the stack", "", "| samples | share | function |",
         "| ---: | ---: | --- |",
         *(f"| {count} | {count / total:.1%} | `{name}` |" for name, count in inclusive),
     ]
-    (out / "profile.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / ("profile-gil.md" if args.gil else "profile.md")).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines[:40]))
     return 0
 

@@ -1,9 +1,12 @@
 """smartgate benchmark: Envoy alone, Envoy's jwt_authn, the Python floor and smartgate, under wrk.
 
 One run on loopback. Every setup answers the FHIR route with Envoy's ``direct_response`` so only
-authorization is measured (see envoy_setups.py). Writes results.md, latency.png and results.json.
+authorization is measured (see envoy_setups.py). The busy no-op yardstick (C-busyN: the grpc.aio floor
+busy-waiting N µs per Check) places smartgate's throughput on a curve, read as "equivalent busy µs".
+Writes results.md, latency.png, busy-yardstick.png and results.json.
 
 Usage: python bench/run_bench.py [--out bench/results] [--duration 5] [--smoke] [--memory-tokens 100000]
+       [--setups D,D-uds] [--workloads search_cached]   (a targeted run)
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import envoy_setups
+import fhir_bodies
 import processes
 import report
 import tokens
 from load import LATENCY, THROUGHPUT, Load, run_wrk, write_requests
 
+from smartgate.config.model import VerificationMode
 from smartgate.fhir.compartment import MEMBERSHIP_PARAMS
 
 SETUP_TITLES = {
@@ -36,9 +41,19 @@ SETUP_TITLES = {
     "B": "B Envoy jwt_authn",
     "C-aio": "C floor (grpc.aio)",
     "C-threaded": "C floor (grpcio threads)",
+    **{f"C-busy{us}": f"C busy no-op, {us} µs per Check" for us in report.BUSY_MICROSECONDS},
     "D": "D smartgate 1 worker",
     "E": "E smartgate 2 workers",
+    "D-uds": "D smartgate 1 worker, Unix socket",
+    "F-off": "F smartgate 1 worker, FHIR stand-in, verification off",
+    "F-enforce": "F smartgate 1 worker, FHIR stand-in, verification enforce",
 }
+# Setups F route to the FHIR stand-in (an Envoy answering at once) instead of answering in the front Envoy,
+# so responses pass through ext_proc: the same workloads with response verification off and enforcing.
+VERIFICATION_SETUPS: dict[str, VerificationMode] = {"F-off": "off", "F-enforce": "enforce"}
+# The busy no-op yardstick (C-busyN) runs beside the floors: smartgate's throughput read as busy µs per Check.
+BUSY_SETUPS = [f"C-busy{us}" for us in report.BUSY_MICROSECONDS]
+ALL_SETUPS = ["A", "B", "C-aio", "C-threaded", *BUSY_SETUPS, "D", "E", "D-uds", *VERIFICATION_SETUPS]
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,7 @@ class Workload:
 SEARCH = "/fhir/Observation?patient=123"
 WORKLOADS = [
     Workload("search_cached", "search bound to the patient, cached token", [(SEARCH, "fixed")],
-             setups=frozenset({"B", "D", "E"})),
+             setups=frozenset({"B", "D", "E", "D-uds", "F-off", "F-enforce"})),
     Workload("search_fresh_rs256", "same, fresh RS256 token per request", [(SEARCH, "pool")], pool="RS256",
              setups=frozenset({"B", "D", "E"})),
     Workload("search_fresh_es256", "same, fresh ES256 token per request", [(SEARCH, "pool")], pool="ES256",
@@ -68,8 +83,15 @@ WORKLOADS = [
         ("/fhir/Patient/123", "fixed"), (SEARCH, "none"),
         ("/fhir/Condition?patient=123", "fixed"), (SEARCH, "bad"),
     ], deny_share=0.5),
+    Workload("read_new_id", "read by id, new id each request, answered by the FHIR stand-in (off: look-up every "
+             "time; enforce: proven by the response)", [("/fhir/Observation/obs-{n}", "fixed")],
+             setups=frozenset(VERIFICATION_SETUPS)),
+    Workload("uscore_provenance", "US Core search: 20 laboratory Observations and their Provenances "
+             "(_revinclude=Provenance:target, 30 KB)", [(fhir_bodies.USCORE_SEARCH, "fixed")],
+             setups=frozenset(VERIFICATION_SETUPS)),
 ]
-SMOKE_WORKLOADS = ("search_cached", "search_fresh_es256", "mix")
+SMOKE_WORKLOADS = ("search_cached", "search_fresh_es256", "mix", "read_new_id", "uscore_provenance")
+SMOKE_SETUPS = ["A", "C-aio", "C-busy100", "D", "D-uds", "F-enforce"]
 
 
 @dataclass
@@ -124,7 +146,7 @@ def _drive(bench: Bench, setup: str, url: str, smartgate_http: str | None = None
     warm = write_requests(bench.workdir / "plan-warm.txt", [(SEARCH, "fixed")])
     run_wrk(url, THROUGHPUT, 1, warm, token=bench.fixed_token)
     offset = 0
-    generic = setup in ("A", "C-aio", "C-threaded")
+    generic = report.is_generic(setup)
     for workload in bench.workloads:
         if generic and workload.name != "search_cached":
             continue
@@ -150,17 +172,29 @@ def _run_setup(bench: Bench, setup: str, fhir_upstream: str) -> None:
             stack.enter_context(processes.floor_server(setup[2:], port, bench.workdir))
             config = envoy_setups.ext_authz_config(envoy_port, admin_port, port)
         else:
-            workers = 1 if setup == "D" else 2
-            grpc_port, http_port = processes.free_port_pair(), processes.free_port()
-            jwks_file = bench.workdir / "jwks.json"
-            sg_config = processes.smartgate_config(grpc_port, http_port, bench.audience, fhir_upstream,
-                                                   tokens.ISSUER, jwks_file)
-            stack.enter_context(processes.smartgate(sg_config, bench.workdir, workers))
-            smartgate_http = f"127.0.0.1:{http_port}"
-            config = envoy_setups.ext_authz_config(envoy_port, admin_port, grpc_port, workers)
+            smartgate_http, config = _start_smartgate(bench, stack, setup, fhir_upstream, envoy_port, admin_port)
         stack.enter_context(processes.envoy(config, bench.workdir, f"envoy-{setup}"))
         _wait_for_allow(url, bench.fixed_token)
         _drive(bench, setup, url, smartgate_http)
+
+
+def _start_smartgate(bench: Bench, stack: contextlib.ExitStack, setup: str, fhir_upstream: str, envoy_port: int,
+                     admin_port: int) -> tuple[str, dict[str, Any]]:
+    """Start smartgate for setups D, E, D-uds and F; return its HTTP address and the Envoy config in front."""
+    workers = 2 if setup == "E" else 1
+    grpc_port, http_port = processes.free_port_pair(), processes.free_port()
+    socket = str(bench.workdir / "grpc.sock") if setup == "D-uds" else None
+    sg_config = processes.smartgate_config(grpc_port, http_port, bench.audience, fhir_upstream, tokens.ISSUER,
+                                           bench.workdir / "jwks.json", socket)
+    verification = VERIFICATION_SETUPS.get(setup)
+    if verification:
+        sg_config["response_verification"] = {"mode": verification}
+    stack.enter_context(processes.smartgate(sg_config, bench.workdir, workers))
+    if verification:
+        config = envoy_setups.upstream_config(envoy_port, admin_port, grpc_port, fhir_upstream, verification)
+    else:
+        config = envoy_setups.ext_authz_config(envoy_port, admin_port, grpc_port, workers, socket)
+    return f"127.0.0.1:{http_port}", config
 
 
 def _wait_for_allow(url: str, token: str, seconds: float = 20) -> None:
@@ -187,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny runs, fewer setups and workloads (CI)")
     parser.add_argument("--memory-tokens", type=int, default=None,
                         help="distinct tokens for the memory workload (default 100000; smoke 1500; 0 skips)")
+    parser.add_argument("--setups", default=None,
+                        help=f"comma-separated setups, for a targeted run (default: all; {','.join(ALL_SETUPS)})")
+    parser.add_argument("--workloads", default=None, help="comma-separated workloads to run (default: all)")
     args = parser.parse_args(argv)
     smoke: bool = args.smoke
     duration = args.duration or (1.0 if smoke else 5.0)
@@ -199,13 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(
             out=out, workdir=workdir, duration=duration,
             loads=[LATENCY, THROUGHPUT],
-            workloads=[w for w in WORKLOADS if not smoke or w.name in SMOKE_WORKLOADS],
-            setups=["A", "C-aio", "D"] if smoke else ["A", "B", "C-aio", "C-threaded", "D", "E"],
+            workloads=[w for w in WORKLOADS if (not smoke or w.name in SMOKE_WORKLOADS)
+                       and (args.workloads is None or w.name in args.workloads.split(","))],
+            setups=args.setups.split(",") if args.setups else (SMOKE_SETUPS if smoke else ALL_SETUPS),
             pool_size=_pool_size(duration, smoke),
         )
         _prepare(bench)
         fhir_port, fhir_admin = processes.free_port(), processes.free_port()
-        stand_in = envoy_setups.fhir_stand_in_config(fhir_port, fhir_admin, MEMBERSHIP_PARAMS["Observation"])
+        stand_in = envoy_setups.fhir_stand_in_config(fhir_port, fhir_admin, MEMBERSHIP_PARAMS["Observation"],
+                                                     bench.audience)
         with processes.envoy(stand_in, workdir, "fhir-stand-in"):
             fhir_upstream = f"http://127.0.0.1:{fhir_port}/fhir"
             for setup in bench.setups:
@@ -221,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "results.md").write_text(report.markdown(raw, SETUP_TITLES, {w.name: w.title for w in WORKLOADS}),
                                         encoding="utf-8")
         report.chart(raw, SETUP_TITLES, out / "latency.png")
-    print(f"results written to {out}/results.md, {out}/latency.png and {out}/results.json "
+        report.yardstick_chart(raw, out / "busy-yardstick.png")
+    print(f"results written to {out}/results.md, {out}/latency.png, {out}/busy-yardstick.png and {out}/results.json "
           f"({meta['elapsed_seconds']} s)")
     failures = report.failures(raw, {w.name: w.deny_share for w in WORKLOADS})
     for failure in failures:

@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from smartgate.config.model import Config
+from smartgate.config.model import Config, unix_socket_path
 from smartgate.config.parse import ConfigError, load_config
 from smartgate.core.http import HttpRequest
 from smartgate.dev.keys import DEV_ISSUER, dev_token
@@ -101,9 +101,10 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
     settings = EnvoySettings()
     if args.config:
         config = _config_or_exit(args.config)
-        host, _, port = config.listen.grpc.rpartition(":")
+        socket = unix_socket_path(config.listen.grpc)
+        host, _, port = (config.listen.http if socket else config.listen.grpc).rpartition(":")
         settings = EnvoySettings(
-            authz_host=host, authz_port=int(port), authz_workers=config.workers,
+            authz_host=host, authz_port=int(port), authz_socket=socket, authz_workers=config.workers,
             smartgate_http_port=int(config.listen.http.rpartition(":")[2]) if config.smart_configuration else None,
             upstream_url=config.fhir.upstream_url,
             base_path=config.fhir.base_path, max_request_bytes=config.max_request_bytes,

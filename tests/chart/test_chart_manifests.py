@@ -29,6 +29,9 @@ from .rendering import render as render_chart
 pytestmark = pytest.mark.chart
 
 KUBERNETES = "1.33.0"
+GRPC_SOCKET = "/run/smartgate/grpc.sock"  # smartgate's gRPC socket in the pod (templates/_helpers.tpl)
+CHART_DEFAULTS = load_values(CHART / "values.yaml")
+UNIX_SOCKET_VALUES = ["minimal-values.yaml", "production-values.yaml"]  # grpcTransport: unix, the default
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 IDS = [path.stem for path in VALUES_FILES]
 
@@ -36,6 +39,10 @@ IDS = [path.stem for path in VALUES_FILES]
 @pytest.fixture(scope="module", params=VALUES_FILES, ids=IDS)
 def rendering(request: pytest.FixtureRequest) -> Rendering:
     return render_chart(load_values(request.param))
+
+
+def _minimal() -> dict[str, Any]:
+    return load_values(CHART / "ci" / "minimal-values.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +147,10 @@ def _envoy_settings(values: dict[str, Any]) -> EnvoySettings:
     return EnvoySettings(
         listen_host="0.0.0.0", listen_port=8080, admin_host="127.0.0.1", admin_port=9901,
         authz_host="127.0.0.1", authz_port=9191, authz_workers=values.get("workers", 1), smartgate_http_port=9190,
+        authz_socket=GRPC_SOCKET if values.get("grpcTransport", CHART_DEFAULTS["grpcTransport"]) == "unix" else None,
         authz_timeout_seconds=limits.get("authzTimeoutSeconds", 1), upstream_url=values["fhir"]["upstreamUrl"],
         base_path=base_path, max_request_bytes=limits.get("maxRequestBytes", 1048576),
-        response_verification=verification.get("mode", "off"),
+        response_verification=verification.get("mode", CHART_DEFAULTS["responseVerification"]["mode"]),
         max_response_bytes=verification.get("maxBodyBytes", 4194304), ready_port=9902,
         front_door=_front_door(values), tls=_tls(values),
     )
@@ -204,12 +212,59 @@ def test_every_container_is_hardened(rendering: Rendering) -> None:
         assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
 
 
-def test_smartgate_is_probed_by_grpc_health_and_envoy_by_its_ready_endpoint(rendering: Rendering) -> None:
-    containers = {c["name"]: c for c in _containers(rendering)}
-    assert containers["smartgate"]["readinessProbe"]["grpc"]["port"] == 9191
-    assert containers["smartgate"]["startupProbe"]["grpc"]["port"] == 9191
+@pytest.mark.parametrize("values_file", UNIX_SOCKET_VALUES)
+def test_smartgate_is_probed_by_its_readyz_over_tcp_and_envoy_by_its_ready_endpoint(values_file: str) -> None:
+    """The default transport is a Unix socket, which the kubelet's gRPC probe cannot reach: smartgate's HTTP
+    /readyz (every worker SERVING, every issuer's keys loaded) answers the startup and readiness probes."""
+    containers = {c["name"]: c for c in _containers(render_chart(load_values(CHART / "ci" / values_file)))}
+    assert containers["smartgate"]["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert containers["smartgate"]["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert containers["smartgate"]["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert containers["envoy"]["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "envoy-ready"}
+
+
+def test_with_tcp_transport_smartgate_is_probed_by_grpc_health_on_its_check_port() -> None:
+    containers = {c["name"]: c for c in _containers(render_chart({**_minimal(), "grpcTransport": "tcp"}))}
+    assert containers["smartgate"]["readinessProbe"]["grpc"]["port"] == 9191
+    assert containers["smartgate"]["startupProbe"]["grpc"]["port"] == 9191
+    assert {"name": "grpc", "containerPort": 9191, "protocol": "TCP"} in containers["smartgate"]["ports"]
+
+
+@pytest.mark.parametrize("values_file", UNIX_SOCKET_VALUES)
+def test_envoy_calls_smartgate_over_the_socket_in_an_emptydir_both_containers_mount(values_file: str) -> None:
+    rendering = render_chart(load_values(CHART / "ci" / values_file))
+    pod = rendering.one("Deployment")["spec"]["template"]["spec"]
+    assert {"name": "grpc-socket", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}} in pod["volumes"]
+    mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in pod["containers"]}
+    assert mounts["smartgate"]["grpc-socket"]["mountPath"] == mounts["envoy"]["grpc-socket"]["mountPath"] == \
+        GRPC_SOCKET.rpartition("/")[0]
+    assert mounts["envoy"]["grpc-socket"]["readOnly"] is True
+    assert pod["securityContext"]["supplementalGroups"] == [_runs_as_group(pod, "smartgate")]
+    assert rendering.config("smartgate.yaml")["listen"]["grpc"] == f"unix:{GRPC_SOCKET}"
+    cluster = next(c for c in rendering.config("envoy.yaml")["static_resources"]["clusters"]
+                   if c["name"] == "smartgate")
+    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    paths = [e["endpoint"]["address"]["pipe"]["path"] for e in endpoints]
+    workers = rendering.config("smartgate.yaml").get("workers", 1)
+    assert paths == [GRPC_SOCKET, *(f"{GRPC_SOCKET}.{i}" for i in range(1, workers))]
+    assert not any(p["name"] == "grpc" for c in pod["containers"] for p in c["ports"])
+
+
+def test_with_tcp_transport_there_is_no_socket_volume_and_envoy_calls_loopback() -> None:
+    rendering = render_chart({**_minimal(), "grpcTransport": "tcp"})
+    pod = rendering.one("Deployment")["spec"]["template"]["spec"]
+    assert not any(v["name"] == "grpc-socket" for v in pod["volumes"])
+    assert "supplementalGroups" not in pod["securityContext"]
+    assert rendering.config("smartgate.yaml")["listen"]["grpc"] == "0.0.0.0:9191"
+    cluster = next(c for c in rendering.config("envoy.yaml")["static_resources"]["clusters"]
+                   if c["name"] == "smartgate")
+    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] == [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9191}}}}]
+
+
+def _runs_as_group(pod: dict[str, Any], name: str) -> int:
+    group: int = next(c for c in pod["containers"] if c["name"] == name)["securityContext"]["runAsGroup"]
+    return group
 
 
 def test_the_service_exposes_only_envoy(rendering: Rendering) -> None:
@@ -339,6 +394,18 @@ def test_the_token_settings_reach_the_smartgate_config(production: Rendering,
     assert production.config("smartgate.yaml")["tokens"] == _snake_keys(production_values["tokens"])
 
 
+def test_the_dpop_settings_reach_the_smartgate_config(production: Rendering,
+                                                       production_values: dict[str, Any]) -> None:
+    assert production.config("smartgate.yaml")["dpop"] == _snake_keys(production_values["dpop"])
+
+
+def test_an_issuers_sender_constraint_reaches_the_smartgate_config_only_when_set(production: Rendering) -> None:
+    """The second production issuer requires sender-constrained tokens; the first sets nothing, so smartgate's
+    own default (optional) applies."""
+    first, second = production.config("smartgate.yaml")["issuers"]
+    assert "sender_constraint" not in first and second["sender_constraint"] == "required"
+
+
 def test_the_jwks_settings_reach_the_smartgate_config(production: Rendering,
                                                        production_values: dict[str, Any]) -> None:
     assert production.config("smartgate.yaml")["jwks"] == _snake_keys(production_values["jwks"])
@@ -425,8 +492,16 @@ def test_the_notes_tell_the_installer_how_to_call_the_api(rendering: Rendering) 
     (lambda v: v.update(tokenz={}), "tokenz"),
     (lambda v: v["issuers"][0].update(introspection={"endpoint": "https://idp/introspect", "clientId": "x",
                                                      "clientSecret": "plain-text-secret"}), "clientSecret"),
+    (lambda v: v["issuers"][0].update(senderConstraint="always"), "senderConstraint"),
+    (lambda v: v.update(dpop={"algorithms": ["HS256"]}), "algorithms"),
+    (lambda v: v.update(dpop={"algorithms": ["none"]}), "algorithms"),
+    (lambda v: v.update(dpop={"algorithms": []}), "algorithms"),
+    (lambda v: v.update(dpop={"iatWindowSeconds": 0}), "iatWindowSeconds"),
+    (lambda v: v.update(dpop={"replayCacheSize": 2.5}), "replayCacheSize"),
+    (lambda v: v.update(dpop={"nonces": True}), "nonces"),
 ], ids=["no-upstream", "base-not-url", "no-issuers", "jwks-not-http", "hmac", "bad-mode", "bad-verification",
-        "unknown-key", "inline-secret"])
+        "unknown-key", "inline-secret", "bad-sender-constraint", "dpop-hmac", "dpop-none", "dpop-no-algorithms",
+        "dpop-zero-window", "dpop-fractional-cache", "dpop-unknown-key"])
 def test_bad_values_fail_to_render_naming_the_value(change: Any, named: str) -> None:
     values = load_values(CHART / "ci" / "minimal-values.yaml")
     change(values)

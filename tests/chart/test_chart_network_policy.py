@@ -60,8 +60,13 @@ def test_the_policy_isolates_ingress_of_the_gateway_pods(rendering: Rendering) -
 def test_no_ingress_rule_admits_the_grpc_check_port(rendering: Rendering) -> None:
     ports = _smartgate_ports(rendering)
     admitted = _admitted_ports(_gateway_policy(rendering), ports)
-    assert ports["grpc"] not in admitted
+    assert ports.get("grpc") not in admitted
     assert ports["envoy-ready"] not in admitted
+
+
+def test_with_the_default_unix_socket_check_has_no_port_at_all(rendering: Rendering) -> None:
+    assert "grpc" not in _smartgate_ports(rendering)
+    assert rendering.config("smartgate.yaml")["listen"]["grpc"].startswith("unix:/")
 
 
 @pytest.mark.parametrize("name", ["production-values.yaml", MINIMAL_WITH_POLICY])
@@ -77,9 +82,10 @@ def test_only_the_fhir_api_and_the_listed_metrics_peers_are_admitted(name: str) 
         assert rules[("metrics",)] == metrics_from
 
 
-def test_the_check_port_is_the_one_the_kubelet_probes_and_envoy_calls_on_loopback(rendering: Rendering) -> None:
-    """What the README promises: the probes use the Check port (so it listens beyond loopback),
-    and Envoy's ext_authz cluster reaches it on 127.0.0.1."""
+def test_the_check_port_is_the_one_the_kubelet_probes_and_envoy_calls_on_loopback() -> None:
+    """What the README promises for ``grpcTransport: tcp``: the probes use the Check port (so it listens
+    beyond loopback), and Envoy's ext_authz cluster reaches it on 127.0.0.1."""
+    rendering = render(load_values(CHART / "ci" / "tcp-transport-values.yaml"))
     ports = _smartgate_ports(rendering)
     pod = rendering.one("Deployment")["spec"]["template"]["spec"]
     smartgate = next(c for c in pod["containers"] if any(p["name"] == "grpc" for p in c["ports"]))

@@ -65,14 +65,20 @@ class ProductionStack:
         return jwt.encode(claims, self.keys.rsa_key, algorithm="RS256", headers={"kid": "rsa-1", "typ": "at+jwt"})
 
 
-def _move_ports(envoy: dict[str, Any], smartgate: dict[str, Any], ports: dict[int, int]) -> None:
-    """Pod ports -> free loopback ports, everywhere they occur; 0.0.0.0 -> 127.0.0.1."""
+POD_SOCKET_DIR = "/run/smartgate"  # the emptyDir holding smartgate's gRPC socket in the pod
+
+
+def _move_ports(envoy: dict[str, Any], smartgate: dict[str, Any], ports: dict[int, int], socket_dir: Path) -> None:
+    """Pod ports -> free loopback ports, everywhere they occur; 0.0.0.0 -> 127.0.0.1; the pod's socket
+    directory -> ``socket_dir``."""
     def visit(node: Any) -> None:
         if isinstance(node, dict):
             if "port_value" in node and node["port_value"] in ports:
                 node["port_value"] = ports[node["port_value"]]
             if node.get("address") == "0.0.0.0":
                 node["address"] = "127.0.0.1"
+            if isinstance(node.get("pipe"), dict):
+                node["pipe"]["path"] = node["pipe"]["path"].replace(POD_SOCKET_DIR, str(socket_dir), 1)
             for value in node.values():
                 visit(value)
         elif isinstance(node, list):
@@ -80,7 +86,11 @@ def _move_ports(envoy: dict[str, Any], smartgate: dict[str, Any], ports: dict[in
                 visit(item)
     visit(envoy)
     for name in ("grpc", "http"):
-        port = smartgate["listen"][name].rpartition(":")[2]
+        address = smartgate["listen"][name]
+        if address.startswith("unix:"):
+            smartgate["listen"][name] = address.replace(POD_SOCKET_DIR, str(socket_dir), 1)
+            continue
+        port = address.rpartition(":")[2]
         smartgate["listen"][name] = f"127.0.0.1:{ports[int(port)]}"
 
 
@@ -97,7 +107,7 @@ def _serving(rendering: Rendering, workdir: Path, env: dict[str, str] | None = N
     """Run the rendering's smartgate and Envoy configs on loopback; yield the pod-port -> loopback-port map."""
     envoy_config, smartgate_config = rendering.config("envoy.yaml"), rendering.config("smartgate.yaml")
     ports = _pod_ports(smartgate_config.get("workers", 1))
-    _move_ports(envoy_config, smartgate_config, ports)
+    _move_ports(envoy_config, smartgate_config, ports, workdir)
     with_local_tls_files(envoy_config, workdir)  # the mTLS listener's Secret, when the values turn it on
     (workdir / "envoy.yaml").write_text(yaml.safe_dump(envoy_config), encoding="utf-8")
     (workdir / "smartgate.yaml").write_text(yaml.safe_dump(smartgate_config), encoding="utf-8")
@@ -239,7 +249,7 @@ def test_the_rendered_configs_really_were_the_charts(tmp_path: Path) -> None:
     rendering = render({"fhir": {"baseUrl": AUDIENCE, "upstreamUrl": "http://127.0.0.1:1/fhir"},
                         "issuers": [{"issuer": "http://127.0.0.1:2/idp"}]})
     smartgate = rendering.config("smartgate.yaml")
-    assert smartgate["listen"] == {"grpc": "0.0.0.0:9191", "http": "0.0.0.0:9190"}
+    assert smartgate["listen"] == {"grpc": f"unix:{POD_SOCKET_DIR}/grpc.sock", "http": "0.0.0.0:9190"}
     assert smartgate["mode"] == "enforce"
 
 

@@ -1,18 +1,23 @@
 """Get SMART access tokens from the real oidc-provider over HTTP, the way an app does:
 authorization code + PKCE (S256) with a resource indicator, the login and consent interaction
 completing by itself for the test user named in ``login_hint``; client_credentials for
-backend services; RFC 7009 revocation."""
+backend services; RFC 7009 revocation. Sender-constrained tokens too: the code exchange may carry a DPoP
+proof (RFC 9449 §5) or go to the IdP's HTTPS port with a client certificate (RFC 8705 §3)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import secrets
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+
+from tests.support.dpop import DpopKey
 
 REDIRECT_URI = "http://127.0.0.1:1/callback"  # never contacted: the code is read from the redirect
 
@@ -29,6 +34,21 @@ class TokenResponse:
     raw: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class MtlsTokenEndpoint:
+    """The IdP's token endpoint on its HTTPS port, called with a client certificate."""
+
+    url: str
+    ca: Path  # issued the IdP's server certificate
+    certificate: Path
+    key: Path
+
+    def client(self) -> httpx.Client:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.certificate), str(self.key))
+        return httpx.Client(verify=context, timeout=10)
+
+
 def _pkce_pair() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
@@ -36,9 +56,11 @@ def _pkce_pair() -> tuple[str, str]:
 
 
 def authorization_code_token(
-    issuer: str, client_id: str, user: str, scope: str, resource: str, *, max_redirects: int = 10
+    issuer: str, client_id: str, user: str, scope: str, resource: str, *, max_redirects: int = 10,
+    dpop_key: DpopKey | None = None, mtls: MtlsTokenEndpoint | None = None,
 ) -> TokenResponse:
-    """Run authorize → interaction (login, consent) → redirect with code → token."""
+    """Run authorize → interaction (login, consent) → redirect with code → token. With ``dpop_key`` the token
+    request carries a DPoP proof by that key; with ``mtls`` it goes to that endpoint with its certificate."""
     verifier, challenge = _pkce_pair()
     state = secrets.token_urlsafe(16)
     with httpx.Client(timeout=10, follow_redirects=False) as client:
@@ -61,10 +83,13 @@ def authorization_code_token(
             raise AuthFlowError(f"authorization failed: {query}")
         if query.get("state") != [state] or query.get("iss") != [issuer]:
             raise AuthFlowError(f"unexpected authorization response: {query}")
-        token = client.post(f"{issuer}/token", data={
-            "grant_type": "authorization_code", "code": query["code"][0], "redirect_uri": REDIRECT_URI,
-            "client_id": client_id, "code_verifier": verifier, "resource": resource,
-        })
+        form = {"grant_type": "authorization_code", "code": query["code"][0], "redirect_uri": REDIRECT_URI,
+                "client_id": client_id, "code_verifier": verifier, "resource": resource}
+        if mtls is not None:
+            with mtls.client() as secure:
+                return _token_response(secure.post(mtls.url, data=form))
+        headers = {"dpop": dpop_key.proof("POST", f"{issuer}/token", None)} if dpop_key is not None else {}
+        token = client.post(f"{issuer}/token", data=form, headers=headers)
     return _token_response(token)
 
 

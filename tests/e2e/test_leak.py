@@ -142,11 +142,13 @@ def _report(run: LeakRun) -> None:
     passed = [x for x in attempts if x.reached_fhir_server]
     leaked = [x for x in attempts if x.leaked]
     changed = {key: sorted(set(run.before[key].items()) ^ set(run.after[key].items())) for key in run.before}
+    refused_late = _refused_by_the_response_stage
     summary: dict[str, Any] = {
         "tried": len(attempts),
         "denied": len(denied),
         "passed_through": len(passed),
-        "passed_through_unexpectedly": len([x for x in passed if x.must_deny]),
+        "passed_through_unexpectedly": len([x for x in passed if x.must_deny and not refused_late(x)]),
+        "refused_by_the_response_stage": len([x for x in passed if x.must_deny and refused_late(x)]),
         "leaked": len(leaked),
         "records_changed": {key: len(diff) for key, diff in changed.items()},
         "seconds": round(run.seconds, 2),
@@ -161,10 +163,12 @@ def _report(run: LeakRun) -> None:
     }
     _REPORTS[run.gateway] = {"summary": summary, "changed": changed, "attempts": [asdict(x) for x in attempts]}
     totals = {key: sum(r["summary"][key] for r in _REPORTS.values())
-              for key in ("tried", "denied", "passed_through", "passed_through_unexpectedly", "leaked")}
+              for key in ("tried", "denied", "passed_through", "passed_through_unexpectedly",
+                          "refused_by_the_response_stage", "leaked")}
     REPORT.write_text(json.dumps({"totals": totals, "gateways": _REPORTS}, indent=1), encoding="utf-8")
     lines = [f"\n[leak] gateway {run.gateway!r}: tried {summary['tried']}, denied {summary['denied']}, passed through "
-             f"{summary['passed_through']} ({summary['passed_through_unexpectedly']} unexpectedly), "
+             f"{summary['passed_through']} ({summary['passed_through_unexpectedly']} unexpectedly, "
+             f"{summary['refused_by_the_response_stage']} refused by the response stage), "
              f"leaked {summary['leaked']}, records changed {summary['records_changed']} "
              f"in {summary['seconds']}s -> {REPORT.name}"]
     for category, figures in summary["by_category"].items():
@@ -193,9 +197,26 @@ def test_nothing_of_another_patient_is_created_changed_or_deleted(leak_run: Leak
         )
 
 
+def _refused_by_the_response_stage(attempt: Attempt) -> bool:
+    """With response verification enforcing, a read is proven by its response instead of a look-up: it
+    reaches the FHIR server, and the response stage refuses what is not the context patient's."""
+    return (attempt.gateway == "verified" and attempt.reason == "allowed_verified_by_response"
+            and attempt.status == 403
+            and (attempt.body_reason == "response_foreign_resource" or attempt.method == "HEAD"))  # HEAD: no body
+
+
 def test_every_door_not_bound_to_the_context_patient_is_refused_before_the_fhir_server(leak_run: LeakRun) -> None:
-    through = [x for x in leak_run.attempts if x.must_deny and x.reached_fhir_server]
+    through = [x for x in leak_run.attempts
+               if x.must_deny and x.reached_fhir_server and not _refused_by_the_response_stage(x)]
     assert not through, "requests that reached the FHIR server:\n" + _describe(through)
+
+
+def test_reads_proven_by_their_response_are_refused_by_the_response_stage(leak_run: LeakRun) -> None:
+    proven_later = [x for x in leak_run.attempts if x.must_deny and x.reason == "allowed_verified_by_response"]
+    if leak_run.gateway == "verified":
+        assert proven_later, "no read was proven by its response: the enforcing gateway did not skip a look-up"
+    assert all(_refused_by_the_response_stage(x) for x in proven_later), _describe(
+        [x for x in proven_later if not _refused_by_the_response_stage(x)])
 
 
 def test_refusals_are_smartgate_denials_or_envoy_rejections(leak_run: LeakRun) -> None:

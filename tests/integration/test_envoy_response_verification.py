@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from smartgate.dev.demo.upstream import MISBEHAVE_PROVENANCE_TAG, MISBEHAVE_TAG
+from smartgate.dev.demo.upstream import HUGE_PADDING_BYTES, HUGE_TAG, MISBEHAVE_PROVENANCE_TAG, MISBEHAVE_TAG
 from tests.support.stack import Stack, start_stack
 
 pytestmark = pytest.mark.integration
@@ -115,6 +115,28 @@ def test_enforce_mode_refuses_a_response_too_large_to_verify(tmp_path_factory: p
     assert single.status_code == 200 and len(single.content) <= 200
     assert search.status_code == 403
     assert "too large to verify" in search.text and "obs-123-a" not in search.text
+
+
+def test_report_mode_passes_responses_too_large_to_check_and_counts_them(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Past max_body_bytes (the searchset) and past Envoy's own buffer (1 MiB here; the padded searchset is
+    1.5 MB): report mode answers 200 with the whole body, and each skip is counted and logged."""
+    overrides = {"response_verification": {"mode": "report", "max_body_bytes": 200}}
+    envoy = {"response_verification": "report", "max_response_bytes": 200}
+    with start_stack(tmp_path_factory.mktemp("report-small"), overrides, envoy) as small:
+        before = small.metric("smartgate_response_checks_skipped_total", reason="too_large")
+        search = small.get("/Observation?patient=123", small.token())
+        huge = small.get(f"/Observation?patient=123&_tag={HUGE_TAG}", small.token())
+        after = small.metric("smartgate_response_checks_skipped_total", reason="too_large")
+        entries = [json.loads(line) for line in small.decision_log().splitlines()]
+    assert search.status_code == 200 and {e["resource"]["id"] for e in search.json()["entry"]} == {
+        "obs-123-a", "obs-123-b"}
+    assert huge.status_code == 200 and len(huge.content) > HUGE_PADDING_BYTES
+    assert huge.json()["total"] == 2  # the whole body, not a cut one
+    assert after == before + 2
+    skipped = [e for e in entries if e.get("stage") == "response" and e["outcome"] == "skipped"]
+    assert len(skipped) == 2 and {e["reason"] for e in skipped} == {"response_unchecked"}
+    assert max(e["bytes"] for e in skipped) < HUGE_PADDING_BYTES  # Envoy handed over only its buffer's worth
 
 
 # --- issue 15: Provenance of the matches, includes of compartment types --------------------------------

@@ -220,6 +220,7 @@ def test_label_values_are_bounded_never_a_patient_token_or_path(run: Run) -> Non
         "result": {"hit", "miss", "success", "failure", "member", "not_member", "error", "active", "inactive",
                    "cache_hit"},
         "cache": {"hit", "miss"},
+        "log": {"decision", "audit"},  # smartgate_decision_log_dropped_total (issue 16)
         "issuer": {run.gated.idp.issuer, OPAQUE_ISSUER},
         "le": re.compile(r"^([0-9.]+(e[+-][0-9]+)?|\+Inf)\Z"),
         "version": {__version__},

@@ -396,13 +396,15 @@ def gated_fhir(workdir: Path, *, issuers: Callable[[IdentityProvider], list[dict
                smartgate_args: tuple[str, ...] = (), smartgate_env: Mapping[str, str] | None = None,
                envoy: Mapping[str, Any] | None = None,
                edit_envoy: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+               grpc_socket: Path | None = None,
                **config: Any) -> Iterator[GatedFhir]:
     """Start the demo FHIR server (unless ``upstream_url``), an IdP stand-in, smartgate and Envoy.
 
     ``issuers`` builds the issuer list from the IdP stand-in (default: that IdP through discovery,
     audience the public base); ``introspection`` holds the IdP's RFC 7662 answers by token;
     ``lookup_url`` points smartgate's compartment look-ups somewhere other than the upstream;
-    ``config`` entries are added to the smartgate config, ``envoy`` entries to EnvoySettings.
+    ``config`` entries are added to the smartgate config, ``envoy`` entries to EnvoySettings;
+    ``grpc_socket``: smartgate's gRPC listener is this Unix socket (``listen.grpc: unix:...``), and Envoy's.
     """
     keys = keys or new_keys()
     idp = IdentityProvider(keys, introspection=introspection)
@@ -416,7 +418,11 @@ def gated_fhir(workdir: Path, *, issuers: Callable[[IdentityProvider], list[dict
                 upstream_url=lookup_url or upstream_url,
                 issuers=issuers(idp) if issuers is not None else [{"issuer": idp.issuer}], workdir=workdir,
                 **config)
-            envoy_config = render(ports.envoy_settings(upstream_url, authz_workers=workers, **(envoy or {})))
+            socket = {"authz_socket": str(grpc_socket)} if grpc_socket else {}
+            if grpc_socket:
+                settings["listen"]["grpc"] = f"unix:{grpc_socket}"
+            envoy_config = render(ports.envoy_settings(upstream_url, authz_workers=workers, **socket,
+                                                       **(envoy or {})))
             if edit_envoy is not None:
                 envoy_config = edit_envoy(envoy_config)
             running = started.enter_context(gateway(workdir, settings, envoy_config, args=smartgate_args,

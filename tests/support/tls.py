@@ -28,12 +28,13 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_tls_files(directory: Path) -> TlsFiles:
-    """A CA, a server certificate for 127.0.0.1/localhost, and a client certificate, as PEM files."""
+def make_tls_files(directory: Path, ca_name: str = "smartgate test CA") -> TlsFiles:
+    """A CA, a server certificate for 127.0.0.1/localhost, and a client certificate, as PEM files. A second
+    CA that a peer trusts beside the first needs its own ``ca_name``, or chain building finds the wrong one."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
-        x509.CertificateBuilder().subject_name(_name("smartgate test CA")).issuer_name(_name("smartgate test CA"))
+        x509.CertificateBuilder().subject_name(_name(ca_name)).issuer_name(_name(ca_name))
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)

@@ -26,6 +26,7 @@ from smartgate.config.model import (
     Config,
     IntrospectionConfig,
     Mode,
+    SenderConstraint,
     VerificationMode,
 )
 from smartgate.config.parse import ConfigError, parse_config
@@ -36,14 +37,23 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "smartgate"
 
 # The top-level values that become smartgate's config (templates/_helpers.tpl, "smartgate.config"); the rest
 # of values.yaml is about Kubernetes objects.
-CONFIG_SECTIONS = ("fhir", "issuers", "publicRoutes", "tokens", "jwks", "limits", "mode", "responseVerification",
-                   "searchNarrowing", "compartment", "workers", "decisionLog", "audit", "smartConfiguration")
+CONFIG_SECTIONS = ("fhir", "issuers", "publicRoutes", "tokens", "dpop", "jwks", "limits", "mode",
+                   "responseVerification", "searchNarrowing", "compartment", "workers", "decisionLog", "audit",
+                   "smartConfiguration")
 # Values that are maps in both places, compared whole.
 MAP_VALUES = {"compartment.extraBindingParams"}
 # Values whose config key is not the snake_case of their path.
 RENAMED = {"limits.maxRequestBytes": "max_request_bytes"}
 # Values that Envoy's rendering reads, not smartgate: values path -> EnvoySettings field.
 ENVOY_ONLY = {"limits.authzTimeoutSeconds": "authz_timeout_seconds"}
+# Values whose chart default deliberately differs from smartgate's own default: values path -> (chart default, why).
+CHART_ONLY_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "responseVerification.mode": (
+        "enforce",
+        "the chart renders Envoy's ext_proc filter together with smartgate's mode, so responses are verified "
+        "as smartgate assumes; smartgate alone cannot know that the Envoy in front of it verifies, so its own "
+        "default stays off (README, Performance: the default mode)"),
+}
 # Values left empty in the chart: required (the chart's schema makes the operator set them), or passed to
 # smartgate only when set, so that the config model's default applies.
 UNSET = {"fhir.baseUrl", "fhir.upstreamUrl", "issuers", "smartConfiguration.capabilities"}
@@ -104,6 +114,10 @@ def test_each_chart_value_defaults_to_what_smartgate_and_envoy_default_to(path: 
         assert value in ("", []), f"values.yaml {path}: expected empty, the config model's default applies"
     elif path in ENVOY_ONLY:
         assert value == getattr(EnvoySettings(), ENVOY_ONLY[path]), f"values.yaml {path} vs EnvoySettings"
+    elif path in CHART_ONLY_DEFAULTS:
+        assert value == CHART_ONLY_DEFAULTS[path][0], f"values.yaml {path}: the intended chart-only default"
+        assert value != config_value(default_config(), RENAMED.get(path, snake(path))), (
+            f"values.yaml {path} now agrees with smartgate's default: remove it from CHART_ONLY_DEFAULTS")
     else:
         key = RENAMED.get(path, snake(path))
         assert comparable(value) == comparable(config_value(default_config(), key)), (
@@ -163,6 +177,8 @@ ENUMS: list[tuple[str, tuple[str, ...]]] = [
     ("issuers[].profile", PROFILE_NAMES),
     ("issuers[].algorithms[]", SAFE_ALGORITHMS),
     ("issuers[].introspection.authMethod", get_args(AuthMethod)),
+    ("issuers[].senderConstraint", get_args(SenderConstraint)),
+    ("dpop.algorithms[]", SAFE_ALGORITHMS),
 ]
 
 

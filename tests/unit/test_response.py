@@ -102,7 +102,9 @@ def test_an_allow_that_is_not_narrowed_sets_no_query_parameter() -> None:
 
 @pytest.mark.parametrize("reason", [reason for reason in Reason if reason.allows])
 def test_every_allow_reason_builds_an_ok_response(reason: Reason) -> None:
-    response = build(Decision(reason, "ok", token_context("patient/*.rs")))
+    # allowed_verified_by_response needs the hand-over to the response stage (test_verify_by_response.py)
+    builder = ResponseBuilder(NAMES, REALM, hand_over_context=True)
+    response = builder.build(Decision(reason, "ok", token_context("patient/*.rs")))
     assert response.HasField("status") and response.status.code == 0
     assert response.WhichOneof("http_response") == "ok_response"
 

@@ -14,6 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from google.protobuf import struct_pb2
 
 from smartgate.envoy_glue.ext_proc import AUTHZ_NAMESPACE, ResponseVerifier
+from smartgate.telemetry import metrics
 
 BASE = "https://fhir.example.org/r4"
 CONTEXT = {"patient": "123", "scope": "patient/*.rs", "interaction": "search-type", "resource_type": "Observation"}
@@ -98,6 +99,40 @@ async def test_enforce_mode_refuses_a_response_too_large_to_verify() -> None:
     answers = await run(verifier(max_body_bytes=100), headers_message(CONTEXT), body_message(searchset("123")))
     assert answers[1].immediate_response.status.code == 403
     assert b"too large to verify" in answers[1].immediate_response.body
+
+
+async def test_enforce_mode_refuses_a_body_envoy_cut_short() -> None:
+    partial = ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=b'{"resourceType": "Bun',
+                                                                          end_of_stream=False))
+    answers = await run(verifier(), headers_message(CONTEXT), partial)
+    assert answers[1].immediate_response.status.code == 403
+
+
+@pytest.mark.parametrize("cut_short", [False, True])
+async def test_report_mode_lets_a_response_too_large_to_check_through_and_counts_it(cut_short: bool) -> None:
+    skipped = metrics.RESPONSE_CHECKS_SKIPPED.labels("too_large")
+    before = skipped._value.get()
+    log: list[dict[str, Any]] = []
+    body = json.dumps(searchset("456")).encode()
+    message = ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=body, end_of_stream=not cut_short))
+    answers = await run(verifier("report", max_body_bytes=10_000 if cut_short else 100, log=log),
+                        headers_message(CONTEXT), message)
+    assert answers[1].WhichOneof("response") == "response_body"
+    assert not answers[1].response_body.HasField("response")  # passed untouched
+    assert skipped._value.get() == before + 1
+    [entry] = log
+    assert (entry["outcome"], entry["reason"], entry["skipped"]) == ("skipped", "response_unchecked", "too_large")
+
+
+async def test_the_upstream_address_of_another_patient_is_foreign() -> None:
+    upstream = "http://fhir-server:8080/fhir"
+    log: list[dict[str, Any]] = []
+    service = ResponseVerifier("enforce", 1 << 20, BASE, frozenset(), log.append, upstream_base_url=upstream)
+    contained = {"resourceType": "Condition", "id": "c", "subject": {"reference": f"{upstream}/Patient/456"}}
+    document = {"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/123"},
+                "contained": [contained]}
+    answers = await run(service, headers_message(CONTEXT), body_message(document))
+    assert answers[1].immediate_response.status.code == 403
 
 
 async def test_enforce_mode_refuses_a_compressed_response() -> None:

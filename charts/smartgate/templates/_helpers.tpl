@@ -44,6 +44,20 @@ on 9191.. and HTTP on 9190. */}}
 {{- dict "envoy" 8080 "tls" 8443 "ready" 9902 "admin" 9901 "grpc" 9191 "http" 9190 | toJson -}}
 {{- end -}}
 
+{{/* smartgate's gRPC listener (ext_authz, ext_proc, grpc.health): with grpcTransport unix a Unix socket in the
+emptyDir both containers mount (worker i > 0 on the path + ".i"), with tcp port 9191.. (worker i on 9191 + i). */}}
+{{- define "smartgate.grpcSocket" -}}
+/run/smartgate/grpc.sock
+{{- end -}}
+
+{{- define "smartgate.grpcListen" -}}
+{{- if eq .Values.grpcTransport "unix" -}}
+{{- printf "unix:%s" (include "smartgate.grpcSocket" .) -}}
+{{- else -}}
+{{- printf "0.0.0.0:%v" (include "smartgate.ports" . | fromJson).grpc -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The environment variable that carries issuer i's introspection client secret. */}}
 {{- define "smartgate.secretEnv" -}}
 {{- printf "SMARTGATE_INTROSPECTION_SECRET_%d" . -}}
@@ -61,6 +75,7 @@ on 9191.. and HTTP on 9190. */}}
 {{- with $src.profile }}{{ $_ := set $issuer "profile" . }}{{ end -}}
 {{- with $src.claimsNamespace }}{{ $_ := set $issuer "claims_namespace" . }}{{ end -}}
 {{- with $src.algorithms }}{{ $_ := set $issuer "algorithms" . }}{{ end -}}
+{{- with $src.senderConstraint }}{{ $_ := set $issuer "sender_constraint" . }}{{ end -}}
 {{- with $src.introspection -}}
 {{- $intro := dict "endpoint" .endpoint "client_id" .clientId "client_secret_env" (include "smartgate.secretEnv" $i) "auth_method" (.authMethod | default "client_secret_basic") -}}
 {{- with .cacheMaxTtlSeconds }}{{ $_ := set $intro "cache_max_ttl_seconds" (int .) }}{{ end -}}
@@ -76,7 +91,7 @@ on 9191.. and HTTP on 9190. */}}
 {{- $routes = append $routes $route -}}
 {{- end -}}
 {{- $config := dict
-  "listen" (dict "grpc" (printf "0.0.0.0:%v" $ports.grpc) "http" (printf "0.0.0.0:%v" $ports.http))
+  "listen" (dict "grpc" (include "smartgate.grpcListen" .) "http" (printf "0.0.0.0:%v" $ports.http))
   "fhir" (dict "base_url" $v.fhir.baseUrl "upstream_url" $v.fhir.upstreamUrl
                "lookup" (dict "timeout_seconds" $v.fhir.lookup.timeoutSeconds "cache_ttl_seconds" $v.fhir.lookup.cacheTtlSeconds
                               "cache_size" (int $v.fhir.lookup.cacheSize)))
@@ -84,6 +99,8 @@ on 9191.. and HTTP on 9190. */}}
   "public_routes" $routes
   "tokens" (dict "clock_skew_seconds" $v.tokens.clockSkewSeconds "max_token_bytes" (int $v.tokens.maxTokenBytes)
                  "cache_size" (int $v.tokens.cacheSize) "cache_max_ttl_seconds" $v.tokens.cacheMaxTtlSeconds)
+  "dpop" (dict "enabled" $v.dpop.enabled "algorithms" $v.dpop.algorithms
+               "iat_window_seconds" (int $v.dpop.iatWindowSeconds) "replay_cache_size" (int $v.dpop.replayCacheSize))
   "jwks" (dict "refresh_interval_seconds" $v.jwks.refreshIntervalSeconds
                "min_refresh_interval_seconds" $v.jwks.minRefreshIntervalSeconds
                "fetch_timeout_seconds" $v.jwks.fetchTimeoutSeconds)
@@ -154,7 +171,7 @@ for these settings; tests/chart compares the two. */}}
   "allow_mode_override" true
   "message_timeout" "5s"
   "processing_mode" (dict "request_header_mode" "SKIP" "request_body_mode" "NONE" "request_trailer_mode" "SKIP"
-                          "response_header_mode" "SEND" "response_body_mode" "BUFFERED" "response_trailer_mode" "SKIP")
+                          "response_header_mode" "SEND" "response_body_mode" (ternary "BUFFERED_PARTIAL" "BUFFERED" (eq $v.responseVerification.mode "report")) "response_trailer_mode" "SKIP")
   "metadata_options" (dict "forwarding_namespaces" (dict "untyped" (list "envoy.filters.http.ext_authz"))))) -}}
 {{- end -}}
 {{- $filters = append $filters $router -}}
@@ -184,9 +201,15 @@ for these settings; tests/chart compares the two. */}}
 {{- $http2 := dict "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" (dict
   "@type" "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
   "explicit_http_config" (dict "http2_protocol_options" (dict))) -}}
+{{- $unixSocket := eq $v.grpcTransport "unix" -}}
+{{- $socket := include "smartgate.grpcSocket" . -}}
 {{- $authzEndpoints := list -}}
 {{- range $i := until (int $v.workers) -}}
+{{- if $unixSocket -}}
+{{- $authzEndpoints = append $authzEndpoints (dict "endpoint" (dict "address" (dict "pipe" (dict "path" (ternary $socket (printf "%s.%d" $socket $i) (eq $i 0)))))) -}}
+{{- else -}}
 {{- $authzEndpoints = append $authzEndpoints (dict "endpoint" (dict "address" (dict "socket_address" (dict "address" "127.0.0.1" "port_value" (add $ports.grpc $i))))) -}}
+{{- end -}}
 {{- end -}}
 {{- $upstreamCluster := dict "name" "fhir_upstream" "type" "STRICT_DNS" "connect_timeout" "1s" "lb_policy" "ROUND_ROBIN"
   "load_assignment" (dict "cluster_name" "fhir_upstream" "endpoints" (list (dict "lb_endpoints" (list
@@ -241,7 +264,7 @@ for these settings; tests/chart compares the two. */}}
   "static_resources" (dict
     "listeners" $listeners
     "clusters" (list
-      (dict "name" "smartgate" "type" "STRICT_DNS" "connect_timeout" "1s" "lb_policy" "ROUND_ROBIN"
+      (dict "name" "smartgate" "type" (ternary "STATIC" "STRICT_DNS" $unixSocket) "connect_timeout" "1s" "lb_policy" "ROUND_ROBIN"
             "load_assignment" (dict "cluster_name" "smartgate" "endpoints" (list (dict "lb_endpoints" $authzEndpoints)))
             "typed_extension_protocol_options" $http2
             "health_checks" (list (dict "timeout" "1s" "interval" "2s" "no_traffic_interval" "2s"

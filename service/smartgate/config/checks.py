@@ -162,6 +162,24 @@ def address(key: str, value: Any) -> str:
     return text
 
 
+UNIX_PREFIX = "unix:"
+# sun_path holds 108 bytes with its NUL; worker i > 0 listens on PATH.i, so leave room for the suffix.
+MAX_UNIX_SOCKET_PATH = 100
+
+
+def address_or_unix_socket(key: str, value: Any) -> str:
+    """HOST:PORT, or ``unix:/absolute/path`` for a Unix domain socket (Envoy in the same pod)."""
+    text = string(key, value)
+    if not text.startswith(UNIX_PREFIX):
+        return address(key, text)
+    path = text.removeprefix(UNIX_PREFIX)
+    if not path.startswith("/") or path.startswith("//"):
+        raise ConfigError(key, f"must be unix:/absolute/path, got {text!r}")
+    if len(path.encode()) > MAX_UNIX_SOCKET_PATH:
+        raise ConfigError(key, f"a Unix socket path may hold at most {MAX_UNIX_SOCKET_PATH} bytes")
+    return text
+
+
 def positive_number(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(key, "must be a positive number")

@@ -15,8 +15,10 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from smartgate.config.checks import (
+    UNIX_PREFIX,
     ConfigError,
     address,
+    address_or_unix_socket,
     boolean,
     check,
     each,
@@ -170,7 +172,8 @@ def _operation_levels(key: str, value: Any) -> frozenset[OperationLevel]:
 
 @dataclass(frozen=True)
 class ListenConfig:
-    grpc: str = field(default=f"{DEFAULT_LISTEN_HOST}:{DEFAULT_GRPC_PORT}", metadata=check(address))
+    # HOST:PORT, or unix:/path (a Unix domain socket shared with Envoy in the same pod)
+    grpc: str = field(default=f"{DEFAULT_LISTEN_HOST}:{DEFAULT_GRPC_PORT}", metadata=check(address_or_unix_socket))
     http: str = field(default=f"{DEFAULT_LISTEN_HOST}:{DEFAULT_HTTP_PORT}", metadata=check(address))
 
 
@@ -359,7 +362,20 @@ class Config:
     compartment: CompartmentConfig = field(default_factory=CompartmentConfig, metadata=check(nested(CompartmentConfig)))
 
 
+def unix_socket_path(listen_grpc: str) -> str | None:
+    """The socket path of a ``unix:/path`` gRPC listen address; None for HOST:PORT."""
+    return listen_grpc.removeprefix(UNIX_PREFIX) if listen_grpc.startswith(UNIX_PREFIX) else None
+
+
+def worker_socket_path(path: str, worker_index: int) -> str:
+    """Worker 0 listens on the configured socket path, worker ``i`` > 0 on ``path.i`` (as ports go port + i)."""
+    return path if worker_index == 0 else f"{path}.{worker_index}"
+
+
 def grpc_address(config: Config, worker_index: int) -> str:
-    """Worker ``i`` listens on the configured gRPC port + i."""
+    """Worker ``i`` listens on the configured gRPC port + i, or on the socket path ``worker_socket_path``."""
+    path = unix_socket_path(config.listen.grpc)
+    if path is not None:
+        return UNIX_PREFIX + worker_socket_path(path, worker_index)
     host, _, port = config.listen.grpc.rpartition(":")
     return f"{host}:{int(port) + worker_index}"

@@ -27,6 +27,8 @@ class Reason(enum.Enum):
     ALLOWED_OPERATION = ("allowed_operation", 200, None)
     ALLOWED_PAGING_LINK = ("allowed_paging_link", 200, None)
     RESPONSE_CLEAN = ("response_clean", 200, None)  # response verification found nothing foreign
+    # report mode only: a response too large to check passed unchecked (counted, logged; enforce refuses it)
+    RESPONSE_UNCHECKED = ("response_unchecked", 200, None)
 
     # 401: no usable token.
     TOKEN_MISSING = ("token_missing", 401, None)

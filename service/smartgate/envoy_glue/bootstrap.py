@@ -20,6 +20,7 @@ from smartgate.config.model import (
     Config,
     ResponseVerificationConfig,
     VerificationMode,
+    worker_socket_path,
 )
 
 _HTTP_FILTERS_PREFIX = "type.googleapis.com/envoy.extensions.filters.http"
@@ -93,6 +94,9 @@ class EnvoySettings:
     authz_host: str = DEFAULT_LISTEN_HOST
     authz_port: int = DEFAULT_GRPC_PORT
     authz_workers: int = Config.workers  # smartgate workers listen on authz_port, authz_port + 1, ...
+    # smartgate's gRPC listener as a Unix domain socket (worker 0's path; worker i > 0 on path.i) instead of
+    # authz_host:authz_port; ext_authz and ext_proc both use it. smartgate's HTTP listener stays on TCP.
+    authz_socket: str | None = None
     # serves /.well-known/smart-configuration; None: the FHIR server does
     smartgate_http_port: int | None = DEFAULT_HTTP_PORT
     authz_timeout_seconds: float = 1.0
@@ -128,6 +132,27 @@ def _cluster(name: str, host: str, ports: list[int], http2: bool) -> dict[str, A
             }
         }
     return cluster
+
+
+def _pipe_cluster(name: str, paths: list[str]) -> dict[str, Any]:
+    """An HTTP/2 cluster of Unix domain sockets (STATIC: there is no name to resolve)."""
+    cluster = _cluster(name, "unused", [], http2=True)
+    cluster["type"] = "STATIC"
+    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [
+        {"endpoint": {"address": {"pipe": {"path": path}}}} for path in paths
+    ]}]
+    return cluster
+
+
+def _smartgate_cluster(settings: EnvoySettings) -> dict[str, Any]:
+    """The cluster ext_authz and ext_proc call: one endpoint per smartgate worker, on TCP or a Unix socket."""
+    if settings.authz_socket is not None:
+        socket = settings.authz_socket
+        cluster = _pipe_cluster("smartgate", [worker_socket_path(socket, i) for i in range(settings.authz_workers)])
+    else:
+        cluster = _cluster("smartgate", settings.authz_host,
+                           [settings.authz_port + i for i in range(settings.authz_workers)], http2=True)
+    return _with_health_checks(cluster)
 
 
 def _with_health_checks(cluster: dict[str, Any]) -> dict[str, Any]:
@@ -176,9 +201,16 @@ def _smart_configuration_route(settings: EnvoySettings) -> list[dict[str, Any]]:
 
 def _ext_proc(settings: EnvoySettings) -> list[dict[str, Any]]:
     """Response verification: smartgate sees the buffered response of patient-context requests.
-    The verified context comes from ext_authz's dynamic metadata, never from request headers."""
+    The verified context comes from ext_authz's dynamic metadata, never from request headers.
+
+    ``enforce`` buffers the whole body (``BUFFERED``): a body past Envoy's buffer limit is refused by Envoy
+    (500), one past ``max_body_bytes`` by smartgate (403), never shown unchecked. ``report`` must never
+    break traffic: ``BUFFERED_PARTIAL`` hands smartgate at most the buffer limit's worth and then lets the
+    rest through, smartgate counts the unchecked response as skipped (``too_large``), and
+    ``failure_mode_allow`` lets responses through when smartgate cannot answer."""
     if settings.response_verification == "off":
         return []
+    body_mode = "BUFFERED" if settings.response_verification == "enforce" else "BUFFERED_PARTIAL"
     return [{
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -189,7 +221,7 @@ def _ext_proc(settings: EnvoySettings) -> list[dict[str, Any]]:
             "message_timeout": "5s",
             "processing_mode": {
                 "request_header_mode": "SKIP", "request_body_mode": "NONE", "request_trailer_mode": "SKIP",
-                "response_header_mode": "SEND", "response_body_mode": "BUFFERED", "response_trailer_mode": "SKIP",
+                "response_header_mode": "SEND", "response_body_mode": body_mode, "response_trailer_mode": "SKIP",
             },
             "metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.filters.http.ext_authz"]}},
         },
@@ -262,9 +294,7 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
                 }]}],
             }, *_tls_listener(settings, hcm, buffer_limit), *_ready_listener(settings)],
             "clusters": [
-                _with_health_checks(_cluster("smartgate", settings.authz_host,
-                                             [settings.authz_port + i for i in range(settings.authz_workers)],
-                                             http2=True)),
+                _smartgate_cluster(settings),
                 upstream_cluster,
                 *([_cluster("smartgate_http", settings.authz_host, [settings.smartgate_http_port], http2=False)]
                   if settings.smartgate_http_port else []),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import NamedTuple
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
@@ -20,12 +21,14 @@ from google.rpc import code_pb2, status_pb2
 from smartgate.config.model import HeaderNames
 from smartgate.core.reasons import Reason
 from smartgate.policy.decision import Decision
+from smartgate.tokens.context import TokenContext
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK = status_pb2.Status(code=code_pb2.OK)
 _MAX_REQUEST_ID = 200  # x-request-id is client-chosen; the response stage logs it, bounded
-# Removed from a read proven by its response, so that the FHIR server answers the resource, not a 304.
-_CONDITIONAL_READ_HEADERS = ("if-none-match", "if-modified-since")
+# Removed from a read proven by its response, so that the FHIR server answers the resource, not a 304 or a 412
+# (either would tell that the id exists, with no resource to prove it the patient's).
+_CONDITIONAL_READ_HEADERS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since")
 _UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
 _PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
 _UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
@@ -76,6 +79,14 @@ def operation_outcome(reason: Reason, message: str) -> bytes:
     return json.dumps(outcome, separators=(",", ":")).encode("utf-8")
 
 
+class _AllowParts(NamedTuple):
+    """One token's allow answer for one builder. ``response`` is shared by that token's requests and
+    never mutated: a request that adds its own parts gets a copy."""
+
+    response: external_auth_pb2.CheckResponse
+    handing_over: bool  # the response stage verifies this token's responses (patient context, patient/ scopes)
+
+
 class ResponseBuilder:
     def __init__(self, header_names: HeaderNames, realm: str, hand_over_context: bool = False,
                  dpop_algs: tuple[str, ...] = ()) -> None:
@@ -83,6 +94,7 @@ class ResponseBuilder:
         self._realm = realm
         self._dpop_algs = dpop_algs  # the DPoP challenge's algs (RFC 9449 section 7.1)
         self._hand_over = hand_over_context  # for response verification (ext_proc)
+        self._anonymous = self._build_allow_parts(None)  # a public route: every context header removed
 
     def build(self, decision: Decision, request_id: str = "") -> external_auth_pb2.CheckResponse:
         if decision.allowed:
@@ -90,9 +102,44 @@ class ResponseBuilder:
         return self._deny(decision)
 
     def _allow(self, decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
+        context = decision.context
+        parts = self._allow_parts(context)
+        narrowed = decision.query_parameters_to_set
+        proven_by_response = decision.reason is Reason.ALLOWED_VERIFIED_BY_RESPONSE
+        if proven_by_response and not parts.handing_over:  # nothing would check the response: fail closed
+            return self._deny(Decision(Reason.INTERNAL_ERROR, "the response cannot be verified"))
+        if not (narrowed or proven_by_response or parts.handing_over):
+            return parts.response  # nothing of this request's own: the token's answer as it is
+        response = external_auth_pb2.CheckResponse()
+        response.CopyFrom(parts.response)
+        ok = response.ok_response
+        for key, value in narrowed:  # search narrowing: Envoy replaces any same-name one
+            ok.query_parameters_to_set.append(base_pb2.QueryParameter(key=key, value=value))
+        if proven_by_response:
+            # A 304 or a bodiless answer proves nothing: the FHIR server must send the resource to be checked.
+            ok.headers_to_remove.extend(_CONDITIONAL_READ_HEADERS)
+        if parts.handing_over:  # the token's part (patient, scope) is in the copy already
+            fields = response.dynamic_metadata.fields
+            fields["interaction"].string_value = decision.interaction
+            fields["resource_type"].string_value = decision.resource_type
+            fields["request_id"].string_value = request_id[:_MAX_REQUEST_ID]
+            fields["reason"].string_value = decision.reason.code  # allowed_verified_by_response: the response proves it
+        return response
+
+    def _allow_parts(self, context: TokenContext | None) -> _AllowParts:
+        """The token's allow answer, built on its first allow and kept in the context's memo: the
+        ``x-smart-*`` values and the removal list do not change between requests of one token, and the
+        memo is evicted with the cached context (a changed context is a new object with an empty memo)."""
+        if context is None:
+            return self._anonymous
+        parts = context.memo.get(self)
+        if not isinstance(parts, _AllowParts):
+            parts = context.memo[self] = self._build_allow_parts(context)
+        return parts
+
+    def _build_allow_parts(self, context: TokenContext | None) -> _AllowParts:
         ok = external_auth_pb2.OkHttpResponse()
         names = self._names
-        context = decision.context
         values: tuple[tuple[str, str | None], ...] = (
             (names.patient, context.patient if context else None),
             (names.fhir_user, context.fhir_user if context else None),
@@ -106,23 +153,14 @@ class ResponseBuilder:
                 ok.headers.append(_header(name, value))
             else:
                 ok.headers_to_remove.append(name)
-        for key, value in decision.query_parameters_to_set:  # search narrowing: Envoy replaces any same-name one
-            ok.query_parameters_to_set.append(base_pb2.QueryParameter(key=key, value=value))
         response = external_auth_pb2.CheckResponse(status=_OK, ok_response=ok)
-        handing_over = self._hand_over and context is not None and context.patient and context.grants.has_patient_scopes
-        if decision.reason is Reason.ALLOWED_VERIFIED_BY_RESPONSE:
-            if not handing_over:  # nothing would check the response: fail closed
-                return self._deny(Decision(Reason.INTERNAL_ERROR, "the response cannot be verified"))
-            # A 304 or a bodiless answer proves nothing: the FHIR server must send the resource to be checked.
-            ok.headers_to_remove.extend(_CONDITIONAL_READ_HEADERS)
+        handing_over = bool(self._hand_over and context is not None and context.patient
+                            and context.grants.has_patient_scopes)
         if handing_over and context is not None:
-            # Emitted by Envoy as dynamic metadata (namespace envoy.filters.http.ext_authz) for ext_proc.
-            response.dynamic_metadata.update({
-                "patient": context.patient, "scope": context.scope_text, "interaction": decision.interaction,
-                "resource_type": decision.resource_type, "request_id": request_id[:_MAX_REQUEST_ID],
-                "reason": decision.reason.code,  # allowed_verified_by_response: the response is the proof
-            })
-        return response
+            # Emitted by Envoy as dynamic metadata (namespace envoy.filters.http.ext_authz) for ext_proc;
+            # each request adds its own interaction, resource type, request id and reason.
+            response.dynamic_metadata.update({"patient": context.patient, "scope": context.scope_text})
+        return _AllowParts(response, handing_over)
 
     def _deny(self, decision: Decision) -> external_auth_pb2.CheckResponse:
         reason = decision.reason

@@ -8,6 +8,11 @@ skip body buffering (``mode_override``).
 
 ``enforce``: one foreign resource replaces the whole response with 403 and an
 OperationOutcome. ``report``: it is logged and counted, and the response passes.
+
+Past the size limit: ``enforce`` refuses the response (403; Envoy itself answers 500 past its buffer).
+``report`` never breaks traffic: Envoy sends at most its buffer's worth (``BUFFERED_PARTIAL``, the body
+not ending), and a body past ``max_body_bytes`` or cut short passes unchecked, logged with
+``response_unchecked`` and counted in ``smartgate_response_checks_skipped_total{reason="too_large"}``.
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ def _context_from_metadata(request: ext_proc.ProcessingRequest) -> dict[str, Any
 class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, mode: str, max_body_bytes: int, fhir_base_url: str, closed_types: frozenset[str],
                  write_log: Callable[[dict[str, Any]], None], follow_patient_links: bool = False,
-                 membership: Mapping[str, tuple[str, ...]] = MEMBERSHIP_PARAMS) -> None:
+                 membership: Mapping[str, tuple[str, ...]] = MEMBERSHIP_PARAMS, upstream_base_url: str = "") -> None:
+        self._upstream_base_url = upstream_base_url  # fhir.upstream_url: the server's own name for its resources
         self._follow_patient_links = follow_patient_links  # compartment.follow_patient_links, as the policy
         self._membership = membership  # the bound types, as the policy (Device through patient by default)
         self._write_log = write_log  # the decision log's destination (stdout, stderr, a file or off)
@@ -128,10 +134,13 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
         if handed_over is None:
             return ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
         started = time.perf_counter()
-        if len(body.body) > self._max_body_bytes:
+        if len(body.body) > self._max_body_bytes or not body.end_of_stream:
+            if not self._enforce:
+                return self._skip("too_large", handed_over, len(body.body))
             return self._violation("the response is too large to verify", handed_over)
         context = ResponseContext(handed_over["patient"], _grants(handed_over.get("scope", "")),
-                                  self._base_url, self._closed_types, self._follow_patient_links, self._membership)
+                                  self._base_url, self._closed_types, self._follow_patient_links, self._membership,
+                                  self._upstream_base_url)
         if handed_over.get("resource_type") == "Binary" and not body.body.lstrip().startswith(b"{"):
             findings: list[Finding] = []  # raw Binary content: its securityContext was proven before the read
             checked = 1
@@ -145,6 +154,14 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
         if checked == 0 and _proven_by_response(handed_over):  # e.g. a history of deletions only: nothing proven
             return self._violation("the response carries no resource to prove the read by", handed_over)
         metrics.RESPONSE_CHECKS.labels(self._mode, "clean").inc()
+        return ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
+
+    def _skip(self, reason: str, handed_over: dict[str, Any], size: int) -> ext_proc.ProcessingResponse:
+        """Report mode lets a response it cannot check through, and says so: counted and logged."""
+        metrics.RESPONSE_CHECKS_SKIPPED.labels(reason).inc()
+        metrics.RESPONSE_CHECKS.labels(self._mode, "skipped").inc()
+        log.warning("response verification (report): a response passed unchecked (%s, %d bytes seen)", reason, size)
+        self._log(handed_over, 0, [], size, 0.0, skipped=reason)
         return ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
 
     def _violation(self, message: str, handed_over: dict[str, Any], headers: bool = False,
@@ -171,13 +188,17 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
         ))
         return ext_proc.ProcessingResponse(immediate_response=immediate)
 
-    def _log(self, handed_over: dict[str, Any], checked: int, findings: list[str], size: int, seconds: float) -> None:
+    def _log(self, handed_over: dict[str, Any], checked: int, findings: list[str], size: int, seconds: float,
+             skipped: str = "") -> None:
+        outcome = ("blocked" if self._enforce else "reported") if findings else "clean"
+        reason = Reason.RESPONSE_FOREIGN_RESOURCE if findings else Reason.RESPONSE_CLEAN
+        if skipped:
+            outcome, reason = "skipped", Reason.RESPONSE_UNCHECKED
         entry = {
             "time": round(time.time(), 3), "stage": "response", "mode": self._mode,
             "request_id": handed_over.get("request_id", ""), "patient": handed_over.get("patient", ""),
             "interaction": handed_over.get("interaction", ""), "resource_type": handed_over.get("resource_type", ""),
-            "outcome": ("blocked" if self._enforce else "reported") if findings else "clean",
-            "reason": (Reason.RESPONSE_FOREIGN_RESOURCE if findings else Reason.RESPONSE_CLEAN).code,
+            "outcome": outcome, "reason": reason.code, **({"skipped": skipped} if skipped else {}),
             "resources_checked": checked, "findings": findings[:5], "bytes": size,
             "latency_ms": round(seconds * 1000, 3),
         }

@@ -44,16 +44,43 @@ def parse_resource(body: bytes | None, expected_type: str | None) -> dict[str, A
     return resource
 
 
-def resolve_reference(reference: str, fhir_base_url: str) -> ResolvedReference | None:
-    """``Type/id`` (optionally versioned, optionally absolute on our base); None for anything else:
-    contained (``#x``), conditional (``Type?...``), ``urn:``, or another server's URL."""
-    prefix = fhir_base_url.rstrip("/") + "/"
-    if reference.startswith(prefix):
-        reference = reference[len(prefix):]
+def resolve_reference(reference: str, fhir_base_url: str, *other_bases: str) -> ResolvedReference | None:
+    """``Type/id`` (optionally versioned, optionally absolute on our base or one of ``other_bases``, such as
+    the FHIR server's own direct address); None for anything else: contained (``#x``), conditional
+    (``Type?...``), ``urn:``, or another server's URL."""
+    for base in (fhir_base_url, *other_bases):
+        prefix = base.rstrip("/") + "/"
+        if base and reference.startswith(prefix):
+            reference = reference[len(prefix):]
+            break
     match = _RELATIVE.fullmatch(reference)
     if match is None:
         return None
     return ResolvedReference(match.group(1), match.group(2))
+
+
+def is_other_server(reference: str, bases: tuple[str, ...]) -> bool:
+    """An absolute URL on none of ``bases``: another server's resource, which nobody here can look up."""
+    if "://" not in reference:
+        return False
+    return not any(base and reference.startswith(base.rstrip("/") + "/") for base in bases)
+
+
+def could_name_patient(reference: str) -> bool:
+    """Might this unresolvable reference (another server's URL, a conditional reference) name a Patient?
+    True unless its tail is plainly ``OtherType/id`` or ``OtherType?...``; contained (``#x``) and
+    ``urn:`` references name an entry of the same document, which is checked on its own."""
+    if reference.startswith(("#", "urn:")):
+        return False
+    tail = reference.split("://", 1)[-1].split("?", 1)
+    if len(tail) == 2:  # conditional: Type?criteria
+        return tail[0].rsplit("/", 1)[-1] in ("Patient", "")
+    segments = tail[0].rstrip("/").split("/")
+    if len(segments) >= 4 and segments[-2] == "_history":
+        segments = segments[:-2]
+    if len(segments) < 2 or _RELATIVE.fullmatch("/".join(segments[-2:])) is None:
+        return True  # cannot tell what it names
+    return segments[-2] == "Patient"
 
 
 def _values_at(node: Any, path: tuple[str, ...]) -> Iterator[Any]:
@@ -110,8 +137,27 @@ def compartment_references(resource: dict[str, Any], params: tuple[str, ...] | N
     for ``compartment_elements``."""
     found: list[Any] = []
     for path in _compartment_paths(resource["resourceType"], params):
-        found.extend(_values_at(resource, path))
+        _collect_along(resource, path, found)
     return found
+
+
+def _collect_along(resource: dict[str, Any], path: tuple[str, ...], found: list[Any]) -> None:
+    """Append the values at ``path``, lists flattened one level at each step (FHIR JSON nests no list in
+    a list: a list found inside one is kept as a value, which no caller takes for a Reference). A loop, not
+    generators: this runs for every entry of every verified response."""
+    nodes: list[Any] = [resource]
+    for step in path:
+        following: list[Any] = []
+        for node in nodes:
+            value = node.get(step) if isinstance(node, dict) else None
+            if isinstance(value, list):
+                following.extend(value)
+            elif value is not None:
+                following.append(value)
+        if not following:
+            return
+        nodes = following
+    found.extend(nodes)
 
 
 def all_reference_strings(node: Any, depth: int = 0) -> Iterator[str]:
@@ -127,6 +173,44 @@ def all_reference_strings(node: Any, depth: int = 0) -> Iterator[str]:
     elif isinstance(node, list):
         for item in node:
             yield from all_reference_strings(item, depth + 1)
+
+
+@dataclass(slots=True)
+class ResourceContent:
+    """What one walk of a resource finds below it: every ``reference`` string, every resource object
+    (anything with a ``resourceType``, in document order, parents before what they hold), and how many
+    string values spell ``resourceType`` (so the body's raw count of that word can be accounted for)."""
+
+    references: list[str]
+    resources: list[dict[str, Any]]
+    type_words: int
+
+
+def walk_resource(root: Any, max_depth: int = MAX_DEPTH) -> ResourceContent:
+    """One iterative walk of ``root`` (no recursion: any depth costs no stack). BodyError past ``max_depth``."""
+    content = ResourceContent([], [], 0)
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise BodyError("the resource is nested too deeply")
+        if isinstance(node, dict):
+            if node is not root and "resourceType" in node:
+                content.resources.append(node)
+            values: Any = node.values()
+            reference = node.get("reference")
+            if isinstance(reference, str):
+                content.references.append(reference)
+        elif isinstance(node, list):
+            values = node
+        else:
+            continue
+        for value in values:
+            if isinstance(value, dict | list):
+                stack.append((value, depth + 1))
+            elif value == "resourceType":
+                content.type_words += 1
+    return content
 
 
 def all_strings(node: Any, depth: int = 0) -> Iterator[str]:
@@ -172,7 +256,7 @@ def _codes(value: Any) -> Iterator[tuple[str | None, str]]:
 
 def belongs_to_patient(
     resource: dict[str, Any], patient: str, fhir_base_url: str, follow_patient_links: bool = False,
-    membership: Mapping[str, tuple[str, ...]] = MEMBERSHIP_PARAMS,
+    membership: Mapping[str, tuple[str, ...]] = MEMBERSHIP_PARAMS, other_bases: tuple[str, ...] = (),
 ) -> bool:
     """Is this resource in ``patient``'s compartment, by the compartment definition's own elements?
     (Types outside the compartment belong to no patient: True.) Another Patient belongs only
@@ -184,16 +268,17 @@ def belongs_to_patient(
         if not follow_patient_links:
             return False
         links = [link.get("other") for link in resource.get("link") or [] if isinstance(link, dict)]
-        return any(_names_patient(link, patient, fhir_base_url) for link in links)
+        return any(_names_patient(link, patient, fhir_base_url, other_bases) for link in links)
     params = membership.get(resource_type) if isinstance(resource_type, str) else None
     if params is None:
         return True
-    return any(_names_patient(value, patient, fhir_base_url) for value in compartment_references(resource, params))
+    return any(_names_patient(value, patient, fhir_base_url, other_bases)
+               for value in compartment_references(resource, params))
 
 
-def _names_patient(value: Any, patient: str, fhir_base_url: str) -> bool:
+def _names_patient(value: Any, patient: str, fhir_base_url: str, other_bases: tuple[str, ...] = ()) -> bool:
     reference = value.get("reference") if isinstance(value, dict) else None
     if not isinstance(reference, str):
         return False
-    resolved = resolve_reference(reference, fhir_base_url)
+    resolved = resolve_reference(reference, fhir_base_url, *other_bases)
     return resolved is not None and resolved.resource_type == "Patient" and resolved.resource_id == patient

@@ -10,6 +10,9 @@ A lenient server ignores search parameters it does not support, which would make
 resource look like a member. The first time a (type, parameter) pair proves membership, the
 same search is repeated with an impossible value for that parameter: a server that still
 finds the resource cannot be trusted for this look-up.
+
+Every answer is read with a size cap (``MAX_LOOKUP_BYTES``; a Binary's securityContext, asked for alone
+with ``_elements``, ``MAX_BINARY_CONTEXT_BYTES``): past it the look-up fails, and the request is denied.
 """
 
 from __future__ import annotations
@@ -22,12 +25,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from smartgate.config.model import LookupConfig
 from smartgate.core.expiring_cache import ExpiringCache
 from smartgate.fhir.resources import resolve_reference
 from smartgate.policy.plan import MembershipCheck, Query
 from smartgate.telemetry import metrics
+from smartgate.tokens.discovery import BodyTooLargeError, read_capped_body
+
+# A look-up answer: a count Bundle, or a history of at most 100 versions for a vread or history check.
+MAX_LOOKUP_BYTES = 16 * 1024 * 1024
+# A Binary asked for its securityContext alone; a server that ignores _elements and sends the content fails.
+MAX_BINARY_CONTEXT_BYTES = 64 * 1024
 
 
 class FhirLookupError(Exception):
@@ -130,19 +140,9 @@ class MembershipLookup:
 
     async def _ever_existed(self, resource_type: str, resource_id: str) -> bool:
         url = f"{self._base}/{resource_type}/{resource_id}/_history"
-        try:
-            response = await self._client.get(url, params={"_count": "1"}, headers=self._headers,
-                                              timeout=self._config.timeout_seconds)
-        except httpx.HTTPError as exc:
-            raise FhirLookupError(f"{type(exc).__name__} from the FHIR server") from exc
-        if response.status_code in (404, 410):
+        status, bundle = await self._fetch(url, [("_count", "1")], MAX_LOOKUP_BYTES, absent_ok=True)
+        if status in (404, 410):
             return False
-        if response.status_code != 200:
-            raise FhirLookupError(f"the FHIR server answered {response.status_code}")
-        try:
-            bundle = response.json()
-        except ValueError as exc:
-            raise FhirLookupError("the FHIR server did not answer JSON") from exc
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise FhirLookupError("the FHIR server did not answer a Bundle")
         return bool(bundle.get("total") or bundle.get("entry"))
@@ -164,8 +164,10 @@ class MembershipLookup:
         return [entry.get("resource") for entry in entries if isinstance(entry, dict) and entry.get("resource")]
 
     async def binary_security_context(self, resource_id: str, fhir_base_url: str) -> tuple[str, str] | None:
-        """The (type, id) a Binary's securityContext names, or None when it has none."""
-        document = await self._get_json(f"{self._base}/Binary/{resource_id}", [])
+        """The (type, id) a Binary's securityContext names, or None when it has none. Only that element is
+        asked for (``_elements``): the content, base64 in the JSON, can be megabytes, and the answer is capped."""
+        document = await self._get_json(f"{self._base}/Binary/{resource_id}", [("_elements", "securityContext")],
+                                        MAX_BINARY_CONTEXT_BYTES)
         if not isinstance(document, dict) or document.get("resourceType") != "Binary":
             raise FhirLookupError("the FHIR server did not answer a Binary")
         context = document.get("securityContext")
@@ -175,16 +177,26 @@ class MembershipLookup:
         resolved = resolve_reference(reference, fhir_base_url)
         return (resolved.resource_type, resolved.resource_id) if resolved else None
 
-    async def _get_json(self, url: str, params: list[tuple[str, str]]) -> Any:
+    async def _get_json(self, url: str, params: list[tuple[str, str]], max_bytes: int = MAX_LOOKUP_BYTES) -> Any:
+        return (await self._fetch(url, params, max_bytes))[1]
+
+    async def _fetch(self, url: str, params: list[tuple[str, str]], max_bytes: int,
+                     absent_ok: bool = False) -> tuple[int, Any]:
+        """(status, parsed JSON) of a 200 answer read no further than ``max_bytes``; with ``absent_ok`` a
+        404 or 410 is answered as (status, None). Anything else raises FhirLookupError."""
         try:
-            response = await self._client.get(
-                url, params=tuple(params), headers=self._headers, timeout=self._config.timeout_seconds
-            )
+            async with self._client.stream("GET", url, params=tuple(params), headers=self._headers,
+                                           timeout=self._config.timeout_seconds) as response:
+                if absent_ok and response.status_code in (404, 410):
+                    return response.status_code, None
+                if response.status_code != 200:
+                    raise FhirLookupError(f"the FHIR server answered {response.status_code}")
+                body = await read_capped_body(response, max_bytes)
         except httpx.HTTPError as exc:
             raise FhirLookupError(f"{type(exc).__name__} from the FHIR server") from exc
-        if response.status_code != 200:
-            raise FhirLookupError(f"the FHIR server answered {response.status_code}")
+        except BodyTooLargeError as exc:
+            raise FhirLookupError(f"the FHIR server answered {exc}") from exc
         try:
-            return response.json()
-        except ValueError as exc:
+            return 200, orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
             raise FhirLookupError("the FHIR server did not answer JSON") from exc

@@ -25,6 +25,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from smartgate.config.checks import UNIX_PREFIX
 from smartgate.config.model import Config, TlsConfig, grpc_address
 from smartgate.config.parse import ConfigError, load_config
 from smartgate.envoy_glue.authz_service import AuthorizationService, Pipeline
@@ -97,11 +98,7 @@ def build_components(config: Config, replay_cache: ReplayCache | None = None) ->
         base_path=config.fhir.base_path,
         public_routes=PublicRoutes(config.fhir.base_path, config.public_routes),
         verifier=verifier,
-        policy=PolicySettings(config.fhir.base_url, config.patient_closed_types, config.operations,
-                              responses_verified=config.response_verification.mode == "enforce",
-                              search_narrowing=config.search_narrowing,
-                              extra_binding_params=config.compartment.extra_binding_params,
-                              follow_patient_links=config.compartment.follow_patient_links),
+        policy=policy_settings(config),
         lookup=MembershipLookup(config.fhir.upstream_url, config.fhir.lookup, client),
         max_token_bytes=config.tokens.max_token_bytes,
         sender_constraints=sender_constraints(config, replay_cache),
@@ -120,6 +117,17 @@ def build_components(config: Config, replay_cache: ReplayCache | None = None) ->
     return Components(pipeline, needed, client)
 
 
+def policy_settings(config: Config) -> PolicySettings:
+    """The policy's view of the config: what the rules need, nothing they could do I/O with."""
+    return PolicySettings(config.fhir.base_url, config.patient_closed_types, config.operations,
+                          responses_verified=config.response_verification.mode == "enforce",
+                          # dry_run logs what the look-up would decide: its allows hand nothing over
+                          reads_proven_by_response=config.mode != "dry_run",
+                          search_narrowing=config.search_narrowing,
+                          extra_binding_params=config.compartment.extra_binding_params,
+                          follow_patient_links=config.compartment.follow_patient_links)
+
+
 def dpop_algorithms(config: Config) -> tuple[str, ...]:
     """The DPoP proof algorithms accepted, or () when DPoP is off."""
     return config.dpop.algorithms if config.dpop.enabled else ()
@@ -131,6 +139,17 @@ def sender_constraints(config: Config, replay_cache: ReplayCache | None = None) 
             if config.dpop.enabled else None)
     required = frozenset(issuer.issuer for issuer in config.issuers if issuer.sender_constraint == "required")
     return SenderConstraints(config.fhir.base_url, required, dpop)
+
+
+SOCKET_MODE = 0o660
+
+
+def _let_the_group_connect(address: str) -> None:
+    """A Unix socket is created under the umask (0755: only its owner may connect). Envoy runs as another
+    user in the pod and shares the socket's group (the chart's fsGroup): owner and group read-write,
+    nobody else."""
+    if address.startswith(UNIX_PREFIX):
+        Path(address.removeprefix(UNIX_PREFIX)).chmod(SOCKET_MODE)
 
 
 def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
@@ -231,6 +250,7 @@ class Worker:
                 lambda entry: self.components.pipeline.decision_log.write(entry),
                 follow_patient_links=config.compartment.follow_patient_links,
                 membership=bound_types(config.compartment.extra_binding_params).membership,
+                upstream_base_url=config.fhir.upstream_url,
             ), server)
         await self._set_serving(False)
         address = grpc_address(config, self._index)
@@ -238,6 +258,7 @@ class Worker:
                 else server.add_insecure_port(address))
         if port == 0:
             raise OSError(f"cannot listen on {address}")
+        _let_the_group_connect(address)
         http: HttpListener | None = None
         if self._serve_http:
             http = HttpListener(config.listen.http, self._http_routes())

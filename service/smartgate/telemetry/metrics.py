@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +25,7 @@ from prometheus_client import (
 )
 
 from smartgate import __version__
+from smartgate.core.reasons import Reason
 
 # Fine enough for sub-millisecond decisions, wide enough for look-ups and JWKS fetches.
 LATENCY_BUCKETS = (
@@ -63,6 +66,11 @@ RESPONSE_CHECKS = Counter(
     "smartgate_response_checks", "Response verifications by mode and result (clean, blocked, reported, skipped).",
     ["mode", "result"],
 )
+RESPONSE_CHECKS_SKIPPED = Counter(
+    "smartgate_response_checks_skipped",
+    "Responses report mode let through unchecked, by reason (too_large: past max_body_bytes or Envoy's buffer).",
+    ["reason"],
+)
 RESPONSE_CHECK_SECONDS = Histogram(
     "smartgate_response_check_duration_seconds", "Time to verify one buffered response body.",
     buckets=LATENCY_BUCKETS,
@@ -72,10 +80,50 @@ DPOP_REPLAY_CACHE_ENTRIES = Gauge(
     "DPoP proof jti values remembered against replay (sum over workers; each worker has its own cache).",
     multiprocess_mode="livesum",
 )
+DECISION_LOG_DROPPED = Counter(
+    "smartgate_decision_log_dropped",
+    "Decision-log and audit lines dropped because the writer's queue was full (the stream was too slow), by log.",
+    ["log"],
+)
 READY = Gauge("smartgate_ready", "1 when every issuer has a usable key set.", multiprocess_mode="livemin")
 BUILD_INFO = Gauge(
     "smartgate_build_info", "Build information.", ["version", "python"], multiprocess_mode="max"
 )
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Children(Generic[K]):
+    """A labelled metric's children, each resolved on first use and then kept.
+
+    ``metric.labels(...)`` takes a lock, builds a tuple and looks it up on every call; on the Check
+    path that is paid per decision. Resolved lazily, so a label value never used is never exposed
+    (and a worker process creates its own children after it starts)."""
+
+    __slots__ = ("_children", "_labels", "_metric")
+
+    def __init__(self, metric: Counter, labels: Callable[[K], tuple[str, ...]]) -> None:
+        self._metric = metric
+        self._labels = labels
+        self._children: dict[K, Counter] = {}
+
+    def __getitem__(self, key: K) -> Counter:
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric.labels(*self._labels(key))
+        return child
+
+
+def decision_labels(reason: Reason) -> tuple[str, str, str]:
+    """(outcome, status, reason) of ``smartgate_decisions``: everything follows from the reason code."""
+    outcome = "allow" if reason.allows else ("error" if reason.http_status >= 500 else "deny")
+    return outcome, str(reason.http_status), reason.code
+
+
+DECISIONS_BY_REASON: Children[Reason] = Children(DECISIONS, decision_labels)
+TOKEN_CACHE_BY_RESULT: Children[str] = Children(TOKEN_CACHE, lambda result: (result,))
+LOG_LINES_DROPPED: Children[str] = Children(DECISION_LOG_DROPPED, lambda log: (log,))
 
 
 def init_process_metrics() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from smartgate.config.profiles import ClaimNames, undot_scope
@@ -31,6 +31,10 @@ class TokenContext:
     # cnf: the key or certificate the token is bound to. Kept with the cached context; the proof of
     # possession is checked on every request (tokens/sender_constraint.py), never cached.
     confirmation: Confirmation | None = None
+    # What later stages derive from this context alone (the allow response's headers, the audit agents),
+    # built once per verified token and reused: it lives and is evicted with the cached context. Not an
+    # init field, so ``dataclasses.replace`` (a changed context) starts with an empty one.
+    memo: dict[object, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
 
 def _first(claims: Mapping[str, Any], names: tuple[str, ...]) -> Any:

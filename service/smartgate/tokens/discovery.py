@@ -66,19 +66,32 @@ async def fetch_discovery(
     return document
 
 
-async def _read_capped(client: httpx.AsyncClient, url: str, timeout: float, max_bytes: int) -> bytes:
+class BodyTooLargeError(Exception):
+    """A streamed answer ran past its size cap; reading stopped there."""
+
+
+async def read_capped_body(response: httpx.Response, max_bytes: int) -> bytes:
+    """The body of a streamed response (``client.stream(...)``), reading no more than ``max_bytes`` of
+    it: past the cap, BodyTooLargeError, so a huge or endless answer costs at most the cap in memory and time.
+    Used for every body smartgate reads from the identity provider or the FHIR server."""
     body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body.extend(chunk)
+        if len(body) > max_bytes:  # stop reading: the cap bounds memory and time
+            raise BodyTooLargeError(f"more than {max_bytes} bytes")
+    return bytes(body)
+
+
+async def _read_capped(client: httpx.AsyncClient, url: str, timeout: float, max_bytes: int) -> bytes:
     try:
         async with client.stream("GET", url, timeout=timeout, headers={"accept": "application/json"}) as response:
             if response.status_code != 200:
                 raise DocumentFetchError(f"GET {url} answered {response.status_code}")
-            async for chunk in response.aiter_bytes():
-                body.extend(chunk)
-                if len(body) > max_bytes:  # stop reading: the cap bounds memory and time
-                    raise DocumentFetchError(f"GET {url} answered more than {max_bytes} bytes")
+            return await read_capped_body(response, max_bytes)
+    except BodyTooLargeError as exc:
+        raise DocumentFetchError(f"GET {url} answered more than {max_bytes} bytes") from exc
     except httpx.HTTPError as exc:
         raise DocumentFetchError(f"GET {url} failed: {type(exc).__name__}") from exc
-    return bytes(body)
 
 
 def _refuse_non_finite(constant: str) -> Any:

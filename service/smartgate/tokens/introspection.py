@@ -9,6 +9,7 @@ briefly, so a flood of bad tokens does not become a flood of introspection calls
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
@@ -23,9 +24,11 @@ from smartgate.core.expiring_cache import ExpiringCache
 from smartgate.core.reasons import Reason, Refusal
 from smartgate.telemetry import metrics
 from smartgate.tokens.context import TokenContext, context_from_claims
+from smartgate.tokens.discovery import BodyTooLargeError, read_capped_body
 
 log = logging.getLogger("smartgate.introspection")
 INACTIVE_CACHE_SECONDS = 10.0
+MAX_ANSWER_BYTES = 64 * 1024  # an RFC 7662 answer is a few hundred bytes; reading stops past this
 
 
 class Introspector:
@@ -78,12 +81,14 @@ class Introspector:
         else:  # RFC 6749 section 2.3.1: form-encode both before Basic
             auth = httpx.BasicAuth(quote(settings.client_id, safe=""), quote(settings.client_secret, safe=""))
         try:
-            response = await self._client.post(
-                settings.endpoint, data=form, auth=auth, timeout=settings.timeout_seconds,
+            answer: Any = None
+            async with self._client.stream(
+                "POST", settings.endpoint, data=form, auth=auth, timeout=settings.timeout_seconds,
                 headers={"accept": "application/json"},
-            )
-            answer: Any = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError) as exc:
+            ) as response:
+                if response.status_code == 200:
+                    answer = json.loads(await read_capped_body(response, MAX_ANSWER_BYTES))
+        except (httpx.HTTPError, ValueError, RecursionError, BodyTooLargeError) as exc:
             log.warning("introspection at %s failed: %s", settings.endpoint, type(exc).__name__)
             answer = None
         if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):

@@ -52,10 +52,10 @@ class TokenVerifier:
         cached = self._cache.get(token, now)
         if cached is not None:
             self.cache_hits += 1
-            metrics.TOKEN_CACHE.labels("hit").inc()
+            metrics.TOKEN_CACHE_BY_RESULT["hit"].inc()
             return cached
         self.cache_misses += 1
-        metrics.TOKEN_CACHE.labels("miss").inc()
+        metrics.TOKEN_CACHE_BY_RESULT["miss"].inc()
         if token.count(".") != 2:
             if self._introspector is not None and self._introspector.enabled:
                 return await self._introspector.introspect(token)

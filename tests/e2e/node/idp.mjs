@@ -15,6 +15,13 @@
 //   smart-opaque              the same flow, but opaque access tokens (only these can be introspected)
 //   backend                   confidential (client_secret_basic), client_credentials, system/ scopes, JWT
 //   <introspection_client>    confidential, for smartgate's RFC 7662 introspection
+//   smart-dpop                public, like smart-es256, but its tokens are DPoP-bound (RFC 9449): the token
+//                             request carries a DPoP proof, the access token cnf.jkt (its key's thumbprint)
+//   smart-mtls                public, like smart-rs256, but its tokens are certificate-bound (RFC 8705): the
+//                             token request goes to the provider's HTTPS port with a client certificate, the
+//                             access token carries cnf.x5t#S256 (that certificate's thumbprint)
+// A provider with "mtls": {"port", "cert", "key", "ca"} (PEM file paths) also serves on that HTTPS port,
+// asking for a client certificate issued by "ca"; oidc-provider reads it from the TLS socket.
 // The login and consent interaction completes by itself for the user named by login_hint; without
 // one, the login prompt is an HTML form (POST login=<user> to the same URL), as a user would see.
 // Access tokens carry scope, and patient (with launch/patient) and fhirUser from the user; the token
@@ -30,6 +37,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -67,6 +75,8 @@ const TOKEN_FORMATS = {
   'smart-rs256': { format: 'jwt', alg: 'RS256' },
   'smart-es256': { format: 'jwt', alg: 'ES256' },
   'smart-opaque': { format: 'opaque' },
+  'smart-dpop': { format: 'jwt', alg: 'ES256' },
+  'smart-mtls': { format: 'jwt', alg: 'RS256' },
   backend: { format: 'jwt', alg: 'RS256' },
 };
 
@@ -84,6 +94,8 @@ function clients(settings) {
     publicClient('smart-rs256'),
     publicClient('smart-es256'),
     publicClient('smart-opaque'),
+    { ...publicClient('smart-dpop'), dpop_bound_access_tokens: true },
+    { ...publicClient('smart-mtls'), tls_client_certificate_bound_access_tokens: true },
     {
       client_id: 'backend',
       client_secret: settings.backend_secret,
@@ -142,6 +154,13 @@ function makeProvider(settings) {
       introspection: { enabled: true },
       revocation: { enabled: true },
       clientCredentials: { enabled: true },
+      dPoP: { enabled: true },
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        // The certificate the HTTPS port verified; none on the plain HTTP port.
+        getCertificate: (ctx) => ctx.req.socket.getPeerX509Certificate?.() ?? undefined,
+      },
       resourceIndicators: {
         enabled: true,
         defaultResource: async (_ctx, _client, oneOf) => oneOf ?? RESOURCE,
@@ -261,7 +280,7 @@ for (const settings of config.providers) {
   let introspection = 'up';
   const introspectionAuth = { basic: 0, post: 0, refused: 0 };
   const expectedAuth = settings.introspection_client.auth_method === 'client_secret_post' ? 'post' : 'basic';
-  const server = http.createServer(async (req, res) => {
+  const handler = async (req, res) => {
     try {
       const path = new URL(req.url, issuer).pathname;
       if (path === '/__e2e/ready') {
@@ -304,9 +323,19 @@ for (const settings of config.providers) {
         res.end(String(err.message ?? err));
       }
     }
-  });
+  };
+  const server = http.createServer(handler);
   server.listen(settings.port, config.host);
   servers.push(server);
+  if (settings.mtls) {
+    const tls = settings.mtls;
+    const secure = https.createServer({
+      key: fs.readFileSync(tls.key), cert: fs.readFileSync(tls.cert), ca: fs.readFileSync(tls.ca),
+      requestCert: true, rejectUnauthorized: true,
+    }, handler);
+    secure.listen(tls.port, config.host);
+    servers.push(secure);
+  }
   issuers.push(issuer);
 }
 process.stdout.write(`idp issuers: ${issuers.join(' ')}\n`);

@@ -150,6 +150,9 @@ class FhirStore:
 MISBEHAVE_TAG = "smartgate-misbehave"
 # With this tag the search also returns a Provenance of the patient's Observation that names another patient.
 MISBEHAVE_PROVENANCE_TAG = "smartgate-misbehave-provenance"
+# With this tag the (clean) searchset is padded past 1.5 MB: more than Envoy buffers for smartgate.
+HUGE_TAG = "smartgate-huge"
+HUGE_PADDING_BYTES = 1_500_000
 FOREIGN_PROVENANCE = {"resourceType": "Provenance", "id": "prov-names-456", "recorded": "2024-01-01T00:00:00Z",
                       "target": [{"reference": "Observation/obs-123-a"}, {"reference": "Patient/456"}],
                       "agent": [{"who": {"reference": "Practitioner/prac-1"}}]}
@@ -231,14 +234,17 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
             elif len(parts) == 1 or (len(parts) == 2 and parts[1] == "_search" and method == "POST"):
                 try:
                     tagged = ("_tag", MISBEHAVE_TAG) in params
-                    tags = (("_tag", MISBEHAVE_TAG), ("_tag", MISBEHAVE_PROVENANCE_TAG))
+                    tags = (("_tag", MISBEHAVE_TAG), ("_tag", MISBEHAVE_PROVENANCE_TAG), ("_tag", HUGE_TAG))
                     found = store.search(parts[0], [p for p in params if p not in tags])
                     if tagged:
                         found.append(store.resources[("Observation", "obs-456-a")])
                     included = store.included(found, params)
                     if ("_tag", MISBEHAVE_PROVENANCE_TAG) in params:
                         included.append(FOREIGN_PROVENANCE)
-                    self._send(200, _bundle(found, count, included))
+                    answer = _bundle(found, count, included)
+                    if ("_tag", HUGE_TAG) in params:
+                        answer["meta"] = {"tag": [{"code": "x" * HUGE_PADDING_BYTES}]}
+                    self._send(200, answer)
                 except RuntimeError:
                     self._send(500, {"resourceType": "OperationOutcome"})
             elif len(parts) == 3 and parts[2] == "_history" and method == "GET":
