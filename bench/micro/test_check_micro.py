@@ -1,7 +1,7 @@
 """The whole Check for a cached token, as the gRPC servicer runs it (issue 16, item 3: ≤ 50 µs of Python).
 
 CheckRequest (20 headers) -> HttpRequest -> token cache -> policy -> CheckResponse, the decision metric,
-the latency histogram, a decision-log line and an audit event (both to files, through their writers).
+the latency histogram, a decision-log line and (audit-on) an audit event, to files through their writers.
 Each benchmark asserts the answer it times, so with ``--benchmark-disable`` they run once as tests.
 """
 
@@ -30,14 +30,17 @@ from smartgate.policy import PolicySettings
 from smartgate.tokens.verifier import TokenVerifier
 
 
-@pytest.fixture()
-def service(verifier: TokenVerifier, config: Config, tmp_path: Path) -> Iterator[AuthorizationService]:
+@pytest.fixture(params=["audit-off", "audit-on"])
+def service(request: pytest.FixtureRequest, verifier: TokenVerifier, config: Config,
+            tmp_path: Path) -> Iterator[AuthorizationService]:
+    """As shipped (decision log on, audit off), and with the audit log on too."""
     authorizer = Authorizer("/fhir", PublicRoutes("/fhir", config.public_routes), verifier, PolicySettings(AUDIENCE),
                             MembershipLookup("http://127.0.0.1:9/fhir", config.fhir.lookup, None),  # type: ignore[arg-type]
                             config.tokens.max_token_bytes)
     pipeline = Pipeline(authorizer, ResponseBuilder(config.headers, config.realm),
                         DecisionLog(str(tmp_path / "decisions.jsonl")),
-                        AuditEventLog(str(tmp_path / "audit.jsonl"), AUDIENCE, "bench"))
+                        AuditEventLog(str(tmp_path / "audit.jsonl") if request.param == "audit-on" else "off",
+                                      AUDIENCE, "bench"))
     yield AuthorizationService(pipeline)
     pipeline.decision_log.close()
     pipeline.audit_log.close()

@@ -136,7 +136,8 @@ def test_report_mode_passes_responses_too_large_to_check_and_counts_them(
     assert after == before + 2
     skipped = [e for e in entries if e.get("stage") == "response" and e["outcome"] == "skipped"]
     assert len(skipped) == 2 and {e["reason"] for e in skipped} == {"response_unchecked"}
-    assert max(e["bytes"] for e in skipped) < HUGE_PADDING_BYTES  # Envoy handed over only its buffer's worth
+    # Envoy hands over its buffer's worth, or the whole body when it arrived at once: never more.
+    assert max(e["bytes"] for e in skipped) <= len(huge.content)
 
 
 # --- issue 15: Provenance of the matches, includes of compartment types --------------------------------

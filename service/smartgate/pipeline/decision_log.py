@@ -4,7 +4,7 @@ Lines are encoded on the caller's thread (orjson, about a microsecond) and writt
 thread from a bounded queue, so a slow stdout pipe or disk never stalls a Check: when the queue is
 full the line is dropped and counted (``smartgate_decision_log_dropped_total``). While traffic
 flows the writer wakes every ``LINGER_SECONDS`` and writes what gathered in one call (waking it
-per line would cost each Check a GIL hand-off); an idle writer is woken by the next line. ``close()``
+per line would cost each Check a GIL hand-off); a quiet writer is woken by each line. ``close()``
 (a reload's replaced logs, shutdown) writes out everything queued before it returns.
 """
 
@@ -28,7 +28,8 @@ from smartgate.telemetry import metrics
 log = logging.getLogger("smartgate.decision_log")
 
 QUEUE_LINES = 10_000  # about 3 s of decisions at full speed per worker; a few MB at most
-LINGER_SECONDS = 0.002  # how long the writer lets lines gather before one write + flush
+LINGER_SECONDS = 0.002  # how long the writer lets lines gather before one write + flush, when busy
+BUSY_BATCH_LINES = 8  # a batch this large means traffic is flowing: linger before the next one
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long close() waits for a stalled stream before giving up on it
 
 
@@ -94,16 +95,17 @@ class JsonLines:
                 self._writer = writer
 
     def _drain(self) -> None:
-        """The writer thread: every queued line, in order. After each write it lets the next batch gather
-        for ``LINGER_SECONDS`` (one wake-up per batch, not per line, while traffic flows); when nothing
-        came meanwhile it waits idle, and the next line wakes it and is written at once."""
+        """The writer thread: every queued line, in order. After a large batch it lets the next one gather
+        for ``LINGER_SECONDS`` (one wake-up per batch, not per line, while traffic flows); otherwise it waits
+        idle, and the next line wakes it and is written at once (a quiet log stays current to the request)."""
         stream = self._stream
         if stream is None:  # never: the writer starts only for a destination
             return
         while self._pending or not self._closing:
             if self._pending:
-                self._write_batch(stream, [self._pending.popleft() for _ in range(len(self._pending))])
-                if not self._closing:
+                batch = [self._pending.popleft() for _ in range(len(self._pending))]
+                self._write_batch(stream, batch)
+                if len(batch) >= BUSY_BATCH_LINES and not self._closing:
                     time.sleep(LINGER_SECONDS)  # the GIL is free meanwhile
                 continue
             self._idle = True
