@@ -49,9 +49,10 @@ $(E2E_STAMP): $(E2E_NODE)/package-lock.json $(E2E_NODE)/package.json
 e2e: $(STAMP) e2e-deps
 	$(BIN)/pytest -q tests/e2e
 
-## lint: ruff, mypy, the import layers and rules (import-linter, pyproject.toml), Helm chart lint, Dockerfile lint
+## lint: ruff (check and format), mypy, the import layers and rules (import-linter, pyproject.toml), Helm chart lint, Dockerfile lint
 lint: $(STAMP) chart-lint hadolint
 	$(BIN)/ruff check service tests tools bench fuzz
+	$(BIN)/ruff format --check service tests tools bench fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-logo
 

@@ -39,18 +39,34 @@ def _answer_directly(config: dict[str, Any]) -> None:
             route.update(copy.deepcopy(OK_BODY))
 
 
-def settings(listen_port: int, admin_port: int, authz_port: int, workers: int = 1, authz_socket: str | None = None,
-             upstream_url: str = f"http://127.0.0.1:9{BASE_PATH}",
-             verification: VerificationMode = "off") -> EnvoySettings:
+def settings(
+    listen_port: int,
+    admin_port: int,
+    authz_port: int,
+    workers: int = 1,
+    authz_socket: str | None = None,
+    upstream_url: str = f"http://127.0.0.1:9{BASE_PATH}",
+    verification: VerificationMode = "off",
+) -> EnvoySettings:
     return EnvoySettings(
-        listen_host="127.0.0.1", listen_port=listen_port, admin_host="127.0.0.1", admin_port=admin_port,
-        authz_host="127.0.0.1", authz_port=authz_port, authz_workers=workers, authz_socket=authz_socket,
-        smartgate_http_port=None, upstream_url=upstream_url, base_path=BASE_PATH, response_verification=verification,
+        listen_host="127.0.0.1",
+        listen_port=listen_port,
+        admin_host="127.0.0.1",
+        admin_port=admin_port,
+        authz_host="127.0.0.1",
+        authz_port=authz_port,
+        authz_workers=workers,
+        authz_socket=authz_socket,
+        smartgate_http_port=None,
+        upstream_url=upstream_url,
+        base_path=BASE_PATH,
+        response_verification=verification,
     )
 
 
-def ext_authz_config(listen_port: int, admin_port: int, authz_port: int, workers: int = 1,
-                     authz_socket: str | None = None) -> dict[str, Any]:
+def ext_authz_config(
+    listen_port: int, admin_port: int, authz_port: int, workers: int = 1, authz_socket: str | None = None
+) -> dict[str, Any]:
     """Setups C, D, E (and D over a Unix socket): the shipped rendering, with the route answered by Envoy
     itself."""
     config = render(settings(listen_port, admin_port, authz_port, workers, authz_socket))
@@ -58,12 +74,12 @@ def ext_authz_config(listen_port: int, admin_port: int, authz_port: int, workers
     return config
 
 
-def upstream_config(listen_port: int, admin_port: int, authz_port: int, upstream_url: str,
-                    verification: VerificationMode) -> dict[str, Any]:
+def upstream_config(
+    listen_port: int, admin_port: int, authz_port: int, upstream_url: str, verification: VerificationMode
+) -> dict[str, Any]:
     """Setups F: the shipped rendering unchanged, routed to the FHIR stand-in, so response verification
     (ext_proc) sees real response bodies."""
-    return render(settings(listen_port, admin_port, authz_port, upstream_url=upstream_url,
-                           verification=verification))
+    return render(settings(listen_port, admin_port, authz_port, upstream_url=upstream_url, verification=verification))
 
 
 def no_authz_config(listen_port: int, admin_port: int) -> dict[str, Any]:
@@ -76,19 +92,23 @@ def no_authz_config(listen_port: int, admin_port: int) -> dict[str, Any]:
     return config
 
 
-def jwt_authn_config(listen_port: int, admin_port: int, issuer: str, audience: str,
-                     jwks: dict[str, Any]) -> dict[str, Any]:
+def jwt_authn_config(
+    listen_port: int, admin_port: int, issuer: str, audience: str, jwks: dict[str, Any]
+) -> dict[str, Any]:
     """Setup B: Envoy's C++ JWT verification of the same tokens, keys inline."""
     config = no_authz_config(listen_port, admin_port)
     jwt_filter = {
         "name": "envoy.filters.http.jwt_authn",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-            "providers": {"bench": {
-                "issuer": issuer, "audiences": [audience],
-                "local_jwks": {"inline_string": json.dumps(jwks)},
-                "forward": True,
-            }},
+            "providers": {
+                "bench": {
+                    "issuer": issuer,
+                    "audiences": [audience],
+                    "local_jwks": {"inline_string": json.dumps(jwks)},
+                    "forward": True,
+                }
+            },
             "rules": [{"match": {"prefix": BASE_PATH}, "requires": {"provider_name": "bench"}}],
         },
     }
@@ -99,13 +119,17 @@ def jwt_authn_config(listen_port: int, admin_port: int, issuer: str, audience: s
 
 def _bundle(total: int) -> dict[str, Any]:
     body = json.dumps({"resourceType": "Bundle", "type": "searchset", "total": total})
-    return {"direct_response": {"status": 200, "body": {"inline_string": body}},
-            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/fhir+json"}}]}
+    return {
+        "direct_response": {"status": 200, "body": {"inline_string": body}},
+        "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/fhir+json"}}],
+    }
 
 
 def _body(body: str) -> dict[str, Any]:
-    return {"direct_response": {"status": 200, "body": {"inline_string": body}},
-            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/fhir+json"}}]}
+    return {
+        "direct_response": {"status": 200, "body": {"inline_string": body}},
+        "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/fhir+json"}}],
+    }
 
 
 def _answers(public_base: str) -> list[dict[str, Any]]:
@@ -114,8 +138,10 @@ def _answers(public_base: str) -> list[dict[str, Any]]:
     patient's Observations. Reads are answered by the Lua filter."""
     return [
         {"match": {"prefix": "/", "query_parameters": [{"name": "_summary", "present_match": True}]}, **_bundle(1)},
-        {"match": {"prefix": "/", "query_parameters": [{"name": "_revinclude", "present_match": True}]},
-         **_body(fhir_bodies.uscore_bundle(public_base))},
+        {
+            "match": {"prefix": "/", "query_parameters": [{"name": "_revinclude", "present_match": True}]},
+            **_body(fhir_bodies.uscore_bundle(public_base)),
+        },
         {"match": {"path": f"{BASE_PATH}/Observation"}, **_body(fhir_bodies.search_bundle(public_base))},
     ]
 
@@ -123,40 +149,68 @@ def _answers(public_base: str) -> list[dict[str, Any]]:
 PUBLIC_BASE = "https://bench.smartgate.invalid/fhir"  # smartgate's fhir.base_url in the bench (never contacted)
 
 
-def fhir_stand_in_config(listen_port: int, admin_port: int, membership_params: tuple[str, ...],
-                         public_base: str = PUBLIC_BASE) -> dict[str, Any]:
+def fhir_stand_in_config(
+    listen_port: int, admin_port: int, membership_params: tuple[str, ...], public_base: str = PUBLIC_BASE
+) -> dict[str, Any]:
     """A FHIR server that answers look-ups at once: ``total: 1`` (a member), except for ids starting
     ``nm-`` (not a member) and smartgate's impossible-value probes (a server that honours the parameter);
     and reads and searches with bodies of the bench patient (``_answers``)."""
     not_member = [
-        {"match": {"prefix": "/",
-                   "query_parameters": [{"name": param, "string_match": {"contains": "smartgate-probe"}}]},
-         **_bundle(0)}
+        {
+            "match": {
+                "prefix": "/",
+                "query_parameters": [{"name": param, "string_match": {"contains": "smartgate-probe"}}],
+            },
+            **_bundle(0),
+        }
         for param in membership_params
     ]
-    not_member.append({"match": {"prefix": "/",
-                                 "query_parameters": [{"name": "_id", "string_match": {"prefix": "nm-"}}]},
-                       **_bundle(0)})
+    not_member.append(
+        {
+            "match": {"prefix": "/", "query_parameters": [{"name": "_id", "string_match": {"prefix": "nm-"}}]},
+            **_bundle(0),
+        }
+    )
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                 ".HttpConnectionManager",
+        ".HttpConnectionManager",
         "stat_prefix": "fhir_stand_in",
-        "route_config": {"name": "fhir", "max_direct_response_body_size_bytes": 1_048_576, "virtual_hosts": [{
-            "name": "fhir", "domains": ["*"],
-            "routes": [*not_member, *_answers(public_base), {"match": {"prefix": "/"}, **_bundle(1)}],
-        }]},
+        "route_config": {
+            "name": "fhir",
+            "max_direct_response_body_size_bytes": 1_048_576,
+            "virtual_hosts": [
+                {
+                    "name": "fhir",
+                    "domains": ["*"],
+                    "routes": [*not_member, *_answers(public_base), {"match": {"prefix": "/"}, **_bundle(1)}],
+                }
+            ],
+        },
         "http_filters": [
-            {"name": "envoy.filters.http.lua", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": fhir_bodies.read_observation_lua()}}},
-            {"name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            {
+                "name": "envoy.filters.http.lua",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "default_source_code": {"inline_string": fhir_bodies.read_observation_lua()},
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
     }
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {"listeners": [{
-            "name": "fhir", "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                            "typed_config": hcm}]}],
-        }]},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "fhir",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
+                }
+            ]
+        },
     }

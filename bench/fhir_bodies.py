@@ -16,45 +16,73 @@ from smartgate.dev.demo.upstream import FhirStore
 
 PATIENT = "123"
 LAB_RESULTS = 20
-USCORE_SEARCH = (f"/fhir/Observation?patient={PATIENT}&category=laboratory"
-                 "&_revinclude=Provenance:target")
-_LOINC = [("2339-0", "Glucose [Mass/volume] in Blood", "mg/dL", 70, 99),
-          ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", 0.6, 1.3),
-          ("718-7", "Hemoglobin [Mass/volume] in Blood", "g/dL", 12, 17.5),
-          ("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mmol/L", 3.5, 5.1)]
+USCORE_SEARCH = f"/fhir/Observation?patient={PATIENT}&category=laboratory&_revinclude=Provenance:target"
+_LOINC = [
+    ("2339-0", "Glucose [Mass/volume] in Blood", "mg/dL", 70, 99),
+    ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", 0.6, 1.3),
+    ("718-7", "Hemoglobin [Mass/volume] in Blood", "g/dL", 12, 17.5),
+    ("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mmol/L", 3.5, 5.1),
+]
 
 
 def _lab_observation(index: int) -> dict[str, Any]:
     code, display, unit, low, high = _LOINC[index % len(_LOINC)]
     return {
-        "resourceType": "Observation", "id": f"lab-{PATIENT}-{index}",
+        "resourceType": "Observation",
+        "id": f"lab-{PATIENT}-{index}",
         "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-observation-lab"]},
         "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "laboratory", "display": "Laboratory"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                        "display": "Laboratory",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}], "text": display},
         "subject": {"reference": f"Patient/{PATIENT}"},
         "effectiveDateTime": f"2026-{1 + index % 12:02d}-{1 + index % 28:02d}T08:30:00Z",
         "issued": f"2026-{1 + index % 12:02d}-{1 + index % 28:02d}T12:00:00Z",
         "performer": [{"reference": "Organization/lab-1"}],
-        "valueQuantity": {"value": round((low + high) / 2 + index % 3, 1), "unit": unit,
-                          "system": "http://unitsofmeasure.org", "code": unit},
-        "referenceRange": [{"low": {"value": low, "unit": unit, "system": "http://unitsofmeasure.org",
-                                    "code": unit},
-                            "high": {"value": high, "unit": unit, "system": "http://unitsofmeasure.org",
-                                     "code": unit}}],
+        "valueQuantity": {
+            "value": round((low + high) / 2 + index % 3, 1),
+            "unit": unit,
+            "system": "http://unitsofmeasure.org",
+            "code": unit,
+        },
+        "referenceRange": [
+            {
+                "low": {"value": low, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+                "high": {"value": high, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+            }
+        ],
     }
 
 
 def _provenance(observation: dict[str, Any]) -> dict[str, Any]:
     return {
-        "resourceType": "Provenance", "id": f"prov-{observation['id']}",
+        "resourceType": "Provenance",
+        "id": f"prov-{observation['id']}",
         "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-provenance"]},
         "target": [{"reference": f"Observation/{observation['id']}"}],
         "recorded": observation["issued"],
-        "agent": [{"type": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}]},
-            "who": {"reference": "Organization/lab-1"}}],
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "author",
+                        }
+                    ]
+                },
+                "who": {"reference": "Organization/lab-1"},
+            }
+        ],
     }
 
 
@@ -65,19 +93,38 @@ def uscore_bundle(public_base: str) -> str:
     params = [("patient", PATIENT), ("_revinclude", "Provenance:target")]
     found = store.search("Observation", params)
     included = store.included(found, params)
-    entries = [{"fullUrl": f"{public_base}/{resource['resourceType']}/{resource['id']}", "resource": resource,
-                "search": {"mode": mode}}
-               for mode, resources in (("match", found), ("include", included)) for resource in resources]
-    return json.dumps({"resourceType": "Bundle", "type": "searchset", "total": len(found), "entry": entries},
-                      separators=(",", ":"))
+    entries = [
+        {
+            "fullUrl": f"{public_base}/{resource['resourceType']}/{resource['id']}",
+            "resource": resource,
+            "search": {"mode": mode},
+        }
+        for mode, resources in (("match", found), ("include", included))
+        for resource in resources
+    ]
+    return json.dumps(
+        {"resourceType": "Bundle", "type": "searchset", "total": len(found), "entry": entries}, separators=(",", ":")
+    )
 
 
 def search_bundle(public_base: str) -> str:
     """A search bound to the patient: one of the patient's Observations."""
     observation = _lab_observation(0)
-    return json.dumps({"resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [
-        {"fullUrl": f"{public_base}/Observation/{observation['id']}", "resource": observation,
-         "search": {"mode": "match"}}]}, separators=(",", ":"))
+    return json.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": 1,
+            "entry": [
+                {
+                    "fullUrl": f"{public_base}/Observation/{observation['id']}",
+                    "resource": observation,
+                    "search": {"mode": "match"},
+                }
+            ],
+        },
+        separators=(",", ":"),
+    )
 
 
 def read_observation_lua() -> str:

@@ -33,14 +33,35 @@ def wrk_binary() -> str:
     return found
 
 
-def wrk_command(base_url: str, load: Load, seconds: float, requests_file: Path, token: str = "",
-                tokens_file: Path | None = None, token_offset: int = 0,
-                timeout_seconds: float = 5) -> tuple[list[str], dict[str, str]]:
-    env = {**os.environ, "BENCH_REQUESTS": str(requests_file), "BENCH_TOKEN": token,
-           "BENCH_TOKENS": str(tokens_file) if tokens_file else "", "BENCH_THREADS": str(load.threads),
-           "BENCH_TOKEN_OFFSET": str(token_offset)}
-    command = [wrk_binary(), f"-c{load.connections}", f"-t{load.threads}", f"-d{max(1, round(seconds))}s",
-               f"--timeout={timeout_seconds}s", "--latency", "-s", str(LUA_SCRIPT), base_url]
+def wrk_command(
+    base_url: str,
+    load: Load,
+    seconds: float,
+    requests_file: Path,
+    token: str = "",
+    tokens_file: Path | None = None,
+    token_offset: int = 0,
+    timeout_seconds: float = 5,
+) -> tuple[list[str], dict[str, str]]:
+    env = {
+        **os.environ,
+        "BENCH_REQUESTS": str(requests_file),
+        "BENCH_TOKEN": token,
+        "BENCH_TOKENS": str(tokens_file) if tokens_file else "",
+        "BENCH_THREADS": str(load.threads),
+        "BENCH_TOKEN_OFFSET": str(token_offset),
+    }
+    command = [
+        wrk_binary(),
+        f"-c{load.connections}",
+        f"-t{load.threads}",
+        f"-d{max(1, round(seconds))}s",
+        f"--timeout={timeout_seconds}s",
+        "--latency",
+        "-s",
+        str(LUA_SCRIPT),
+        base_url,
+    ]
     return command, env
 
 
@@ -52,16 +73,30 @@ def parse_output(stdout: str) -> dict[str, Any]:
     figures: dict[str, Any] = json.loads(line)
     seconds_run = figures["duration_us"] / 1e6
     figures["rps"] = figures["requests"] / seconds_run if seconds_run > 0 else 0.0
-    figures["socket_errors"] = (figures["connect_errors"] + figures["read_errors"] + figures["write_errors"]
-                                + figures["timeouts"])
+    figures["socket_errors"] = (
+        figures["connect_errors"] + figures["read_errors"] + figures["write_errors"] + figures["timeouts"]
+    )
     return figures
 
 
-def run_wrk(base_url: str, load: Load, seconds: float, requests_file: Path, token: str = "",
-            tokens_file: Path | None = None, token_offset: int = 0) -> dict[str, Any]:
+def run_wrk(
+    base_url: str,
+    load: Load,
+    seconds: float,
+    requests_file: Path,
+    token: str = "",
+    tokens_file: Path | None = None,
+    token_offset: int = 0,
+) -> dict[str, Any]:
     command, env = wrk_command(base_url, load, seconds, requests_file, token, tokens_file, token_offset)
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, check=False,  # noqa: S603
-                              timeout=seconds + 120)
+    finished = subprocess.run(  # noqa: S603 - wrk with arguments we built
+        command,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=seconds + 120,
+    )
     if finished.returncode != 0:
         raise RuntimeError(f"wrk failed ({finished.returncode}): {finished.stderr.strip()[-500:]}")
     return parse_output(finished.stdout)

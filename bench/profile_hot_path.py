@@ -62,8 +62,11 @@ def _top(raw: Path, limit: int = 25) -> tuple[list[tuple[str, int]], list[tuple[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--gil", action="store_true",
-                        help="sample only the thread holding the GIL (where the GIL goes), into profile-gil.md")
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread holding the GIL (where the GIL goes), into profile-gil.md",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     out: Path = args.out.resolve()
@@ -78,35 +81,77 @@ def main() -> int:
         grpc_port, http_port = processes.free_port_pair(), processes.free_port()
         envoy_port, admin_port = processes.free_port(), processes.free_port()
         stand_in = envoy_setups.fhir_stand_in_config(fhir_port, fhir_admin, MEMBERSHIP_PARAMS["Observation"])
-        config = processes.smartgate_config(grpc_port, http_port, AUDIENCE, f"http://127.0.0.1:{fhir_port}/fhir",
-                                            tokens.ISSUER, workdir / "jwks.json")
+        config = processes.smartgate_config(
+            grpc_port, http_port, AUDIENCE, f"http://127.0.0.1:{fhir_port}/fhir", tokens.ISSUER, workdir / "jwks.json"
+        )
         plan = write_requests(workdir / "plan.txt", [(SEARCH, "fixed")])
-        with processes.envoy(stand_in, workdir, "fhir"), processes.smartgate(config, workdir) as smartgate, \
-                processes.envoy(envoy_setups.ext_authz_config(envoy_port, admin_port, grpc_port), workdir, "envoy"):
+        with (
+            processes.envoy(stand_in, workdir, "fhir"),
+            processes.smartgate(config, workdir) as smartgate,
+            processes.envoy(envoy_setups.ext_authz_config(envoy_port, admin_port, grpc_port), workdir, "envoy"),
+        ):
             url = f"http://127.0.0.1:{envoy_port}"
             run_wrk(url, THROUGHPUT, 2, plan, token=token)  # warm up
             raw = workdir / "profile.txt"
             svg = out / ("profile-gil-flamegraph.svg" if args.gil else "profile-flamegraph.svg")
-            spy_cmd = [spy, "record", "--pid", str(smartgate.pid), "--rate", "250", "--nonblocking",
-                       "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(raw),
-                       *(["--gil"] if args.gil else [])]
+            spy_cmd = [
+                spy,
+                "record",
+                "--pid",
+                str(smartgate.pid),
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--duration",
+                str(int(args.seconds)),
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                *(["--gil"] if args.gil else []),
+            ]
             recorder = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
             time.sleep(0.5)
             figures = run_wrk(url, THROUGHPUT, args.seconds - 1, plan, token=token)
             recorder.wait(timeout=args.seconds + 30)
-            subprocess.run([spy, "record", "--pid", str(smartgate.pid), "--rate", "250", "--nonblocking",  # noqa: S603
-                            "--duration", "5", "--output", str(svg), *(["--gil"] if args.gil else [])],
-                           check=False, capture_output=True)
+            subprocess.run(  # noqa: S603 - py-spy with arguments we built
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(smartgate.pid),
+                    "--rate",
+                    "250",
+                    "--nonblocking",
+                    "--duration",
+                    "5",
+                    "--output",
+                    str(svg),
+                    *(["--gil"] if args.gil else []),
+                ],
+                check=False,
+                capture_output=True,
+            )
         own, inclusive, total = _top(raw)
-    what = ("only the thread holding the GIL is sampled: each sample is GIL time, the share is of all GIL time"
-            if args.gil else
-            "idle samples included: the event loop waiting in epoll is the gap to a saturated core")
+    what = (
+        "only the thread holding the GIL is sampled: each sample is GIL time, the share is of all GIL time"
+        if args.gil
+        else "idle samples included: the event loop waiting in epoll is the gap to a saturated core"
+    )
     lines = [
-        f"# Where smartgate's {'GIL' if args.gil else 'time'} goes (py-spy, cached-token patient search, wrk c16)", "",
-        f"{figures['rps']:.0f} requests/s through Envoy during the profile; {total} samples at 250 Hz ({what}).", "",
-        "## Own time (top functions)", "", "| samples | share | function |", "| ---: | ---: | --- |",
+        f"# Where smartgate's {'GIL' if args.gil else 'time'} goes (py-spy, cached-token patient search, wrk c16)",
+        "",
+        f"{figures['rps']:.0f} requests/s through Envoy during the profile; {total} samples at 250 Hz ({what}).",
+        "",
+        "## Own time (top functions)",
+        "",
+        "| samples | share | function |",
+        "| ---: | ---: | --- |",
         *(f"| {count} | {count / total:.1%} | `{name}` |" for name, count in own),
-        "", "## smartgate functions, anywhere on the stack", "", "| samples | share | function |",
+        "",
+        "## smartgate functions, anywhere on the stack",
+        "",
+        "| samples | share | function |",
         "| ---: | ---: | --- |",
         *(f"| {count} | {count / total:.1%} | `{name}` |" for name, count in inclusive),
     ]

@@ -46,8 +46,11 @@ def _workloads_in(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _main_table(runs: list[dict[str, Any]], titles: Mapping[str, str]) -> list[str]:
-    lines = ["| workload | load | setup | requests/s | p50 ms | p90 ms | p99 ms | p50 added over A (ms) | non-2xx | "
-             "token cache hits |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| workload | load | setup | requests/s | p50 ms | p90 ms | p99 ms | p50 added over A (ms) | non-2xx | "
+        "token cache hits |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for workload in _workloads_in(runs):
         for load in LOADS:
             base = _find(runs, "A", REFERENCE_WORKLOAD, load)
@@ -61,14 +64,17 @@ def _main_table(runs: list[dict[str, Any]], titles: Mapping[str, str]) -> list[s
                 hits = run.get("token_cache_hit_ratio")
                 lines.append(
                     f"| {workload} | {load} | {title} | {run['rps']:.0f} | {_ms(run['p50'])} | {_ms(run['p90'])} | "
-                    f"{_ms(run['p99'])} | {added} | {run['non_2xx']} | {'' if hits is None else f'{hits:.0%}'} |")
+                    f"{_ms(run['p99'])} | {added} | {run['non_2xx']} | {'' if hits is None else f'{hits:.0%}'} |"
+                )
     return lines
 
 
 def _ratio_table(runs: list[dict[str, Any]]) -> list[str]:
-    lines = ["| workload | load | D/C req/s | E/C req/s | D/B req/s | E/D req/s | added p50 C (ms) "
-             "| added p50 D (ms) | D added / C added |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| workload | load | D/C req/s | E/C req/s | D/B req/s | E/D req/s | added p50 C (ms) "
+        "| added p50 D (ms) | D added / C added |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for workload in _workloads_in(runs):
         for load in LOADS:
             d, e = _find(runs, "D", workload, load), _find(runs, "E", workload, load)
@@ -83,7 +89,8 @@ def _ratio_table(runs: list[dict[str, Any]]) -> list[str]:
                 f"{_ratio(d['rps'], b['rps'] if b else None)} | {_ratio(e['rps'] if e else None, d['rps'])} | "
                 f"{_ms(c_added) if c_added is not None else 'n/a'} | "
                 f"{_ms(d_added) if d_added is not None else 'n/a'} | "
-                f"{_ratio(d_added, c_added) if c_added and c_added > 0 else 'n/a'} |")
+                f"{_ratio(d_added, c_added) if c_added and c_added > 0 else 'n/a'} |"
+            )
     return lines
 
 
@@ -127,17 +134,22 @@ def _yardstick(runs: list[dict[str, Any]], titles: Mapping[str, str]) -> list[st
     a1 = _find(runs, "A", REFERENCE_WORKLOAD, "c1")
     base = a1["p50"] if a1 else 0
     latency = dict(p50)
-    lines = ["## Busy no-op yardstick", "",
-             "The grpc.aio no-op server busy-waiting N µs of Python per Check. Where smartgate's figures fall on "
-             "this curve is its cost in place, in \"equivalent busy µs\" (GIL contention with gRPC's poller "
-             "included, which a micro-benchmark does not see): a least-squares line through the points, fitted to "
-             "the time per request (1/throughput) at 16 connections and to the p50 at 1 connection.", "",
-             "| setup | busy µs per Check | c16 requests/s | c1 p50 added over A (ms) |",
-             "| --- | ---: | ---: | ---: |"]
+    lines = [
+        "## Busy no-op yardstick",
+        "",
+        "The grpc.aio no-op server busy-waiting N µs of Python per Check. Where smartgate's figures fall on "
+        'this curve is its cost in place, in "equivalent busy µs" (GIL contention with gRPC\'s poller '
+        "included, which a micro-benchmark does not see): a least-squares line through the points, fitted to "
+        "the time per request (1/throughput) at 16 connections and to the p50 at 1 connection.",
+        "",
+        "| setup | busy µs per Check | c16 requests/s | c1 p50 added over A (ms) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for us, value in rps:
         added = _ms(latency[us] - base) if us in latency and a1 else "n/a"
-        lines.append(f"| {titles.get('C-aio' if us == 0 else f'C-busy{us:.0f}', '')} | {us:.0f} | {value:.0f} | "
-                     f"{added} |")
+        lines.append(
+            f"| {titles.get('C-aio' if us == 0 else f'C-busy{us:.0f}', '')} | {us:.0f} | {value:.0f} | {added} |"
+        )
     for setup in ("D", "E"):
         d16, d1 = _find(runs, setup, REFERENCE_WORKLOAD, "c16"), _find(runs, setup, REFERENCE_WORKLOAD, "c1")
         if d16 is None:
@@ -145,23 +157,29 @@ def _yardstick(runs: list[dict[str, Any]], titles: Mapping[str, str]) -> list[st
         by_rps = _busy_text(equivalent_busy_us(rps, d16["rps"], falling=True))
         by_p50 = _busy_text(equivalent_busy_us(p50, d1["p50"], falling=False)) if d1 else "n/a"
         added = _ms(d1["p50"] - base) if d1 and a1 else "n/a"
-        lines.append(f"| {titles.get(setup, setup)} | like {by_rps} (c16 req/s), {by_p50} (c1 p50) | "
-                     f"{d16['rps']:.0f} | {added} |")
+        lines.append(
+            f"| {titles.get(setup, setup)} | like {by_rps} (c16 req/s), {by_p50} (c1 p50) | "
+            f"{d16['rps']:.0f} | {added} |"
+        )
     return [*lines, ""]
 
 
 def _pair_table(runs: list[dict[str, Any]], first: str, second: str, names: tuple[str, str]) -> list[str]:
     """Two setups on every workload and load both ran: requests/s, p50 and their ratio (second / first)."""
-    lines = [f"| workload | load | {names[0]} req/s | {names[1]} req/s | {names[1]}/{names[0]} | "
-             f"p50 {names[0]} (ms) | p50 {names[1]} (ms) | p50 difference (ms) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"| workload | load | {names[0]} req/s | {names[1]} req/s | {names[1]}/{names[0]} | "
+        f"p50 {names[0]} (ms) | p50 {names[1]} (ms) | p50 difference (ms) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for workload in _workloads_in(runs):
         for load in LOADS:
             a, b = _find(runs, first, workload, load), _find(runs, second, workload, load)
             if a is None or b is None:
                 continue
-            lines.append(f"| {workload} | {load} | {a['rps']:.0f} | {b['rps']:.0f} | {_ratio(b['rps'], a['rps'])} | "
-                         f"{_ms(a['p50'])} | {_ms(b['p50'])} | {(b['p50'] - a['p50']) / 1000:+.2f} |")
+            lines.append(
+                f"| {workload} | {load} | {a['rps']:.0f} | {b['rps']:.0f} | {_ratio(b['rps'], a['rps'])} | "
+                f"{_ms(a['p50'])} | {_ms(b['p50'])} | {(b['p50'] - a['p50']) / 1000:+.2f} |"
+            )
     return lines if len(lines) > 2 else []
 
 
@@ -171,15 +189,27 @@ def _transport_and_verification(runs: list[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     uds = _pair_table(runs, "D", "D-uds", ("TCP", "UDS"))
     if uds:
-        lines += ["## Unix domain socket against loopback TCP", "",
-                  "D with smartgate's gRPC listener on loopback TCP (`listen.grpc: 127.0.0.1:port`) and on a Unix "
-                  "socket (`unix:/path`, Envoy's `pipe` address); same run, same workload.", "", *uds, ""]
+        lines += [
+            "## Unix domain socket against loopback TCP",
+            "",
+            "D with smartgate's gRPC listener on loopback TCP (`listen.grpc: 127.0.0.1:port`) and on a Unix "
+            "socket (`unix:/path`, Envoy's `pipe` address); same run, same workload.",
+            "",
+            *uds,
+            "",
+        ]
     verification = _pair_table(runs, "F-off", "F-enforce", ("off", "enforce"))
     if verification:
-        lines += ["## Response verification: off against enforce", "",
-                  "Setups F route to a FHIR stand-in (an Envoy answering at once with the patient's resources) so "
-                  "responses pass through ext_proc. `read_new_id` off does a compartment look-up per request; with "
-                  "enforce the read is proven by its response (no look-up).", "", *verification, ""]
+        lines += [
+            "## Response verification: off against enforce",
+            "",
+            "Setups F route to a FHIR stand-in (an Envoy answering at once with the patient's resources) so "
+            "responses pass through ext_proc. `read_new_id` off does a compartment look-up per request; with "
+            "enforce the read is proven by its response (no look-up).",
+            "",
+            *verification,
+            "",
+        ]
     return lines
 
 
@@ -195,72 +225,118 @@ def targets(raw: Mapping[str, Any]) -> list[tuple[str, str, bool | None]]:
     a1 = _find(runs, "A", REFERENCE_WORKLOAD, "c1")
     if d1 and c1 and a1:
         d_added, c_added = d1["p50"] - a1["p50"], c1["p50"] - a1["p50"]
-        rows.append(("added p50 at 1 connection: D ≤ 1.2 x C",
-                     f"D +{_ms(d_added)} ms, C +{_ms(c_added)} ms ({d_added / c_added:.2f}x)" if c_added > 0 else "n/a",
-                     d_added <= 1.2 * c_added if c_added > 0 else None))
+        rows.append(
+            (
+                "added p50 at 1 connection: D ≤ 1.2 x C",
+                f"D +{_ms(d_added)} ms, C +{_ms(c_added)} ms ({d_added / c_added:.2f}x)" if c_added > 0 else "n/a",
+                d_added <= 1.2 * c_added if c_added > 0 else None,
+            )
+        )
     curve = busy_points(runs, "c16", "rps")
     if d16 and len(curve) >= 2:
         equivalent = equivalent_busy_us(curve, d16["rps"], falling=True)
-        rows.append((f"the busy no-op matching D's throughput (16 connections): ≤ {BUSY_TARGET_US} µs",
-                     _busy_text(equivalent), None if equivalent is None else equivalent <= BUSY_TARGET_US))
+        rows.append(
+            (
+                f"the busy no-op matching D's throughput (16 connections): ≤ {BUSY_TARGET_US} µs",
+                _busy_text(equivalent),
+                None if equivalent is None else equivalent <= BUSY_TARGET_US,
+            )
+        )
     read16 = _find(runs, "F-enforce", "read_new_id", "c16")
     if read16 and d16:
         ratio = read16["rps"] / d16["rps"]
-        rows.append(("read by id, new id each request, enforce: ≥ 0.8 x D's cached search (16 connections)",
-                     f"{read16['rps']:.0f} / {d16['rps']:.0f} = {ratio:.2f}", ratio >= 0.8))
+        rows.append(
+            (
+                "read by id, new id each request, enforce: ≥ 0.8 x D's cached search (16 connections)",
+                f"{read16['rps']:.0f} / {d16['rps']:.0f} = {ratio:.2f}",
+                ratio >= 0.8,
+            )
+        )
     e16 = _find(runs, "E", REFERENCE_WORKLOAD, "c16")
     if d16 and e16:
-        rows.append(("E ≥ D in throughput (16 connections)", f"E/D = {e16['rps'] / d16['rps']:.2f}",
-                     e16["rps"] >= d16["rps"]))
+        rows.append(
+            ("E ≥ D in throughput (16 connections)", f"E/D = {e16['rps'] / d16['rps']:.2f}", e16["rps"] >= d16["rps"])
+        )
     memory = raw.get("memory")
     if memory:
-        rows.append((f"memory: RSS < cache bound + 100 MB after {memory['tokens_sent']} distinct tokens",
-                     f"peak {memory['rss_peak'] / MB:.0f} MB < {memory['cache_bound_bytes'] / MB:.0f} + 100 MB",
-                     memory["rss_under_bound"]))
-        rows.append(("memory: no growth once the token cache is full",
-                     f"{memory['growth_after_full'] / MB:+.1f} MB after full", memory["no_growth_after_full"]))
+        rows.append(
+            (
+                f"memory: RSS < cache bound + 100 MB after {memory['tokens_sent']} distinct tokens",
+                f"peak {memory['rss_peak'] / MB:.0f} MB < {memory['cache_bound_bytes'] / MB:.0f} + 100 MB",
+                memory["rss_under_bound"],
+            )
+        )
+        rows.append(
+            (
+                "memory: no growth once the token cache is full",
+                f"{memory['growth_after_full'] / MB:+.1f} MB after full",
+                memory["no_growth_after_full"],
+            )
+        )
     return rows
 
 
 def markdown(raw: Mapping[str, Any], titles: Mapping[str, str], workload_titles: Mapping[str, str]) -> str:
     meta, runs = raw["meta"], raw["runs"]
     lines = [
-        "# smartgate benchmark results", "",
+        "# smartgate benchmark results",
+        "",
         f"Run {meta['started']} UTC on {meta['cpus']}, Python {meta['python']}; {meta['duration_seconds']} s per "
         f"measured run; wrk with `-c1 -t1` (c1) and `-c16 -t2` (c16){' — SMOKE RUN' if meta['smoke'] else ''}. "
         "Envoy answers the route itself (`direct_response`), so only authorization is measured. A and C do no "
         f"per-workload work and are measured once (workload `{REFERENCE_WORKLOAD}`); C is the better of the "
         "grpc.aio and the grpcio-threaded no-op server per figure. n/a: the setup cannot do the workload "
-        "(jwt_authn has no compartment look-ups).", "",
-        "Workloads:", "",
-        *[f"- `{name}`: {workload_titles.get(name, name)}" for name in _workloads_in(runs)], "",
-        "## Targets", "", "| target | measured | met |", "| --- | --- | --- |",
-        *[f"| {t} | {m} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |" for t, m, ok in targets(raw)], "",
-        "## Ratios", "", *_ratio_table(runs), "",
+        "(jwt_authn has no compartment look-ups).",
+        "",
+        "Workloads:",
+        "",
+        *[f"- `{name}`: {workload_titles.get(name, name)}" for name in _workloads_in(runs)],
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+        *[f"| {t} | {m} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |" for t, m, ok in targets(raw)],
+        "",
+        "## Ratios",
+        "",
+        *_ratio_table(runs),
+        "",
         *_yardstick(runs, titles),
         *_transport_and_verification(runs),
-        "## Requests/s and latency", "", *_main_table(runs, titles), "",
+        "## Requests/s and latency",
+        "",
+        *_main_table(runs, titles),
+        "",
     ]
     memory = raw.get("memory")
     if memory:
         lines += [
-            "## Memory under token churn", "",
+            "## Memory under token churn",
+            "",
             f"{memory['tokens_sent']} distinct valid ES256 tokens through Envoy to smartgate (1 worker) at "
             f"{memory['rps']:.0f} req/s. Verified-token cache bound: `tokens.cache_size` = {memory['cache_size']} "
             f"entries x {memory['bytes_per_entry']} B measured per entry = {memory['cache_bound_bytes'] / MB:.1f} MB.",
-            "", "| moment | RSS (MB) |", "| --- | ---: |",
+            "",
+            "| moment | RSS (MB) |",
+            "| --- | ---: |",
             f"| start (before traffic) | {memory['rss_start'] / MB:.1f} |",
             f"| after warm-up | {memory['rss_warm'] / MB:.1f} |",
             f"| cache full | {memory['rss_full'] / MB:.1f} |",
             f"| end | {memory['rss_end'] / MB:.1f} |",
-            f"| peak | {memory['rss_peak'] / MB:.1f} |", "",
+            f"| peak | {memory['rss_peak'] / MB:.1f} |",
+            "",
         ]
     cost = raw.get("response_check")
     if cost:
-        lines += ["## Response verification cost (pure check, no Envoy)", "",
-                  "| resources | body KB | check p50 (ms) | µs per KB |", "| ---: | ---: | ---: | ---: |",
-                  *[f"| {r['resources']} | {r['kb']:.1f} | {r['p50_ms']:.3f} | {r['us_per_kb']:.1f} |" for r in cost],
-                  ""]
+        lines += [
+            "## Response verification cost (pure check, no Envoy)",
+            "",
+            "| resources | body KB | check p50 (ms) | µs per KB |",
+            "| ---: | ---: | ---: | ---: |",
+            *[f"| {r['resources']} | {r['kb']:.1f} | {r['p50_ms']:.3f} | {r['us_per_kb']:.1f} |" for r in cost],
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -273,8 +349,7 @@ def chart(raw: Mapping[str, Any], titles: Mapping[str, str], path: Path) -> None
     runs = raw["runs"]
     workloads = _workloads_in(runs)
     setups = [s for s in titles if any(r["setup"] == s for r in runs)]
-    figure, axes = plt.subplots(len(LOADS), 1, figsize=(max(8, 2.2 * len(workloads)), 4.2 * len(LOADS)),
-                                squeeze=False)
+    figure, axes = plt.subplots(len(LOADS), 1, figsize=(max(8, 2.2 * len(workloads)), 4.2 * len(LOADS)), squeeze=False)
     width = 0.8 / max(1, len(setups))
     for row, load in enumerate(LOADS):
         axis = axes[row][0]
@@ -290,10 +365,26 @@ def chart(raw: Mapping[str, Any], titles: Mapping[str, str], path: Path) -> None
             if not xs:
                 continue
             bars = axis.bar(xs, p50, width, label=titles[setup])
-            axis.scatter(xs, p90, marker="^", s=14, color=bars.patches[0].get_facecolor(), edgecolors="black",
-                         linewidths=0.4, zorder=3)
-            axis.scatter(xs, p99, marker="v", s=14, color=bars.patches[0].get_facecolor(), edgecolors="black",
-                         linewidths=0.4, zorder=3)
+            axis.scatter(
+                xs,
+                p90,
+                marker="^",
+                s=14,
+                color=bars.patches[0].get_facecolor(),
+                edgecolors="black",
+                linewidths=0.4,
+                zorder=3,
+            )
+            axis.scatter(
+                xs,
+                p99,
+                marker="v",
+                s=14,
+                color=bars.patches[0].get_facecolor(),
+                edgecolors="black",
+                linewidths=0.4,
+                zorder=3,
+            )
         axis.set_xticks(range(len(workloads)), workloads, fontsize=8)
         axis.set_yscale("log")
         axis.set_ylabel("latency (ms, log)")
@@ -318,8 +409,9 @@ def yardstick_chart(raw: Mapping[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
-    for axis, (load, label, scale) in zip(axes[0], (("c16", "requests/s, 16 connections", 1.0),
-                                                    ("c1", "p50 ms, 1 connection", 1000.0)), strict=True):
+    for axis, (load, label, scale) in zip(
+        axes[0], (("c16", "requests/s, 16 connections", 1.0), ("c1", "p50 ms, 1 connection", 1000.0)), strict=True
+    ):
         points = curves[load]
         axis.plot([x for x, _ in points], [y / scale for _, y in points], marker="o", label="busy no-op (grpc.aio)")
         smartgate = _find(runs, "D", REFERENCE_WORKLOAD, load)

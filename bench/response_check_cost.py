@@ -13,14 +13,37 @@ from smartgate.tokens.scopes import parse_scopes
 
 
 def searchset(count: int) -> bytes:
-    entries = [{"fullUrl": f"http://x/fhir/Observation/o{i}", "search": {"mode": "match"}, "resource": {
-        "resourceType": "Observation", "id": f"o{i}", "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-        "subject": {"reference": "Patient/123"}, "effectiveDateTime": "2024-01-01T10:00:00Z",
-        "valueQuantity": {"value": 72, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"},
-    }} for i in range(count)]
+    entries = [
+        {
+            "fullUrl": f"http://x/fhir/Observation/o{i}",
+            "search": {"mode": "match"},
+            "resource": {
+                "resourceType": "Observation",
+                "id": f"o{i}",
+                "status": "final",
+                "category": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                "code": "vital-signs",
+                            }
+                        ]
+                    }
+                ],
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+                "subject": {"reference": "Patient/123"},
+                "effectiveDateTime": "2024-01-01T10:00:00Z",
+                "valueQuantity": {
+                    "value": 72,
+                    "unit": "beats/minute",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "/min",
+                },
+            },
+        }
+        for i in range(count)
+    ]
     return json.dumps({"resourceType": "Bundle", "type": "searchset", "total": count, "entry": entries}).encode()
 
 

@@ -68,27 +68,60 @@ class Workload:
 
 SEARCH = "/fhir/Observation?patient=123"
 WORKLOADS = [
-    Workload("search_cached", "search bound to the patient, cached token", [(SEARCH, "fixed")],
-             setups=frozenset({"B", "D", "E", "D-uds", "F-off", "F-enforce"})),
-    Workload("search_fresh_rs256", "same, fresh RS256 token per request", [(SEARCH, "pool")], pool="RS256",
-             setups=frozenset({"B", "D", "E"})),
-    Workload("search_fresh_es256", "same, fresh ES256 token per request", [(SEARCH, "pool")], pool="ES256",
-             setups=frozenset({"B", "D", "E"})),
+    Workload(
+        "search_cached",
+        "search bound to the patient, cached token",
+        [(SEARCH, "fixed")],
+        setups=frozenset({"B", "D", "E", "D-uds", "F-off", "F-enforce"}),
+    ),
+    Workload(
+        "search_fresh_rs256",
+        "same, fresh RS256 token per request",
+        [(SEARCH, "pool")],
+        pool="RS256",
+        setups=frozenset({"B", "D", "E"}),
+    ),
+    Workload(
+        "search_fresh_es256",
+        "same, fresh ES256 token per request",
+        [(SEARCH, "pool")],
+        pool="ES256",
+        setups=frozenset({"B", "D", "E"}),
+    ),
     Workload("read_lookup_warm", "read by id, compartment look-up cached", [("/fhir/Observation/obs-1", "fixed")]),
-    Workload("read_lookup_cold", "read by id, new id each request (look-up every time)",
-             [("/fhir/Observation/obs-{n}", "fixed")]),
-    Workload("mix", "mix: 4 allows, 4 denies (403 other patient, 403 not in compartment, 401 none, 401 bad)", [
-        (SEARCH, "fixed"), ("/fhir/Observation?patient=456", "fixed"),
-        ("/fhir/Observation/obs-1", "fixed"), ("/fhir/Observation/nm-1", "fixed"),
-        ("/fhir/Patient/123", "fixed"), (SEARCH, "none"),
-        ("/fhir/Condition?patient=123", "fixed"), (SEARCH, "bad"),
-    ], deny_share=0.5),
-    Workload("read_new_id", "read by id, new id each request, answered by the FHIR stand-in (off: look-up every "
-             "time; enforce: proven by the response)", [("/fhir/Observation/obs-{n}", "fixed")],
-             setups=frozenset(VERIFICATION_SETUPS)),
-    Workload("uscore_provenance", "US Core search: 20 laboratory Observations and their Provenances "
-             "(_revinclude=Provenance:target, 30 KB)", [(fhir_bodies.USCORE_SEARCH, "fixed")],
-             setups=frozenset(VERIFICATION_SETUPS)),
+    Workload(
+        "read_lookup_cold",
+        "read by id, new id each request (look-up every time)",
+        [("/fhir/Observation/obs-{n}", "fixed")],
+    ),
+    Workload(
+        "mix",
+        "mix: 4 allows, 4 denies (403 other patient, 403 not in compartment, 401 none, 401 bad)",
+        [
+            (SEARCH, "fixed"),
+            ("/fhir/Observation?patient=456", "fixed"),
+            ("/fhir/Observation/obs-1", "fixed"),
+            ("/fhir/Observation/nm-1", "fixed"),
+            ("/fhir/Patient/123", "fixed"),
+            (SEARCH, "none"),
+            ("/fhir/Condition?patient=123", "fixed"),
+            (SEARCH, "bad"),
+        ],
+        deny_share=0.5,
+    ),
+    Workload(
+        "read_new_id",
+        "read by id, new id each request, answered by the FHIR stand-in (off: look-up every "
+        "time; enforce: proven by the response)",
+        [("/fhir/Observation/obs-{n}", "fixed")],
+        setups=frozenset(VERIFICATION_SETUPS),
+    ),
+    Workload(
+        "uscore_provenance",
+        "US Core search: 20 laboratory Observations and their Provenances (_revinclude=Provenance:target, 30 KB)",
+        [(fhir_bodies.USCORE_SEARCH, "fixed")],
+        setups=frozenset(VERIFICATION_SETUPS),
+    ),
 ]
 SMOKE_WORKLOADS = ("search_cached", "search_fresh_es256", "mix", "read_new_id", "uscore_provenance")
 SMOKE_SETUPS = ["A", "C-aio", "C-busy100", "D", "D-uds", "F-enforce"]
@@ -118,26 +151,37 @@ def _token_cache_hits(http_address: str) -> tuple[float, float]:
     with urllib.request.urlopen(f"http://{http_address}/metrics", timeout=5) as answer:
         text = answer.read().decode()
     counts = {"hit": 0.0, "miss": 0.0}
-    for result, value in re.findall(r'^smartgate_token_cache_requests_total\{result="(hit|miss)"\} (\S+)$', text,
-                                    re.MULTILINE):
+    for result, value in re.findall(
+        r'^smartgate_token_cache_requests_total\{result="(hit|miss)"\} (\S+)$', text, re.MULTILINE
+    ):
         counts[result] += float(value)
     return counts["hit"], counts["miss"]
 
 
-def _measure(bench: Bench, setup: str, workload: Workload, load: Load, url: str, offset: int,
-             smartgate_http: str | None) -> dict[str, Any]:
+def _measure(
+    bench: Bench, setup: str, workload: Workload, load: Load, url: str, offset: int, smartgate_http: str | None
+) -> dict[str, Any]:
     plan = write_requests(bench.workdir / f"plan-{workload.name}.txt", workload.requests)
     before = _token_cache_hits(smartgate_http) if smartgate_http else None
-    figures = run_wrk(url, load, bench.duration, plan, token=bench.fixed_token,
-                      tokens_file=bench.pools.get(workload.pool or ""), token_offset=offset)
+    figures = run_wrk(
+        url,
+        load,
+        bench.duration,
+        plan,
+        token=bench.fixed_token,
+        tokens_file=bench.pools.get(workload.pool or ""),
+        token_offset=offset,
+    )
     run = {"setup": setup, "workload": workload.name, "load": load.name, **figures}
     if smartgate_http and before:
         hits, misses = _token_cache_hits(smartgate_http)
         total = (hits - before[0]) + (misses - before[1])
         run["token_cache_hit_ratio"] = round((hits - before[0]) / total, 4) if total else None
     bench.runs.append(run)
-    bench.log(f"{SETUP_TITLES[setup]:28} {workload.name:20} {load.name:4} {figures['rps']:9.0f} req/s  "
-              f"p50 {figures['p50']:6d} µs  p99 {figures['p99']:6d} µs  non-2xx {figures['non_2xx']}")
+    bench.log(
+        f"{SETUP_TITLES[setup]:28} {workload.name:20} {load.name:4} {figures['rps']:9.0f} req/s  "
+        f"p50 {figures['p50']:6d} µs  p99 {figures['p99']:6d} µs  non-2xx {figures['non_2xx']}"
+    )
     return run
 
 
@@ -165,8 +209,9 @@ def _run_setup(bench: Bench, setup: str, fhir_upstream: str) -> None:
         if setup == "A":
             config = envoy_setups.no_authz_config(envoy_port, admin_port)
         elif setup == "B":
-            config = envoy_setups.jwt_authn_config(envoy_port, admin_port, tokens.ISSUER, bench.audience,
-                                                   bench.keys.jwks())
+            config = envoy_setups.jwt_authn_config(
+                envoy_port, admin_port, tokens.ISSUER, bench.audience, bench.keys.jwks()
+            )
         elif setup.startswith("C-"):
             port = processes.free_port()
             stack.enter_context(processes.floor_server(setup[2:], port, bench.workdir))
@@ -178,14 +223,16 @@ def _run_setup(bench: Bench, setup: str, fhir_upstream: str) -> None:
         _drive(bench, setup, url, smartgate_http)
 
 
-def _start_smartgate(bench: Bench, stack: contextlib.ExitStack, setup: str, fhir_upstream: str, envoy_port: int,
-                     admin_port: int) -> tuple[str, dict[str, Any]]:
+def _start_smartgate(
+    bench: Bench, stack: contextlib.ExitStack, setup: str, fhir_upstream: str, envoy_port: int, admin_port: int
+) -> tuple[str, dict[str, Any]]:
     """Start smartgate for setups D, E, D-uds and F; return its HTTP address and the Envoy config in front."""
     workers = 2 if setup == "E" else 1
     grpc_port, http_port = processes.free_port_pair(), processes.free_port()
     socket = str(bench.workdir / "grpc.sock") if setup == "D-uds" else None
-    sg_config = processes.smartgate_config(grpc_port, http_port, bench.audience, fhir_upstream, tokens.ISSUER,
-                                           bench.workdir / "jwks.json", socket)
+    sg_config = processes.smartgate_config(
+        grpc_port, http_port, bench.audience, fhir_upstream, tokens.ISSUER, bench.workdir / "jwks.json", socket
+    )
     verification = VERIFICATION_SETUPS.get(setup)
     if verification:
         sg_config["response_verification"] = {"mode": verification}
@@ -219,10 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--duration", type=float, default=None, help="seconds per measured run (default 5)")
     parser.add_argument("--smoke", action="store_true", help="tiny runs, fewer setups and workloads (CI)")
-    parser.add_argument("--memory-tokens", type=int, default=None,
-                        help="distinct tokens for the memory workload (default 100000; smoke 1500; 0 skips)")
-    parser.add_argument("--setups", default=None,
-                        help=f"comma-separated setups, for a targeted run (default: all; {','.join(ALL_SETUPS)})")
+    parser.add_argument(
+        "--memory-tokens",
+        type=int,
+        default=None,
+        help="distinct tokens for the memory workload (default 100000; smoke 1500; 0 skips)",
+    )
+    parser.add_argument(
+        "--setups",
+        default=None,
+        help=f"comma-separated setups, for a targeted run (default: all; {','.join(ALL_SETUPS)})",
+    )
     parser.add_argument("--workloads", default=None, help="comma-separated workloads to run (default: all)")
     args = parser.parse_args(argv)
     smoke: bool = args.smoke
@@ -234,17 +288,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="smartgate-bench-") as tmp:
         workdir = Path(tmp)
         bench = Bench(
-            out=out, workdir=workdir, duration=duration,
+            out=out,
+            workdir=workdir,
+            duration=duration,
             loads=[LATENCY, THROUGHPUT],
-            workloads=[w for w in WORKLOADS if (not smoke or w.name in SMOKE_WORKLOADS)
-                       and (args.workloads is None or w.name in args.workloads.split(","))],
+            workloads=[
+                w
+                for w in WORKLOADS
+                if (not smoke or w.name in SMOKE_WORKLOADS)
+                and (args.workloads is None or w.name in args.workloads.split(","))
+            ],
             setups=args.setups.split(",") if args.setups else (SMOKE_SETUPS if smoke else ALL_SETUPS),
             pool_size=_pool_size(duration, smoke),
         )
         _prepare(bench)
         fhir_port, fhir_admin = processes.free_port(), processes.free_port()
-        stand_in = envoy_setups.fhir_stand_in_config(fhir_port, fhir_admin, MEMBERSHIP_PARAMS["Observation"],
-                                                     bench.audience)
+        stand_in = envoy_setups.fhir_stand_in_config(
+            fhir_port, fhir_admin, MEMBERSHIP_PARAMS["Observation"], bench.audience
+        )
         with processes.envoy(stand_in, workdir, "fhir-stand-in"):
             fhir_upstream = f"http://127.0.0.1:{fhir_port}/fhir"
             for setup in bench.setups:
@@ -252,17 +313,26 @@ def main(argv: list[str] | None = None) -> int:
                 _run_setup(bench, setup, fhir_upstream)
             memory = _memory(bench, memory_tokens, fhir_upstream, smoke)
         response_cost = [] if smoke else _response_cost()
-        meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)), "smoke": smoke,
-                "duration_seconds": duration, "cpus": _cpus(), "python": platform.python_version(),
-                "elapsed_seconds": round(time.time() - started, 1), "token_pool_size": bench.pool_size}
+        meta = {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+            "smoke": smoke,
+            "duration_seconds": duration,
+            "cpus": _cpus(),
+            "python": platform.python_version(),
+            "elapsed_seconds": round(time.time() - started, 1),
+            "token_pool_size": bench.pool_size,
+        }
         raw = {"meta": meta, "runs": bench.runs, "memory": memory, "response_check": response_cost}
         (out / "results.json").write_text(json.dumps(raw, indent=2), encoding="utf-8")
-        (out / "results.md").write_text(report.markdown(raw, SETUP_TITLES, {w.name: w.title for w in WORKLOADS}),
-                                        encoding="utf-8")
+        (out / "results.md").write_text(
+            report.markdown(raw, SETUP_TITLES, {w.name: w.title for w in WORKLOADS}), encoding="utf-8"
+        )
         report.chart(raw, SETUP_TITLES, out / "latency.png")
         report.yardstick_chart(raw, out / "busy-yardstick.png")
-    print(f"results written to {out}/results.md, {out}/latency.png, {out}/busy-yardstick.png and {out}/results.json "
-          f"({meta['elapsed_seconds']} s)")
+    print(
+        f"results written to {out}/results.md, {out}/latency.png, {out}/busy-yardstick.png and {out}/results.json "
+        f"({meta['elapsed_seconds']} s)"
+    )
     failures = report.failures(raw, {w.name: w.deny_share for w in WORKLOADS})
     for failure in failures:
         print(f"CHECK FAILED: {failure}", file=sys.stderr)
@@ -286,8 +356,15 @@ def _memory(bench: Bench, count: int, fhir_upstream: str, smoke: bool) -> dict[s
     import token_memory
 
     bench.log(f"memory workload: {count} distinct ES256 tokens through Envoy to smartgate (1 worker)")
-    result = token_memory.run(bench.workdir, bench.keys, bench.audience, fhir_upstream, count,
-                              cache_size=500 if smoke else None, log=bench.log)
+    result = token_memory.run(
+        bench.workdir,
+        bench.keys,
+        bench.audience,
+        fhir_upstream,
+        count,
+        cache_size=500 if smoke else None,
+        log=bench.log,
+    )
     return result
 
 

@@ -170,17 +170,29 @@ def serve(config_path: Path, port: int, threads: int) -> None:
     stop.wait()
     server.stop(2).wait()
     verifier = components.authorizer._verifier
-    print(json.dumps({"fast": service.fast, "fallbacks": service.fallbacks,
-                      "token_cache_hits": verifier.cache_hits, "token_cache_misses": verifier.cache_misses}),
-          file=sys.stderr, flush=True)
+    print(
+        json.dumps(
+            {
+                "fast": service.fast,
+                "fallbacks": service.fallbacks,
+                "token_cache_hits": verifier.cache_hits,
+                "token_cache_misses": verifier.cache_misses,
+            }
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
     loop.run(components.http_client.aclose(), 5)
     loop.stop()
 
 
 # --- measuring ---------------------------------------------------------------------------------
 
-SETUPS = {"C-aio": "C floor (grpc.aio)", "C-threaded": "C floor (grpcio threads, 16)",
-          "D": "D smartgate serve, 1 worker (grpc.aio)"}
+SETUPS = {
+    "C-aio": "C floor (grpc.aio)",
+    "C-threaded": "C floor (grpcio threads, 16)",
+    "D": "D smartgate serve, 1 worker (grpc.aio)",
+}
 
 
 def _setups(thread_counts: list[int]) -> dict[str, str]:
@@ -213,16 +225,24 @@ def _authz_server(setup: str, workdir: Path, audience: str, fhir_upstream: str) 
             yield port
         return
     http_port = processes.free_port()
-    config = processes.smartgate_config(port, http_port, audience, fhir_upstream, tokens.ISSUER,
-                                        workdir / "jwks.json")
+    config = processes.smartgate_config(port, http_port, audience, fhir_upstream, tokens.ISSUER, workdir / "jwks.json")
     if setup == "D":
         with processes.smartgate(config, workdir, 1):
             yield port
         return
     path = workdir / "smartgate-threaded.yaml"
     path.write_text(json.dumps(config), encoding="utf-8")
-    command = [sys.executable, str(Path(__file__).resolve()), "serve", "--config", str(path),
-               "--port", str(port), "--threads", setup[1:]]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        str(port),
+        "--threads",
+        setup[1:],
+    ]
     ready = processes._grpc_serving(f"127.0.0.1:{port}")
     with processes.running(command, workdir / f"{setup}.log", ready, "threaded prototype", stdout_to_null=True):
         yield port
@@ -254,21 +274,33 @@ def measure(duration: float, thread_counts: list[int], wait: bool = True) -> int
             for setup, title in _setups(thread_counts).items():
                 envoy_port, admin_port = processes.free_port(), processes.free_port()
                 url = f"http://127.0.0.1:{envoy_port}"
-                with _authz_server(setup, workdir, audience, f"http://127.0.0.1:{fhir_port}/fhir") as port, \
-                        processes.envoy(envoy_setups.ext_authz_config(envoy_port, admin_port, port), workdir,
-                                        f"envoy-{setup}"):
+                with (
+                    _authz_server(setup, workdir, audience, f"http://127.0.0.1:{fhir_port}/fhir") as port,
+                    processes.envoy(
+                        envoy_setups.ext_authz_config(envoy_port, admin_port, port), workdir, f"envoy-{setup}"
+                    ),
+                ):
                     _wait_for_allow(url, token)
                     run_wrk(url, THROUGHPUT, 1, plan, token=token)  # warm-up, as run_bench.py
                     for load in (LATENCY, THROUGHPUT):
                         if wait:
                             wait_until_quiet(say)
                         figures = run_wrk(url, load, duration, plan, token=token)
-                        run = {"setup": setup, "title": title, "load": load.name, "rps": round(figures["rps"]),
-                               "p50_ms": figures["p50"] / 1000, "p99_ms": figures["p99"] / 1000,
-                               "non_2xx": figures["non_2xx"], "socket_errors": figures["socket_errors"]}
+                        run = {
+                            "setup": setup,
+                            "title": title,
+                            "load": load.name,
+                            "rps": round(figures["rps"]),
+                            "p50_ms": figures["p50"] / 1000,
+                            "p99_ms": figures["p99"] / 1000,
+                            "non_2xx": figures["non_2xx"],
+                            "socket_errors": figures["socket_errors"],
+                        }
                         runs.append(run)
-                        say(f"{title:44} {load.name:4} {run['rps']:6d} req/s  p50 {run['p50_ms']:6.2f} ms  "
-                            f"p99 {run['p99_ms']:6.2f} ms  non-2xx {run['non_2xx']}")
+                        say(
+                            f"{title:44} {load.name:4} {run['rps']:6d} req/s  p50 {run['p50_ms']:6.2f} ms  "
+                            f"p99 {run['p99_ms']:6.2f} ms  non-2xx {run['non_2xx']}"
+                        )
         for count in thread_counts:
             threaded_log = (workdir / f"T{count}.log").read_text(encoding="utf-8", errors="replace")
             counters = next((x for x in reversed(threaded_log.splitlines()) if x.startswith("{")), "{}")
@@ -281,8 +313,10 @@ def measure(duration: float, thread_counts: list[int], wait: bool = True) -> int
 
 def _table(runs: list[dict[str, Any]]) -> str:
     lines = ["| setup | load | req/s | p50 ms | p99 ms | non-2xx |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['title']} | {r['load']} | {r['rps']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']} |"
-              for r in runs]
+    lines += [
+        f"| {r['title']} | {r['load']} | {r['rps']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']} |"
+        for r in runs
+    ]
     return "\n".join(lines)
 
 

@@ -42,8 +42,12 @@ GROWTH_TOLERANCE = 10 * MB  # allocator noise once the cache is full
 
 def bytes_per_entry(sample_token: str, audience: str, jwks_file: Path, entries: int = 2000) -> int:
     """What one verified-token cache entry costs: the token string (the key) and its TokenContext."""
-    config = parse_config({"fhir": {"base_url": audience, "upstream_url": "http://127.0.0.1:9/fhir"},
-                           "issuers": [{"issuer": tokens.ISSUER, "jwks_file": str(jwks_file)}]})
+    config = parse_config(
+        {
+            "fhir": {"base_url": audience, "upstream_url": "http://127.0.0.1:9/fhir"},
+            "issuers": [{"issuer": tokens.ISSUER, "jwks_file": str(jwks_file)}],
+        }
+    )
     issuer = config.issuers[0]
     cache: ExpiringCache[TokenContext] = ExpiringCache(entries)
     tracemalloc.start()
@@ -66,16 +70,28 @@ def _misses(http_address: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def run(workdir: Path, keys: tokens.BenchKeys, audience: str, fhir_upstream: str, count: int,
-        cache_size: int | None = None, log: Callable[[str], None] = print, load: Load = THROUGHPUT) -> dict[str, Any]:
+def run(
+    workdir: Path,
+    keys: tokens.BenchKeys,
+    audience: str,
+    fhir_upstream: str,
+    count: int,
+    cache_size: int | None = None,
+    log: Callable[[str], None] = print,
+    load: Load = THROUGHPUT,
+) -> dict[str, Any]:
     began = time.monotonic()
     pool = tokens.token_pool(keys, "ES256", audience, count)
     pool_file = tokens.write_pool(pool, workdir / "tokens-memory.txt")
     log(f"signed {count} ES256 tokens in {time.monotonic() - began:.1f} s")
     jwks_file = workdir / "jwks.json"
     jwks_file.write_text(json.dumps(keys.jwks()), encoding="utf-8")
-    grpc_port, http_port, envoy_port, admin_port = (processes.free_port_pair(), processes.free_port(),
-                                                    processes.free_port(), processes.free_port())
+    grpc_port, http_port, envoy_port, admin_port = (
+        processes.free_port_pair(),
+        processes.free_port(),
+        processes.free_port(),
+        processes.free_port(),
+    )
     config = processes.smartgate_config(grpc_port, http_port, audience, fhir_upstream, tokens.ISSUER, jwks_file)
     bound_entries = cache_size or TokenPolicy().cache_size
     if cache_size is not None:
@@ -86,14 +102,20 @@ def run(workdir: Path, keys: tokens.BenchKeys, audience: str, fhir_upstream: str
     samples: list[tuple[float, float, int]] = []  # (seconds, tokens verified, rss)
     with contextlib.ExitStack() as stack:
         gate = stack.enter_context(processes.smartgate(config, workdir, workers=1))
-        stack.enter_context(processes.envoy(envoy_setups.ext_authz_config(envoy_port, admin_port, grpc_port),
-                                            workdir, "envoy-memory"))
+        stack.enter_context(
+            processes.envoy(envoy_setups.ext_authz_config(envoy_port, admin_port, grpc_port), workdir, "envoy-memory")
+        )
         time.sleep(2.5)  # the first health check
         rss_start = processes.rss_bytes(gate.pid)
         plan = write_requests(workdir / "plan-memory.txt", [("/fhir/Observation?patient=123", "pool")])
         command, env = wrk_command(f"http://127.0.0.1:{envoy_port}", load, 3600, plan, tokens_file=pool_file)
-        wrk = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,  # noqa: S603
-                               text=True)
+        wrk = subprocess.Popen(  # noqa: S603 - wrk with arguments we built
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started = time.monotonic()
         try:
             base = _misses(http)
@@ -115,16 +137,28 @@ def run(workdir: Path, keys: tokens.BenchKeys, audience: str, fhir_upstream: str
     rss_peak = max(rss for _, _, rss in samples)
     growth = (max(after_full) - rss_full) if after_full else 0
     result = {
-        "tokens_sent": int(samples[-1][1]), "tokens_planned": count, "cache_size": bound_entries,
-        "bytes_per_entry": per_entry, "cache_bound_bytes": bound,
-        "rss_start": rss_start, "rss_warm": rss_warm, "rss_full": rss_full, "rss_end": rss_end, "rss_peak": rss_peak,
-        "growth_after_full": growth, "rps": figures["rps"], "non_2xx": figures["non_2xx"],
-        "rss_under_bound": rss_peak < bound + HEADROOM, "no_growth_after_full": growth <= GROWTH_TOLERANCE,
+        "tokens_sent": int(samples[-1][1]),
+        "tokens_planned": count,
+        "cache_size": bound_entries,
+        "bytes_per_entry": per_entry,
+        "cache_bound_bytes": bound,
+        "rss_start": rss_start,
+        "rss_warm": rss_warm,
+        "rss_full": rss_full,
+        "rss_end": rss_end,
+        "rss_peak": rss_peak,
+        "growth_after_full": growth,
+        "rps": figures["rps"],
+        "non_2xx": figures["non_2xx"],
+        "rss_under_bound": rss_peak < bound + HEADROOM,
+        "no_growth_after_full": growth <= GROWTH_TOLERANCE,
         "samples": [{"t": round(t, 2), "tokens": int(v), "rss": rss} for t, v, rss in samples],
     }
-    log(f"memory: RSS start {rss_start / MB:.0f} MB, warm {rss_warm / MB:.0f} MB, cache full {rss_full / MB:.0f} MB, "
+    log(
+        f"memory: RSS start {rss_start / MB:.0f} MB, warm {rss_warm / MB:.0f} MB, cache full {rss_full / MB:.0f} MB, "
         f"end {rss_end / MB:.0f} MB (peak {rss_peak / MB:.0f} MB); bound {bound / MB:.1f} MB + 100 MB; "
-        f"{result['tokens_sent']} tokens at {figures['rps']:.0f}/s")
+        f"{result['tokens_sent']} tokens at {figures['rps']:.0f}/s"
+    )
     return result
 
 
@@ -141,8 +175,13 @@ def main() -> None:
         fhir_port, fhir_admin = processes.free_port(), processes.free_port()
         stand_in = envoy_setups.fhir_stand_in_config(fhir_port, fhir_admin, MEMBERSHIP_PARAMS["Observation"])
         with processes.envoy(stand_in, workdir, "fhir-stand-in"):
-            result = run(workdir, tokens.new_keys(), "https://bench.smartgate.invalid/fhir",
-                         f"http://127.0.0.1:{fhir_port}/fhir", args.tokens)
+            result = run(
+                workdir,
+                tokens.new_keys(),
+                "https://bench.smartgate.invalid/fhir",
+                f"http://127.0.0.1:{fhir_port}/fhir",
+                args.tokens,
+            )
     result.pop("samples")
     print(json.dumps(result, indent=2))
 

@@ -53,8 +53,14 @@ def new_keys() -> BenchKeys:
 def claims(audience: str, lifetime_seconds: int = 3600, patient: str = PATIENT) -> dict[str, Any]:
     now = int(time.time())
     return {
-        "iss": ISSUER, "aud": audience, "sub": "bench-user", "client_id": "bench-client",
-        "scope": SCOPE, "patient": patient, "iat": now, "exp": now + lifetime_seconds,
+        "iss": ISSUER,
+        "aud": audience,
+        "sub": "bench-user",
+        "client_id": "bench-client",
+        "scope": SCOPE,
+        "patient": patient,
+        "iat": now,
+        "exp": now + lifetime_seconds,
         "jti": uuid.uuid4().hex,  # every token distinct
     }
 
@@ -79,8 +85,7 @@ def token_pool(keys: BenchKeys, alg: str, audience: str, count: int) -> list[str
     if len(sizes) == 1 or count < 2000:
         return _sign_chunk(keys.pem(alg), alg, audience, count)
     with ProcessPoolExecutor(max_workers=len(sizes)) as pool:
-        parts = pool.map(_sign_chunk, [keys.pem(alg)] * len(sizes), [alg] * len(sizes),
-                         [audience] * len(sizes), sizes)
+        parts = pool.map(_sign_chunk, [keys.pem(alg)] * len(sizes), [alg] * len(sizes), [audience] * len(sizes), sizes)
         return [token for part in parts for token in part]
 
 

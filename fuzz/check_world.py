@@ -76,9 +76,12 @@ class TokenSpec:
 TOKEN_SPECS: tuple[TokenSpec, ...] = (
     TokenSpec("alice-all", "alice7", "launch/patient patient/*.cruds"),
     TokenSpec("bob-obs", "bob9", "launch/patient patient/Observation.rs patient/Patient.r patient/Encounter.read"),
-    TokenSpec("carol-granular", "carol3",
-              "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
-              " patient/Condition.read patient/Practitioner.rs"),
+    TokenSpec(
+        "carol-granular",
+        "carol3",
+        "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
+        " patient/Condition.read patient/Practitioner.rs",
+    ),
     TokenSpec("alice-v1", "alice7", "patient/*.read patient/*.write"),
     TokenSpec("user-read", None, "user/*.rs"),
     TokenSpec("alice-dpop", "alice7", "launch/patient patient/*.rs", bound=True),
@@ -103,8 +106,14 @@ def es256_signature(signing_input: bytes, key: ec.EllipticCurvePrivateKey = _PRI
 
 def claims_for(patient: str | None, scope: str, **overrides: Any) -> dict[str, Any]:
     claims: dict[str, Any] = {
-        "iss": ISSUER, "aud": FHIR_BASE_URL, "sub": "user-1", "client_id": "fuzz-app", "scope": scope,
-        "iat": NOW - 60, "exp": NOW + 3600, "jti": "fuzz",
+        "iss": ISSUER,
+        "aud": FHIR_BASE_URL,
+        "sub": "user-1",
+        "client_id": "fuzz-app",
+        "scope": scope,
+        "iat": NOW - 60,
+        "exp": NOW + 3600,
+        "jti": "fuzz",
     }
     if patient is not None:
         claims["patient"] = patient
@@ -112,8 +121,9 @@ def claims_for(patient: str | None, scope: str, **overrides: Any) -> dict[str, A
     return {name: value for name, value in claims.items() if value is not None}
 
 
-def sign(claims: dict[str, Any], header: dict[str, Any] | None = None,
-         key: ec.EllipticCurvePrivateKey = _PRIVATE_KEY) -> str:
+def sign(
+    claims: dict[str, Any], header: dict[str, Any] | None = None, key: ec.EllipticCurvePrivateKey = _PRIVATE_KEY
+) -> str:
     """An ES256 compact JWS of ``claims`` (header defaults to at+jwt with our kid)."""
     head = {"alg": "ES256", "typ": "at+jwt", "kid": KID} if header is None else header
     signing_input = f"{_b64url_json(head)}.{_b64url_json(claims)}".encode("ascii")
@@ -122,8 +132,12 @@ def sign(claims: dict[str, Any], header: dict[str, Any] | None = None,
 
 def dpop_public_jwk() -> dict[str, str]:
     numbers = DPOP_PUBLIC_KEY.public_numbers()
-    return {"kty": "EC", "crv": "P-256", "x": b64url(numbers.x.to_bytes(32, "big")),
-            "y": b64url(numbers.y.to_bytes(32, "big"))}
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64url(numbers.x.to_bytes(32, "big")),
+        "y": b64url(numbers.y.to_bytes(32, "big")),
+    }
 
 
 def dpop_thumbprint() -> str:
@@ -142,12 +156,14 @@ def token_for(spec: TokenSpec) -> str:
 _PROOF_IDS = itertools.count()
 
 
-def dpop_proof(method: str, path: str, token: str, key: ec.EllipticCurvePrivateKey = DPOP_KEY,
-               **overrides: Any) -> str:
+def dpop_proof(method: str, path: str, token: str, key: ec.EllipticCurvePrivateKey = DPOP_KEY, **overrides: Any) -> str:
     """A fresh DPoP proof (new jti) by the client key for ``method`` on ``path`` (the query is dropped)."""
     claims: dict[str, Any] = {
-        "jti": f"fuzz-proof-{next(_PROOF_IDS)}", "htm": method, "htu": FHIR_ORIGIN + path.partition("?")[0],
-        "iat": NOW, "ath": b64url(hashlib.sha256(token.encode("ascii", "replace")).digest()),
+        "jti": f"fuzz-proof-{next(_PROOF_IDS)}",
+        "htm": method,
+        "htu": FHIR_ORIGIN + path.partition("?")[0],
+        "iat": NOW,
+        "ath": b64url(hashlib.sha256(token.encode("ascii", "replace")).digest()),
     }
     claims.update(overrides)
     return sign(claims, {"typ": "dpop+jwt", "alg": "ES256", "jwk": dpop_public_jwk()}, key)
@@ -166,7 +182,7 @@ def _patients_named(check: MembershipCheck) -> set[str]:
     for query in check.queries:
         for _, value in query:
             if value.startswith("Patient/"):
-                named.add(value[len("Patient/"):])
+                named.add(value[len("Patient/") :])
     return named
 
 
@@ -194,8 +210,9 @@ class DeterministicLookup(MembershipLookup):
         self.asked += 1
         return owner_of(resource_id) is not None
 
-    async def versions(self, resource_type: str, resource_id: str, version_id: str | None,
-                       limit: int = 100) -> list[Any]:
+    async def versions(
+        self, resource_type: str, resource_id: str, version_id: str | None, limit: int = 100
+    ) -> list[Any]:
         self.asked += 1
         owner = owner_of(resource_id) or "nobody"
         resource: dict[str, Any] = {"resourceType": resource_type, "id": resource_id}
@@ -227,15 +244,25 @@ class CheckWorld:
         logging.getLogger("smartgate").setLevel(logging.CRITICAL)  # the authorizer logs surprises loudly; until close()
         self.loop = asyncio.new_event_loop()
         self.client = httpx.AsyncClient(transport=httpx.MockTransport(_no_network))
-        issuer = IssuerConfig(issuer=ISSUER, audiences=(FHIR_BASE_URL,), jwks_file=jwks_file,
-                              algorithms=("ES256", "RS256", "PS256", "EdDSA"))
+        issuer = IssuerConfig(
+            issuer=ISSUER,
+            audiences=(FHIR_BASE_URL,),
+            jwks_file=jwks_file,
+            algorithms=("ES256", "RS256", "PS256", "EdDSA"),
+        )
         cache = JwksCache(issuer, JwksPolicy(), self.client)
         verifier = TokenVerifier({ISSUER: (issuer, cache)}, TokenPolicy(), FHIR_BASE_URL, clock=lambda: float(NOW))
         self.lookup = DeterministicLookup(self.client)
         self.dpop = DpopVerifier(DpopConfig(), TokenPolicy().clock_skew_seconds, clock=lambda: float(NOW))
-        authorizer = Authorizer(BASE_PATH, PublicRoutes(BASE_PATH, ()), verifier,
-                                PolicySettings(fhir_base_url=FHIR_BASE_URL), self.lookup, MAX_TOKEN_BYTES,
-                                sender_constraints=SenderConstraints(FHIR_BASE_URL, dpop=self.dpop))
+        authorizer = Authorizer(
+            BASE_PATH,
+            PublicRoutes(BASE_PATH, ()),
+            verifier,
+            PolicySettings(fhir_base_url=FHIR_BASE_URL),
+            self.lookup,
+            MAX_TOKEN_BYTES,
+            sender_constraints=SenderConstraints(FHIR_BASE_URL, dpop=self.dpop),
+        )
         pipeline = Pipeline(
             authorizer=authorizer,
             responses=ResponseBuilder(HeaderNames(), FHIR_BASE_URL, dpop_algs=DpopConfig().algorithms),

@@ -229,7 +229,8 @@ def _query_mentions(query: str, route_segments: list[str], patient: str) -> str 
             if code.startswith("_has") and (id_token.search(value) or id_token.search(name)):
                 return f"_has {name!r}={value!r}"
             if _can_name_patient(searched, code) and any(
-                    _names_patient_by_id(item, patient) for item in value.split(",")):
+                _names_patient_by_id(item, patient) for item in value.split(",")
+            ):
                 return f"{name}={value!r}"
     return None
 
@@ -248,7 +249,7 @@ def _url_mentions(url: str, method: str, patient: str, form_body: str = "") -> s
     """Does a request URL (absolute on our base, base-relative, or a path under BASE_PATH) name ``patient``?"""
     for prefix in (FHIR_BASE_URL + "/", BASE_PATH + "/"):
         if url.startswith(prefix):
-            url = url[len(prefix):]
+            url = url[len(prefix) :]
             break
     pattern = _mention_pattern(patient)
     route, _, query = url.partition("?")
@@ -338,8 +339,9 @@ def decision_problem(request: external_auth_pb2.CheckRequest, response: external
     if injected != spec.patient:
         return f"x-smart-patient is {injected!r} for a token of {spec.patient!r}"
     narrowing = [(parameter.key, parameter.value) for parameter in response.ok_response.query_parameters_to_set]
-    if narrowing and (spec.patient is None or any(value not in (spec.patient, f"Patient/{spec.patient}")
-                                                  for _, value in narrowing)):
+    if narrowing and (
+        spec.patient is None or any(value not in (spec.patient, f"Patient/{spec.patient}") for _, value in narrowing)
+    ):
         return f"query_parameters_to_set {narrowing!r} does not narrow to the context patient {spec.patient!r}"
     if spec.patient is None:
         return None

@@ -25,8 +25,13 @@ ALICE = TOKENS["alice-all"]
 
 
 def _observation(patient: str, **extra: object) -> bytes:
-    resource = {"resourceType": "Observation", "status": "final", "code": {"text": "hr"},
-                "subject": {"reference": f"Patient/{patient}"}, **extra}
+    resource = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "hr"},
+        "subject": {"reference": f"Patient/{patient}"},
+        **extra,
+    }
     return json.dumps(resource).encode()
 
 
@@ -55,13 +60,33 @@ SEEDS: list[tuple[str, str, str, str | None, str, bytes | None]] = [
     ("allow-post-search", "Observation/_search", "POST", "alice-all", FORM, b"patient=alice7&code=1234"),
     ("allow-create", "Observation", "POST", "alice-all", FHIR_JSON, _observation("alice7")),
     ("allow-update", "Observation/alice7-o3", "PUT", "alice-all", FHIR_JSON, _observation("alice7", id="alice7-o3")),
-    ("allow-patch", "Observation/alice7-o3", "PATCH", "alice-all", "application/json-patch+json",
-     b'[{"op":"replace","path":"/status","value":"amended"}]'),
+    (
+        "allow-patch",
+        "Observation/alice7-o3",
+        "PATCH",
+        "alice-all",
+        "application/json-patch+json",
+        b'[{"op":"replace","path":"/status","value":"amended"}]',
+    ),
     ("allow-delete", "Observation/alice7-o3", "DELETE", "alice-all", "", None),
-    ("allow-bundle", "", "POST", "alice-all", FHIR_JSON,
-     _bundle(("GET", "Observation?patient=alice7", None), ("POST", "Observation", json.loads(_observation("alice7"))))),
-    ("allow-granular", "Observation?patient=carol3&category=http://terminology.hl7.org/CodeSystem/"
-     "observation-category|laboratory", "GET", "carol-granular", "", None),
+    (
+        "allow-bundle",
+        "",
+        "POST",
+        "alice-all",
+        FHIR_JSON,
+        _bundle(
+            ("GET", "Observation?patient=alice7", None), ("POST", "Observation", json.loads(_observation("alice7")))
+        ),
+    ),
+    (
+        "allow-granular",
+        "Observation?patient=carol3&category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+        "GET",
+        "carol-granular",
+        "",
+        None,
+    ),
     ("allow-bob-encounter", "Encounter?patient=bob9", "GET", "bob-obs", "", None),
     ("allow-user-scope", "Observation?code=1234", "GET", "user-read", "", None),
     ("allow-metadata", "metadata", "GET", None, "", None),
@@ -75,11 +100,23 @@ SEEDS: list[tuple[str, str, str, str | None, str, bytes | None]] = [
     ("deny-other-read", "Observation/bob9-o1", "GET", "alice-all", "", None),
     ("allow-narrowed", "Observation?code=1234", "GET", "alice-all", "", None),
     ("deny-unbound", "Observation/_search", "POST", "alice-all", FORM, b"code=1234"),
-    ("deny-post-search-other", "Observation/_search", "POST", "alice-all", FORM,
-     b"patient=alice7&subject=Patient/bob9"),
+    (
+        "deny-post-search-other",
+        "Observation/_search",
+        "POST",
+        "alice-all",
+        FORM,
+        b"patient=alice7&subject=Patient/bob9",
+    ),
     ("deny-create-other", "Observation", "POST", "alice-all", FHIR_JSON, _observation("bob9")),
-    ("deny-bundle-other", "", "POST", "alice-all", FHIR_JSON,
-     _bundle(("GET", "Observation?patient=alice7", None), ("GET", "Observation?patient=bob9", None))),
+    (
+        "deny-bundle-other",
+        "",
+        "POST",
+        "alice-all",
+        FHIR_JSON,
+        _bundle(("GET", "Observation?patient=alice7", None), ("GET", "Observation?patient=bob9", None)),
+    ),
     ("deny-no-token", "Observation?patient=alice7", "GET", None, "", None),
     ("deny-scope", "Condition?patient=bob9", "GET", "bob-obs", "", None),
     ("deny-method-override", "Observation?patient=alice7", "GET", "alice-all", "", None),
@@ -102,8 +139,12 @@ def main() -> None:
         path = f"{BASE_PATH}/{relative}" if relative else BASE_PATH
         _write(f"{name}.pb", check_request(path, method, headers, body).SerializeToString())
     tampered = ALICE[:-5] + ("A" if ALICE[-5] != "A" else "B") + ALICE[-4:]
-    _write("deny-tampered.pb", check_request(f"{BASE_PATH}/Patient/alice7", "GET",
-                                             {"authorization": f"Bearer {tampered}"}).SerializeToString())
+    _write(
+        "deny-tampered.pb",
+        check_request(
+            f"{BASE_PATH}/Patient/alice7", "GET", {"authorization": f"Bearer {tampered}"}
+        ).SerializeToString(),
+    )
     generator = random.Random(7)  # noqa: S311 - reproducible seed bytes, not secrets
     for _ in range(24):
         data = STRUCTURED + bytes(generator.randrange(256) for _ in range(generator.randrange(16, 160)))

@@ -14,23 +14,88 @@ from envoy.service.auth.v3 import external_auth_pb2
 from fuzz.check_world import ALL_PATIENTS, BASE_PATH, FHIR_BASE_URL, check_request, dpop_proof
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
-TYPES = ("Observation", "Patient", "Condition", "Encounter", "Practitioner", "Binary", "Coverage",
-         "MedicationRequest", "Bundle", "Organization", "DiagnosticReport", "AllergyIntolerance", "Task")
+TYPES = (
+    "Observation",
+    "Patient",
+    "Condition",
+    "Encounter",
+    "Practitioner",
+    "Binary",
+    "Coverage",
+    "MedicationRequest",
+    "Bundle",
+    "Organization",
+    "DiagnosticReport",
+    "AllergyIntolerance",
+    "Task",
+)
 METHODS = ("GET", "GET", "GET", "HEAD", "POST", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-PATHS = ("{T}", "{T}", "{T}/{ID}", "{T}/{ID}", "{T}/{ID}/_history", "{T}/{ID}/_history/1", "Patient/{P}/{T}",
-         "Patient/{P}", "Patient/{P}/$everything", "{T}/_search", "Patient/{P}/{T}/_search", "", "metadata",
-         ".well-known/smart-configuration", "{T}/$export", "_history", "{T}/_history", "$export", "_search",
-         "{T}/{ID}/$validate", "{RAW}")
-PARAMS = ("patient={P}", "patient={P}", "patient=Patient/{P}", "subject=Patient/{P}", "subject:Patient={P}",
-          "subject={BASE}/Patient/{P}", "patient={P},{Q}", "patient={P}&patient={Q}", "subject.identifier={P}",
-          "patient._id={P}", "patient:Patient._id={P}", "_has:Observation:patient:_id={P}", "_id={P}", "_id={ID}",
-          "code=1234", "category={CAT}", "_include=Observation:subject", "_include=Observation:patient",
-          "_revinclude=Observation:subject", "_include:iterate=*", "_count=5", "performer={P}",
-          "performer=Patient/{P}", "general-practitioner=Patient/{P}", "link=Patient/{P}", "_type=Observation",
-          "_filter=patient eq {P}", "date=ge2020", "_summary=count", "beneficiary=Patient/{P}",
-          "encounter=Encounter/{ID}", "{RAW}={RAWV}")
-CONTENT_TYPES = ("application/fhir+json", "application/json", "application/x-www-form-urlencoded",
-                 "application/json-patch+json", "text/plain", "application/fhir+json; charset=utf-8", "")
+PATHS = (
+    "{T}",
+    "{T}",
+    "{T}/{ID}",
+    "{T}/{ID}",
+    "{T}/{ID}/_history",
+    "{T}/{ID}/_history/1",
+    "Patient/{P}/{T}",
+    "Patient/{P}",
+    "Patient/{P}/$everything",
+    "{T}/_search",
+    "Patient/{P}/{T}/_search",
+    "",
+    "metadata",
+    ".well-known/smart-configuration",
+    "{T}/$export",
+    "_history",
+    "{T}/_history",
+    "$export",
+    "_search",
+    "{T}/{ID}/$validate",
+    "{RAW}",
+)
+PARAMS = (
+    "patient={P}",
+    "patient={P}",
+    "patient=Patient/{P}",
+    "subject=Patient/{P}",
+    "subject:Patient={P}",
+    "subject={BASE}/Patient/{P}",
+    "patient={P},{Q}",
+    "patient={P}&patient={Q}",
+    "subject.identifier={P}",
+    "patient._id={P}",
+    "patient:Patient._id={P}",
+    "_has:Observation:patient:_id={P}",
+    "_id={P}",
+    "_id={ID}",
+    "code=1234",
+    "category={CAT}",
+    "_include=Observation:subject",
+    "_include=Observation:patient",
+    "_revinclude=Observation:subject",
+    "_include:iterate=*",
+    "_count=5",
+    "performer={P}",
+    "performer=Patient/{P}",
+    "general-practitioner=Patient/{P}",
+    "link=Patient/{P}",
+    "_type=Observation",
+    "_filter=patient eq {P}",
+    "date=ge2020",
+    "_summary=count",
+    "beneficiary=Patient/{P}",
+    "encounter=Encounter/{ID}",
+    "{RAW}={RAWV}",
+)
+CONTENT_TYPES = (
+    "application/fhir+json",
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "application/json-patch+json",
+    "text/plain",
+    "application/fhir+json; charset=utf-8",
+    "",
+)
 BODIES = ("none", "form", "resource", "bundle", "patch", "raw")
 
 
@@ -122,9 +187,11 @@ def _body(fdp: DataProvider, own: str, path: str) -> bytes | None:
         bundle = {"resourceType": "Bundle", "type": bundle_type, "entry": entries}
         return json.dumps(bundle).encode("utf-8")
     if kind == "patch":
-        operation = {"op": _pick(fdp, ("replace", "add", "remove", "test")),
-                     "path": _pick(fdp, ("/status", "/subject", "/subject/reference", "/id", "/meta", "/note")),
-                     "value": _fill(_pick(fdp, ("final", "Patient/{P}", "{P}")), fdp, own)}
+        operation = {
+            "op": _pick(fdp, ("replace", "add", "remove", "test")),
+            "path": _pick(fdp, ("/status", "/subject", "/subject/reference", "/id", "/meta", "/note")),
+            "value": _fill(_pick(fdp, ("final", "Patient/{P}", "{P}")), fdp, own),
+        }
         return json.dumps([operation]).encode("utf-8")
     if kind == "raw":
         return fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64))
@@ -139,7 +206,7 @@ def _authorization(fdp: DataProvider, tokens: list[str], index: int) -> str | No
         token = tokens[fdp.ConsumeIntInRange(0, len(tokens) - 1)]
         where = fdp.ConsumeIntInRange(0, len(token) - 1)
         replacement = fdp.ConsumeUnicodeNoSurrogates(1) or "A"
-        return f"Bearer {token[:where]}{replacement}{token[where + 1:]}"
+        return f"Bearer {token[:where]}{replacement}{token[where + 1 :]}"
     if choice == 7:
         return fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 40))
     return None
@@ -159,8 +226,9 @@ def _prove(fdp: DataProvider, headers: dict[str, str], token: str, method: str, 
     headers["dpop"] = dpop_proof(method, path, token)
 
 
-def build_structured(fdp: DataProvider, tokens: list[str], token_patients: list[str | None],
-                     bound: tuple[bool, ...] = ()) -> external_auth_pb2.CheckRequest:
+def build_structured(
+    fdp: DataProvider, tokens: list[str], token_patients: list[str | None], bound: tuple[bool, ...] = ()
+) -> external_auth_pb2.CheckRequest:
     """A FHIR-shaped CheckRequest around one of ``tokens`` (whose patients are ``token_patients``;
     ``bound[i]``: token ``i`` is DPoP-bound and gets a proof, or a defective one)."""
     index = fdp.ConsumeIntInRange(0, len(tokens) - 1)

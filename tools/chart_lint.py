@@ -26,7 +26,8 @@ def lint_chart(chart: Path) -> int:
         values = yaml.safe_load(values_file.read_text(encoding="utf-8")) or {}
         report = lint(str(chart), values, strict=True, namespace="smartgate", kube_version=KUBE_VERSION)
         problems = [m for m in report["messages"] if m["severity"] >= 2] + [
-            {"severity": 3, "path": "", "error": error} for error in report["errors"]]
+            {"severity": 3, "path": "", "error": error} for error in report["errors"]
+        ]
         for message in report["messages"]:
             severity = SEVERITY.get(message["severity"], "?")
             print(f"{values_file.name}: [{severity}] {message['path']}: {message['error']}")

@@ -46,16 +46,10 @@ def extract(r4_dir: Path) -> dict[str, Any]:
     resource_types = sorted(
         r["id"]
         for r in resources
-        if r["resourceType"] == "StructureDefinition"
-        and r.get("kind") == "resource"
-        and not r.get("abstract", False)
+        if r["resourceType"] == "StructureDefinition" and r.get("kind") == "resource" and not r.get("abstract", False)
     )
-    compartment = next(
-        r for r in resources if r["resourceType"] == "CompartmentDefinition" and r["id"] == "patient"
-    )
-    patient_compartment = {
-        entry["code"]: entry["param"] for entry in compartment["resource"] if entry.get("param")
-    }
+    compartment = next(r for r in resources if r["resourceType"] == "CompartmentDefinition" and r["id"] == "patient")
+    patient_compartment = {entry["code"]: entry["param"] for entry in compartment["resource"] if entry.get("param")}
     max_by_path = {
         element["path"]: element.get("max", "1")
         for r in resources

@@ -45,8 +45,12 @@ def keys() -> tokens.BenchKeys:
 def config(keys: tokens.BenchKeys, tmp_path_factory: pytest.TempPathFactory) -> Config:
     jwks_file = tmp_path_factory.mktemp("micro") / "jwks.json"
     jwks_file.write_text(json.dumps(keys.jwks()), encoding="utf-8")
-    return parse_config({"fhir": {"base_url": AUDIENCE, "upstream_url": "http://127.0.0.1:9/fhir"},
-                         "issuers": [{"issuer": tokens.ISSUER, "jwks_file": str(jwks_file)}]})
+    return parse_config(
+        {
+            "fhir": {"base_url": AUDIENCE, "upstream_url": "http://127.0.0.1:9/fhir"},
+            "issuers": [{"issuer": tokens.ISSUER, "jwks_file": str(jwks_file)}],
+        }
+    )
 
 
 @pytest.fixture()

@@ -31,23 +31,30 @@ from smartgate.tokens.verifier import TokenVerifier
 
 
 @pytest.fixture(params=["audit-off", "audit-on"])
-def service(request: pytest.FixtureRequest, verifier: TokenVerifier, config: Config,
-            tmp_path: Path) -> Iterator[AuthorizationService]:
+def service(
+    request: pytest.FixtureRequest, verifier: TokenVerifier, config: Config, tmp_path: Path
+) -> Iterator[AuthorizationService]:
     """As shipped (decision log on, audit off), and with the audit log on too."""
-    authorizer = Authorizer("/fhir", PublicRoutes("/fhir", config.public_routes), verifier, PolicySettings(AUDIENCE),
-                            MembershipLookup("http://127.0.0.1:9/fhir", config.fhir.lookup, None),  # type: ignore[arg-type]
-                            config.tokens.max_token_bytes)
-    pipeline = Pipeline(authorizer, ResponseBuilder(config.headers, config.realm),
-                        DecisionLog(str(tmp_path / "decisions.jsonl")),
-                        AuditEventLog(str(tmp_path / "audit.jsonl") if request.param == "audit-on" else "off",
-                                      AUDIENCE, "bench"))
+    authorizer = Authorizer(
+        "/fhir",
+        PublicRoutes("/fhir", config.public_routes),
+        verifier,
+        PolicySettings(AUDIENCE),
+        MembershipLookup("http://127.0.0.1:9/fhir", config.fhir.lookup, None),  # type: ignore[arg-type]
+        config.tokens.max_token_bytes,
+    )
+    pipeline = Pipeline(
+        authorizer,
+        ResponseBuilder(config.headers, config.realm),
+        DecisionLog(str(tmp_path / "decisions.jsonl")),
+        AuditEventLog(str(tmp_path / "audit.jsonl") if request.param == "audit-on" else "off", AUDIENCE, "bench"),
+    )
     yield AuthorizationService(pipeline)
     pipeline.decision_log.close()
     pipeline.audit_log.close()
 
 
-def test_whole_check_for_a_cached_token(benchmark: Any, service: AuthorizationService,
-                                        keys: tokens.BenchKeys) -> None:
+def test_whole_check_for_a_cached_token(benchmark: Any, service: AuthorizationService, keys: tokens.BenchKeys) -> None:
     """One cached-token search through ``AuthorizationService.Check``: everything but gRPC itself."""
     request = _check_request(tokens.sign(keys, "ES256", AUDIENCE))
     assert run_now(service.Check(request, None)).status.code == code_pb2.OK  # the token is now cached

@@ -35,13 +35,26 @@ POOL = 600  # distinct tokens per algorithm: every round verifies one never seen
 def _headers(token: str) -> dict[str, str]:
     """20 headers, as Envoy sends them for a browser-ish client."""
     headers = {
-        ":authority": "fhir.example.org", ":method": "GET", ":path": SEARCH, ":scheme": "https",
-        "authorization": f"Bearer {token}", "accept": "application/fhir+json", "accept-encoding": "gzip, br",
-        "accept-language": "en-GB,en;q=0.9", "user-agent": "Mozilla/5.0 (X11; Linux x86_64) bench/1.0",
-        "x-forwarded-proto": "https", "x-request-id": "6f1f7c1e-2b5c-4d0b-9d3e-9a8d1f0c2b7a",
-        "x-forwarded-for": "203.0.113.7", "x-envoy-expected-rq-timeout-ms": "60000", "cache-control": "no-cache",
-        "origin": "https://app.example.org", "referer": "https://app.example.org/chart",
-        "sec-fetch-mode": "cors", "sec-fetch-site": "same-site", "sec-fetch-dest": "empty", "dnt": "1",
+        ":authority": "fhir.example.org",
+        ":method": "GET",
+        ":path": SEARCH,
+        ":scheme": "https",
+        "authorization": f"Bearer {token}",
+        "accept": "application/fhir+json",
+        "accept-encoding": "gzip, br",
+        "accept-language": "en-GB,en;q=0.9",
+        "user-agent": "Mozilla/5.0 (X11; Linux x86_64) bench/1.0",
+        "x-forwarded-proto": "https",
+        "x-request-id": "6f1f7c1e-2b5c-4d0b-9d3e-9a8d1f0c2b7a",
+        "x-forwarded-for": "203.0.113.7",
+        "x-envoy-expected-rq-timeout-ms": "60000",
+        "cache-control": "no-cache",
+        "origin": "https://app.example.org",
+        "referer": "https://app.example.org/chart",
+        "sec-fetch-mode": "cors",
+        "sec-fetch-site": "same-site",
+        "sec-fetch-dest": "empty",
+        "dnt": "1",
     }
     assert len(headers) == 20
     return headers
@@ -72,13 +85,19 @@ def test_pure_decision_for_a_cached_token(benchmark: Any, context: TokenContext)
     assert isinstance(decision, Decision) and decision.reason is Reason.ALLOWED_COMPARTMENT_SEARCH
 
 
-def test_whole_decision_path_for_a_cached_token(benchmark: Any, verifier: TokenVerifier, config: Config,
-                                                keys: tokens.BenchKeys) -> None:
+def test_whole_decision_path_for_a_cached_token(
+    benchmark: Any, verifier: TokenVerifier, config: Config, keys: tokens.BenchKeys
+) -> None:
     """HttpRequest -> Decision through the Authorizer: bearer, token cache hit, classification, policy."""
     token = tokens.sign(keys, "ES256", AUDIENCE)
-    authorizer = Authorizer("/fhir", PublicRoutes("/fhir", config.public_routes), verifier, PolicySettings(AUDIENCE),
-                            MembershipLookup("http://127.0.0.1:9/fhir", config.fhir.lookup, None),  # type: ignore[arg-type]
-                            config.tokens.max_token_bytes)
+    authorizer = Authorizer(
+        "/fhir",
+        PublicRoutes("/fhir", config.public_routes),
+        verifier,
+        PolicySettings(AUDIENCE),
+        MembershipLookup("http://127.0.0.1:9/fhir", config.fhir.lookup, None),  # type: ignore[arg-type]
+        config.tokens.max_token_bytes,
+    )
     http = HttpRequest("GET", SEARCH, _headers(token))
     assert run_now(authorizer.authorize(http)).allowed  # the token is now cached
     decision = benchmark(lambda: run_now(authorizer.authorize(http)))
@@ -86,8 +105,9 @@ def test_whole_decision_path_for_a_cached_token(benchmark: Any, verifier: TokenV
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256"])
-def test_verification_of_a_fresh_token(benchmark: Any, verifier: TokenVerifier, keys: tokens.BenchKeys,
-                                       alg: str) -> None:
+def test_verification_of_a_fresh_token(
+    benchmark: Any, verifier: TokenVerifier, keys: tokens.BenchKeys, alg: str
+) -> None:
     """A token never seen before: parse, check the header, verify the signature (warm JWKS), build the context."""
     pool = iter(tokens.token_pool(keys, alg, AUDIENCE, POOL))
     results: list[object] = []
@@ -116,9 +136,11 @@ def test_check_request_with_20_headers_to_fhir_request(benchmark: Any) -> None:
     assert classified.resource_type == "Observation" and len(classified.params) == 4
 
 
-SCOPES = ("launch/patient openid fhirUser offline_access patient/Observation.rs patient/Condition.rs "
-          "patient/MedicationRequest.rs patient/AllergyIntolerance.read patient/Patient.read "
-          "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory")
+SCOPES = (
+    "launch/patient openid fhirUser offline_access patient/Observation.rs patient/Condition.rs "
+    "patient/MedicationRequest.rs patient/AllergyIntolerance.read patient/Patient.read "
+    "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
+)
 
 
 def test_scope_parsing(benchmark: Any) -> None:

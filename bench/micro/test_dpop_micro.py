@@ -29,8 +29,13 @@ def _b64(data: bytes) -> str:
 
 def _proof(key: ec.EllipticCurvePrivateKey, jwk: dict[str, str], now: float) -> str:
     header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}
-    claims = {"jti": uuid.uuid4().hex, "htm": "GET", "htu": URL, "iat": int(now),
-              "ath": _b64(hashlib.sha256(ACCESS_TOKEN.encode()).digest())}
+    claims = {
+        "jti": uuid.uuid4().hex,
+        "htm": "GET",
+        "htu": URL,
+        "iat": int(now),
+        "ath": _b64(hashlib.sha256(ACCESS_TOKEN.encode()).digest()),
+    }
     signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
     r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
     return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
@@ -39,8 +44,12 @@ def _proof(key: ec.EllipticCurvePrivateKey, jwk: dict[str, str], now: float) -> 
 def test_one_dpop_proof_check(benchmark: Any) -> None:
     private_key = ec.generate_private_key(ec.SECP256R1())
     numbers = private_key.public_key().public_numbers()
-    jwk = {"kty": "EC", "crv": "P-256", "x": _b64(numbers.x.to_bytes(32, "big")),
-           "y": _b64(numbers.y.to_bytes(32, "big"))}
+    jwk = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": _b64(numbers.x.to_bytes(32, "big")),
+        "y": _b64(numbers.y.to_bytes(32, "big")),
+    }
     jkt = jwk_thumbprint(jwk)
     assert jkt is not None
     now = time.time()

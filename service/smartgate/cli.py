@@ -104,10 +104,14 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
         socket = unix_socket_path(config.listen.grpc)
         host, _, port = (config.listen.http if socket else config.listen.grpc).rpartition(":")
         settings = EnvoySettings(
-            authz_host=host, authz_port=int(port), authz_socket=socket, authz_workers=config.workers,
+            authz_host=host,
+            authz_port=int(port),
+            authz_socket=socket,
+            authz_workers=config.workers,
             smartgate_http_port=int(config.listen.http.rpartition(":")[2]) if config.smart_configuration else None,
             upstream_url=config.fhir.upstream_url,
-            base_path=config.fhir.base_path, max_request_bytes=config.max_request_bytes,
+            base_path=config.fhir.base_path,
+            max_request_bytes=config.max_request_bytes,
             response_verification=config.response_verification.mode,
             max_response_bytes=config.response_verification.max_body_bytes,
         )
@@ -117,8 +121,17 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
 
 def _cmd_dev_token(args: argparse.Namespace) -> int:
     print("# development token: NOT FOR PRODUCTION", file=sys.stderr)
-    print(dev_token(Path(args.key_dir), audience=args.audience, scope=args.scope, patient=args.patient,
-                    fhir_user=args.fhir_user, lifetime_seconds=args.lifetime, issuer=args.issuer))
+    print(
+        dev_token(
+            Path(args.key_dir),
+            audience=args.audience,
+            scope=args.scope,
+            patient=args.patient,
+            fhir_user=args.fhir_user,
+            lifetime_seconds=args.lifetime,
+            issuer=args.issuer,
+        )
+    )
     return 0
 
 
@@ -148,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", help="config file (default: $SMARTGATE_CONFIG)")
     explain.add_argument("--token", help="the bearer token (omit to test an anonymous request)")
     explain.add_argument("--method", default="GET")
-    explain.add_argument("--url", required=True,
-                         help="path and query as Envoy sees it, e.g. /fhir/Observation?patient=1")
+    explain.add_argument(
+        "--url", required=True, help="path and query as Envoy sees it, e.g. /fhir/Observation?patient=1"
+    )
     explain.add_argument("--header", action="append", help="extra header 'name: value' (repeatable)")
     explain.add_argument("--body", help="form body for POST _search")
     explain.set_defaults(handler=_cmd_explain)
@@ -177,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda signum, frame: setattr(sys, "_smartgate_early_hangup", True))
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     code: int = args.handler(args)
     return code
 

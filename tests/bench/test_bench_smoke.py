@@ -26,8 +26,14 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("wrk") is None:
         pytest.fail("wrk is not installed: `make bench-deps` installs it (Debian package wrk)")
     out = tmp_path_factory.mktemp("bench")
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "run_bench.py"), "--smoke", "--out", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run_bench.py"), "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -49,8 +55,11 @@ def test_the_unix_socket_and_the_verifying_setups_were_measured(smoke_run: Path)
     raw = json.loads((smoke_run / "results.json").read_text())
     measured = {(run["setup"], run["workload"], run["load"]) for run in raw["runs"]}
     expected = {("D-uds", "search_cached", load) for load in ("c1", "c16")}
-    expected |= {("F-enforce", workload, load) for workload in ("search_cached", "read_new_id", "uscore_provenance")
-                 for load in ("c1", "c16")}
+    expected |= {
+        ("F-enforce", workload, load)
+        for workload in ("search_cached", "read_new_id", "uscore_provenance")
+        for load in ("c1", "c16")
+    }
     assert expected <= measured
     table = (smoke_run / "results.md").read_text()
     assert "## Unix domain socket against loopback TCP" in table

@@ -34,8 +34,10 @@ def test_a_curve_that_noise_left_flat_or_upside_down_gives_no_figure() -> None:
 
 
 def test_the_target_row_reads_the_yardstick_for_smartgate() -> None:
-    runs = [{"setup": setup, "workload": "search_cached", "load": "c16", "rps": rps, "p50": 1, "p90": 1, "p99": 1}
-            for setup, rps in (("C-aio", 2000.0), ("C-busy50", 1600.0), ("C-busy100", 1000.0), ("D", 1500.0))]
+    runs = [
+        {"setup": setup, "workload": "search_cached", "load": "c16", "rps": rps, "p50": 1, "p90": 1, "p99": 1}
+        for setup, rps in (("C-aio", 2000.0), ("C-busy50", 1600.0), ("C-busy100", 1000.0), ("D", 1500.0))
+    ]
     rows = {target: (measured, met) for target, measured, met in report.targets({"runs": runs})}
     assert rows["the busy no-op matching D's throughput (16 connections): ≤ 50 µs"][1] is True
 

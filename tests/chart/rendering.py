@@ -55,8 +55,9 @@ def render(values: dict[str, Any]) -> Rendering:
         files = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     finally:
         chart.close()
-    manifests = [doc for path, text in files.items() if not path.endswith("NOTES.txt")
-                 for doc in yaml.safe_load_all(text) if doc]
+    manifests = [
+        doc for path, text in files.items() if not path.endswith("NOTES.txt") for doc in yaml.safe_load_all(text) if doc
+    ]
     return Rendering(files, manifests)
 
 

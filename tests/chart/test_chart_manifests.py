@@ -78,8 +78,17 @@ def test_the_schema_validation_is_not_a_no_op(production: Rendering) -> None:
 
 def test_the_production_values_turn_every_option_on(production: Rendering) -> None:
     kinds = {m["kind"] for m in production.manifests}
-    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-            "NetworkPolicy", "ServiceMonitor", "PrometheusRule"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "ServiceAccount",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
+    } <= kinds
     assert len(production.of_kind("NetworkPolicy")) == 2
     assert any(m["metadata"]["name"].endswith("-dashboard") for m in production.of_kind("ConfigMap"))
 
@@ -97,8 +106,13 @@ def test_the_rendered_smartgate_config_passes_check_config(rendering: Rendering,
     path = tmp_path / "smartgate.yaml"
     path.write_text(yaml.safe_dump(rendering.config("smartgate.yaml")), encoding="utf-8")
     secrets = {f"SMARTGATE_INTROSPECTION_SECRET_{i}": "s3cret" for i in range(4)}
-    result = subprocess.run([sys.executable, "-m", "smartgate", "check-config", str(path)],
-                            capture_output=True, text=True, env={**os.environ, **secrets}, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "smartgate", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **secrets},
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -135,9 +149,13 @@ def _tls(values: dict[str, Any]) -> DownstreamTls | None:
     tls = values.get("envoy", {}).get("tls", {})
     if not tls.get("enabled"):
         return None
-    return DownstreamTls(port=8443, cert_path=f"{TLS_MOUNT}/tls.crt", key_path=f"{TLS_MOUNT}/tls.key",
-                         client_ca_path=f"{TLS_MOUNT}/client-ca.crt",
-                         require_client_certificate=tls.get("requireClientCertificate", True))
+    return DownstreamTls(
+        port=8443,
+        cert_path=f"{TLS_MOUNT}/tls.crt",
+        key_path=f"{TLS_MOUNT}/tls.key",
+        client_ca_path=f"{TLS_MOUNT}/client-ca.crt",
+        require_client_certificate=tls.get("requireClientCertificate", True),
+    )
 
 
 def _envoy_settings(values: dict[str, Any]) -> EnvoySettings:
@@ -145,14 +163,24 @@ def _envoy_settings(values: dict[str, Any]) -> EnvoySettings:
     limits = values.get("limits", {})
     verification = values.get("responseVerification", {})
     return EnvoySettings(
-        listen_host="0.0.0.0", listen_port=8080, admin_host="127.0.0.1", admin_port=9901,
-        authz_host="127.0.0.1", authz_port=9191, authz_workers=values.get("workers", 1), smartgate_http_port=9190,
+        listen_host="0.0.0.0",
+        listen_port=8080,
+        admin_host="127.0.0.1",
+        admin_port=9901,
+        authz_host="127.0.0.1",
+        authz_port=9191,
+        authz_workers=values.get("workers", 1),
+        smartgate_http_port=9190,
         authz_socket=GRPC_SOCKET if values.get("grpcTransport", CHART_DEFAULTS["grpcTransport"]) == "unix" else None,
-        authz_timeout_seconds=limits.get("authzTimeoutSeconds", 1), upstream_url=values["fhir"]["upstreamUrl"],
-        base_path=base_path, max_request_bytes=limits.get("maxRequestBytes", 1048576),
+        authz_timeout_seconds=limits.get("authzTimeoutSeconds", 1),
+        upstream_url=values["fhir"]["upstreamUrl"],
+        base_path=base_path,
+        max_request_bytes=limits.get("maxRequestBytes", 1048576),
         response_verification=verification.get("mode", CHART_DEFAULTS["responseVerification"]["mode"]),
-        max_response_bytes=verification.get("maxBodyBytes", 4194304), ready_port=9902,
-        front_door=_front_door(values), tls=_tls(values),
+        max_response_bytes=verification.get("maxBodyBytes", 4194304),
+        ready_port=9902,
+        front_door=_front_door(values),
+        tls=_tls(values),
     )
 
 
@@ -167,8 +195,13 @@ def test_the_rendered_envoy_config_is_the_one_smartgate_renders_for_the_same_val
 def test_the_rendered_envoy_config_passes_envoy_mode_validate(rendering: Rendering, tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(with_local_tls_files(rendering.config("envoy.yaml"), tmp_path)), encoding="utf-8")
-    result = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0 and "OK" in result.stdout + result.stderr, result.stdout + result.stderr
 
 
@@ -236,13 +269,17 @@ def test_envoy_calls_smartgate_over_the_socket_in_an_emptydir_both_containers_mo
     pod = rendering.one("Deployment")["spec"]["template"]["spec"]
     assert {"name": "grpc-socket", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}} in pod["volumes"]
     mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in pod["containers"]}
-    assert mounts["smartgate"]["grpc-socket"]["mountPath"] == mounts["envoy"]["grpc-socket"]["mountPath"] == \
-        GRPC_SOCKET.rpartition("/")[0]
+    assert (
+        mounts["smartgate"]["grpc-socket"]["mountPath"]
+        == mounts["envoy"]["grpc-socket"]["mountPath"]
+        == GRPC_SOCKET.rpartition("/")[0]
+    )
     assert mounts["envoy"]["grpc-socket"]["readOnly"] is True
     assert pod["securityContext"]["supplementalGroups"] == [_runs_as_group(pod, "smartgate")]
     assert rendering.config("smartgate.yaml")["listen"]["grpc"] == f"unix:{GRPC_SOCKET}"
-    cluster = next(c for c in rendering.config("envoy.yaml")["static_resources"]["clusters"]
-                   if c["name"] == "smartgate")
+    cluster = next(
+        c for c in rendering.config("envoy.yaml")["static_resources"]["clusters"] if c["name"] == "smartgate"
+    )
     endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     paths = [e["endpoint"]["address"]["pipe"]["path"] for e in endpoints]
     workers = rendering.config("smartgate.yaml").get("workers", 1)
@@ -256,10 +293,12 @@ def test_with_tcp_transport_there_is_no_socket_volume_and_envoy_calls_loopback()
     assert not any(v["name"] == "grpc-socket" for v in pod["volumes"])
     assert "supplementalGroups" not in pod["securityContext"]
     assert rendering.config("smartgate.yaml")["listen"]["grpc"] == "0.0.0.0:9191"
-    cluster = next(c for c in rendering.config("envoy.yaml")["static_resources"]["clusters"]
-                   if c["name"] == "smartgate")
+    cluster = next(
+        c for c in rendering.config("envoy.yaml")["static_resources"]["clusters"] if c["name"] == "smartgate"
+    )
     assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] == [
-        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9191}}}}]
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9191}}}}
+    ]
 
 
 def _runs_as_group(pod: dict[str, Any], name: str) -> int:
@@ -308,11 +347,13 @@ def test_the_disruption_budget_selects_exactly_the_deployments_pods(production: 
     selector = production.one("PodDisruptionBudget")["spec"]["selector"]
     assert selector == deployment["spec"]["selector"]
     assert selector["matchLabels"] and selector["matchLabels"].items() <= (
-        deployment["spec"]["template"]["metadata"]["labels"].items())
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
-def test_the_disruption_budget_keeps_min_available_from_values(production: Rendering,
-                                                               production_values: dict[str, Any]) -> None:
+def test_the_disruption_budget_keeps_min_available_from_values(
+    production: Rendering, production_values: dict[str, Any]
+) -> None:
     budget = production.one("PodDisruptionBudget")["spec"]
     assert budget["minAvailable"] == production_values["podDisruptionBudget"]["minAvailable"]
     assert "maxUnavailable" not in budget
@@ -320,21 +361,33 @@ def test_the_disruption_budget_keeps_min_available_from_values(production: Rende
 
 def test_the_autoscaler_scales_the_deployment(production: Rendering) -> None:
     target = production.one("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
-    assert target == {"apiVersion": "apps/v1", "kind": "Deployment",
-                      "name": production.one("Deployment")["metadata"]["name"]}
+    assert target == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": production.one("Deployment")["metadata"]["name"],
+    }
 
 
-def test_the_autoscaler_takes_its_bounds_and_cpu_target_from_values(production: Rendering,
-                                                                     production_values: dict[str, Any]) -> None:
+def test_the_autoscaler_takes_its_bounds_and_cpu_target_from_values(
+    production: Rendering, production_values: dict[str, Any]
+) -> None:
     spec = production.one("HorizontalPodAutoscaler")["spec"]
     autoscaling = production_values["autoscaling"]
     assert (spec["minReplicas"], spec["maxReplicas"]) == (autoscaling["minReplicas"], autoscaling["maxReplicas"])
-    assert spec["metrics"] == [{"type": "Resource", "resource": {"name": "cpu", "target": {
-        "type": "Utilization", "averageUtilization": autoscaling["targetCPUUtilizationPercentage"]}}}]
+    assert spec["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": autoscaling["targetCPUUtilizationPercentage"]},
+            },
+        }
+    ]
 
 
 def test_the_deployment_leaves_the_replica_count_to_the_autoscaler_when_autoscaling_is_on(
-        production: Rendering) -> None:
+    production: Rendering,
+) -> None:
     assert "replicas" not in production.one("Deployment")["spec"]
 
 
@@ -360,7 +413,8 @@ ISSUER_KEYS = ("issuer", "jwksUri", "audiences", "profile", "claimsNamespace", "
 
 
 def test_each_issuers_audiences_profile_and_algorithms_reach_the_smartgate_config(
-        production: Rendering, production_values: dict[str, Any]) -> None:
+    production: Rendering, production_values: dict[str, Any]
+) -> None:
     rendered = production.config("smartgate.yaml")["issuers"]
     assert len(rendered) == len(production_values["issuers"])
     for issuer, values in zip(rendered, production_values["issuers"], strict=True):
@@ -375,27 +429,31 @@ def test_an_issuers_claims_namespace_reaches_the_smartgate_config(production_val
     assert (issuer["profile"], issuer["claims_namespace"]) == ("auth0", "https://payer.example.org/claims/")
 
 
-def test_an_issuers_introspection_settings_reach_the_smartgate_config(production: Rendering,
-                                                                      production_values: dict[str, Any]) -> None:
+def test_an_issuers_introspection_settings_reach_the_smartgate_config(
+    production: Rendering, production_values: dict[str, Any]
+) -> None:
     values = production_values["issuers"][1]["introspection"]
     rendered = production.config("smartgate.yaml")["issuers"][1]["introspection"]
-    assert rendered == {"endpoint": values["endpoint"], "client_id": values["clientId"],
-                        "client_secret_env": "SMARTGATE_INTROSPECTION_SECRET_1", "auth_method": values["authMethod"],
-                        "cache_max_ttl_seconds": values["cacheMaxTtlSeconds"]}
+    assert rendered == {
+        "endpoint": values["endpoint"],
+        "client_id": values["clientId"],
+        "client_secret_env": "SMARTGATE_INTROSPECTION_SECRET_1",
+        "auth_method": values["authMethod"],
+        "cache_max_ttl_seconds": values["cacheMaxTtlSeconds"],
+    }
 
 
-def test_the_public_routes_reach_the_smartgate_config(production: Rendering,
-                                                       production_values: dict[str, Any]) -> None:
+def test_the_public_routes_reach_the_smartgate_config(production: Rendering, production_values: dict[str, Any]) -> None:
     assert production.config("smartgate.yaml")["public_routes"] == production_values["publicRoutes"]
 
 
-def test_the_token_settings_reach_the_smartgate_config(production: Rendering,
-                                                        production_values: dict[str, Any]) -> None:
+def test_the_token_settings_reach_the_smartgate_config(
+    production: Rendering, production_values: dict[str, Any]
+) -> None:
     assert production.config("smartgate.yaml")["tokens"] == _snake_keys(production_values["tokens"])
 
 
-def test_the_dpop_settings_reach_the_smartgate_config(production: Rendering,
-                                                       production_values: dict[str, Any]) -> None:
+def test_the_dpop_settings_reach_the_smartgate_config(production: Rendering, production_values: dict[str, Any]) -> None:
     assert production.config("smartgate.yaml")["dpop"] == _snake_keys(production_values["dpop"])
 
 
@@ -406,23 +464,30 @@ def test_an_issuers_sender_constraint_reaches_the_smartgate_config_only_when_set
     assert "sender_constraint" not in first and second["sender_constraint"] == "required"
 
 
-def test_the_jwks_settings_reach_the_smartgate_config(production: Rendering,
-                                                       production_values: dict[str, Any]) -> None:
+def test_the_jwks_settings_reach_the_smartgate_config(production: Rendering, production_values: dict[str, Any]) -> None:
     assert production.config("smartgate.yaml")["jwks"] == _snake_keys(production_values["jwks"])
 
 
-def test_the_fhir_server_and_look_up_settings_reach_the_smartgate_config(production: Rendering,
-                                                                          production_values: dict[str, Any]) -> None:
+def test_the_fhir_server_and_look_up_settings_reach_the_smartgate_config(
+    production: Rendering, production_values: dict[str, Any]
+) -> None:
     fhir = production_values["fhir"]
     assert production.config("smartgate.yaml")["fhir"] == {
-        "base_url": fhir["baseUrl"], "upstream_url": fhir["upstreamUrl"], "lookup": _snake_keys(fhir["lookup"])}
+        "base_url": fhir["baseUrl"],
+        "upstream_url": fhir["upstreamUrl"],
+        "lookup": _snake_keys(fhir["lookup"]),
+    }
 
 
 def test_the_mode_limits_workers_logging_and_verification_reach_the_smartgate_config(
-        production: Rendering, production_values: dict[str, Any]) -> None:
+    production: Rendering, production_values: dict[str, Any]
+) -> None:
     config, values = production.config("smartgate.yaml"), production_values
     assert (config["mode"], config["workers"], config["decision_log"]) == (
-        values["mode"], values["workers"], values["decisionLog"])
+        values["mode"],
+        values["workers"],
+        values["decisionLog"],
+    )
     assert config["max_request_bytes"] == values["limits"]["maxRequestBytes"]
     assert config["response_verification"] == _snake_keys(values["responseVerification"])
     assert config["audit"] == _snake_keys(values["audit"])
@@ -481,27 +546,54 @@ def test_the_notes_tell_the_installer_how_to_call_the_api(rendering: Rendering) 
 # --- values the schema refuses ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("change", "named"), [
-    (lambda v: v["fhir"].pop("upstreamUrl"), "upstreamUrl"),
-    (lambda v: v["fhir"].update(baseUrl="fhir.example.org/r4"), "baseUrl"),
-    (lambda v: v.update(issuers=[]), "issuers"),
-    (lambda v: v["issuers"][0].update(jwksUri="ftp://idp/keys"), "jwksUri"),
-    (lambda v: v["issuers"][0].update(algorithms=["HS256"]), "algorithms"),
-    (lambda v: v.update(mode="allow_all"), "mode"),
-    (lambda v: v.update(responseVerification={"mode": "on"}), "mode"),
-    (lambda v: v.update(tokenz={}), "tokenz"),
-    (lambda v: v["issuers"][0].update(introspection={"endpoint": "https://idp/introspect", "clientId": "x",
-                                                     "clientSecret": "plain-text-secret"}), "clientSecret"),
-    (lambda v: v["issuers"][0].update(senderConstraint="always"), "senderConstraint"),
-    (lambda v: v.update(dpop={"algorithms": ["HS256"]}), "algorithms"),
-    (lambda v: v.update(dpop={"algorithms": ["none"]}), "algorithms"),
-    (lambda v: v.update(dpop={"algorithms": []}), "algorithms"),
-    (lambda v: v.update(dpop={"iatWindowSeconds": 0}), "iatWindowSeconds"),
-    (lambda v: v.update(dpop={"replayCacheSize": 2.5}), "replayCacheSize"),
-    (lambda v: v.update(dpop={"nonces": True}), "nonces"),
-], ids=["no-upstream", "base-not-url", "no-issuers", "jwks-not-http", "hmac", "bad-mode", "bad-verification",
-        "unknown-key", "inline-secret", "bad-sender-constraint", "dpop-hmac", "dpop-none", "dpop-no-algorithms",
-        "dpop-zero-window", "dpop-fractional-cache", "dpop-unknown-key"])
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda v: v["fhir"].pop("upstreamUrl"), "upstreamUrl"),
+        (lambda v: v["fhir"].update(baseUrl="fhir.example.org/r4"), "baseUrl"),
+        (lambda v: v.update(issuers=[]), "issuers"),
+        (lambda v: v["issuers"][0].update(jwksUri="ftp://idp/keys"), "jwksUri"),
+        (lambda v: v["issuers"][0].update(algorithms=["HS256"]), "algorithms"),
+        (lambda v: v.update(mode="allow_all"), "mode"),
+        (lambda v: v.update(responseVerification={"mode": "on"}), "mode"),
+        (lambda v: v.update(tokenz={}), "tokenz"),
+        (
+            lambda v: v["issuers"][0].update(
+                introspection={
+                    "endpoint": "https://idp/introspect",
+                    "clientId": "x",
+                    "clientSecret": "plain-text-secret",
+                }
+            ),
+            "clientSecret",
+        ),
+        (lambda v: v["issuers"][0].update(senderConstraint="always"), "senderConstraint"),
+        (lambda v: v.update(dpop={"algorithms": ["HS256"]}), "algorithms"),
+        (lambda v: v.update(dpop={"algorithms": ["none"]}), "algorithms"),
+        (lambda v: v.update(dpop={"algorithms": []}), "algorithms"),
+        (lambda v: v.update(dpop={"iatWindowSeconds": 0}), "iatWindowSeconds"),
+        (lambda v: v.update(dpop={"replayCacheSize": 2.5}), "replayCacheSize"),
+        (lambda v: v.update(dpop={"nonces": True}), "nonces"),
+    ],
+    ids=[
+        "no-upstream",
+        "base-not-url",
+        "no-issuers",
+        "jwks-not-http",
+        "hmac",
+        "bad-mode",
+        "bad-verification",
+        "unknown-key",
+        "inline-secret",
+        "bad-sender-constraint",
+        "dpop-hmac",
+        "dpop-none",
+        "dpop-no-algorithms",
+        "dpop-zero-window",
+        "dpop-fractional-cache",
+        "dpop-unknown-key",
+    ],
+)
 def test_bad_values_fail_to_render_naming_the_value(change: Any, named: str) -> None:
     values = load_values(CHART / "ci" / "minimal-values.yaml")
     change(values)
@@ -519,11 +611,13 @@ def _hcm(envoy: dict[str, Any], listener: str = "fhir_ingress") -> dict[str, Any
     return typed
 
 
-def test_the_front_door_values_reach_the_envoy_config(production: Rendering,
-                                                       production_values: dict[str, Any]) -> None:
+def test_the_front_door_values_reach_the_envoy_config(production: Rendering, production_values: dict[str, Any]) -> None:
     envoy, values = production.config("envoy.yaml"), production_values["envoy"]
-    [connections] = [m for m in envoy["overload_manager"]["resource_monitors"]
-                     if m["name"] == "envoy.resource_monitors.global_downstream_max_connections"]
+    [connections] = [
+        m
+        for m in envoy["overload_manager"]["resource_monitors"]
+        if m["name"] == "envoy.resource_monitors.global_downstream_max_connections"
+    ]
     assert connections["typed_config"]["max_active_downstream_connections"] == values["maxConnections"]
     hcm = _hcm(envoy)
     assert hcm["request_headers_timeout"] == f"{values['timeouts']['requestHeadersSeconds']}s"
@@ -548,8 +642,9 @@ def test_without_tls_values_there_is_no_mtls_listener_port_or_volume() -> None:
 def test_the_mtls_listener_mounts_the_existing_secrets_and_is_exposed(production: Rendering) -> None:
     pod = production.one("Deployment")["spec"]["template"]["spec"]
     [volume] = [v for v in pod["volumes"] if v["name"] == "envoy-tls"]
-    sources = [(s["secret"]["name"], [item["path"] for item in s["secret"]["items"]])
-               for s in volume["projected"]["sources"]]
+    sources = [
+        (s["secret"]["name"], [item["path"] for item in s["secret"]["items"]]) for s in volume["projected"]["sources"]
+    ]
     assert sources == [("fhir-gateway-tls", ["tls.crt", "tls.key"]), ("partner-client-ca", ["client-ca.crt"])]
     envoy_container = next(c for c in _containers(production) if c["name"] == "envoy")
     assert {"name": "envoy-tls", "mountPath": TLS_MOUNT, "readOnly": True} in envoy_container["volumeMounts"]
@@ -564,21 +659,35 @@ def test_the_mtls_listener_checks_client_certificates_against_the_client_ca(prod
     tls = production.config("envoy.yaml")["static_resources"]["listeners"][1]
     context = tls["filter_chains"][0]["transport_socket"]["typed_config"]
     assert context["common_tls_context"]["validation_context"] == {
-        "trusted_ca": {"filename": f"{TLS_MOUNT}/client-ca.crt"}}
+        "trusted_ca": {"filename": f"{TLS_MOUNT}/client-ca.crt"}
+    }
     assert context["require_client_certificate"] is False  # as the production values ask
     ext_authz = _hcm(production.config("envoy.yaml"), "fhir_ingress_tls")["http_filters"][0]["typed_config"]
     assert ext_authz["include_peer_certificate"] is True
 
 
-@pytest.mark.parametrize(("change", "named"), [
-    (lambda v: v.setdefault("envoy", {}).update(tls={"enabled": True}), "secretName"),
-    (lambda v: v.setdefault("envoy", {}).update(maxConnections=0), "maxConnections"),
-    (lambda v: v.setdefault("envoy", {}).update(http2={"initialStreamWindowBytes": 1024}), "initialStreamWindowBytes"),
-    (lambda v: v.setdefault("envoy", {}).update(timeouts={"requestHeadersSeconds": 0}), "requestHeadersSeconds"),
-    (lambda v: v.setdefault("envoy", {}).update(timeouts={"streamIdleSeconds": 30}), "streamIdleSeconds"),
-    (lambda v: v.setdefault("envoy", {}).update(xffNumTrustedHops=-1), "xffNumTrustedHops"),
-], ids=["tls-without-secret", "no-connections", "tiny-http2-window", "zero-header-timeout",
-        "idle-shorter-than-upstream", "negative-hops"])
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda v: v.setdefault("envoy", {}).update(tls={"enabled": True}), "secretName"),
+        (lambda v: v.setdefault("envoy", {}).update(maxConnections=0), "maxConnections"),
+        (
+            lambda v: v.setdefault("envoy", {}).update(http2={"initialStreamWindowBytes": 1024}),
+            "initialStreamWindowBytes",
+        ),
+        (lambda v: v.setdefault("envoy", {}).update(timeouts={"requestHeadersSeconds": 0}), "requestHeadersSeconds"),
+        (lambda v: v.setdefault("envoy", {}).update(timeouts={"streamIdleSeconds": 30}), "streamIdleSeconds"),
+        (lambda v: v.setdefault("envoy", {}).update(xffNumTrustedHops=-1), "xffNumTrustedHops"),
+    ],
+    ids=[
+        "tls-without-secret",
+        "no-connections",
+        "tiny-http2-window",
+        "zero-header-timeout",
+        "idle-shorter-than-upstream",
+        "negative-hops",
+    ],
+)
 def test_bad_front_door_values_fail_to_render_naming_the_value(change: Any, named: str) -> None:
     values = load_values(CHART / "ci" / "minimal-values.yaml")
     change(values)
@@ -594,8 +703,9 @@ def _quantity_bytes(quantity: str) -> int:
 
 def test_envoys_heap_limit_comes_before_its_containers_memory_limit(rendering: Rendering) -> None:
     """Envoy answers 503 at 98 % of its heap limit; the kernel kills it at the container limit."""
-    monitors = {m["name"]: m["typed_config"] for m in rendering.config("envoy.yaml")["overload_manager"]
-                ["resource_monitors"]}
+    monitors = {
+        m["name"]: m["typed_config"] for m in rendering.config("envoy.yaml")["overload_manager"]["resource_monitors"]
+    }
     heap = monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"]
     envoy_container = next(c for c in _containers(rendering) if c["name"] == "envoy")
     assert heap <= 0.8 * _quantity_bytes(envoy_container["resources"]["limits"]["memory"])

@@ -92,8 +92,12 @@ def test_the_check_port_is_the_one_the_kubelet_probes_and_envoy_calls_on_loopbac
     assert smartgate["readinessProbe"]["grpc"]["port"] == ports["grpc"]
     envoy = rendering.config("envoy.yaml")
     clusters = envoy["static_resources"]["clusters"]
-    endpoints = [lb["endpoint"]["address"]["socket_address"] for cluster in clusters
-                 for locality in cluster.get("load_assignment", {}).get("endpoints", [])
-                 for lb in locality.get("lb_endpoints", [])]
+    endpoints = [
+        lb["endpoint"]["address"]["socket_address"]
+        for cluster in clusters
+        for locality in cluster.get("load_assignment", {}).get("endpoints", [])
+        for lb in locality.get("lb_endpoints", [])
+    ]
     assert {"address": "127.0.0.1", "port_value": ports["grpc"]} in [
-        {"address": e["address"], "port_value": e["port_value"]} for e in endpoints]
+        {"address": e["address"], "port_value": e["port_value"]} for e in endpoints
+    ]

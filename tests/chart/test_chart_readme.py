@@ -40,6 +40,7 @@ def _documented_values(readme: str) -> set[str]:
 
 def _undocumented(schema: dict[str, Any], readme: str) -> list[str]:
     documented = _documented_values(readme)
+
     def is_documented(name: str) -> bool:
         parent = name.rsplit(".", 1)[0]
         return name in documented or parent in documented or any(doc.startswith(name + ".") for doc in documented)

@@ -43,14 +43,23 @@ class ChartStack:
     keys: SigningKeys
 
     def token(self, patient: str = "123", scope: str = "launch/patient patient/*.rs") -> str:
-        claims = {"iss": self.idp.issuer, "aud": AUDIENCE, "sub": "user-1", "client_id": "app-1", "scope": scope,
-                  "patient": patient, "exp": 4_000_000_000, "iat": 1_700_000_000}
+        claims = {
+            "iss": self.idp.issuer,
+            "aud": AUDIENCE,
+            "sub": "user-1",
+            "client_id": "app-1",
+            "scope": scope,
+            "patient": patient,
+            "exp": 4_000_000_000,
+            "iat": 1_700_000_000,
+        }
         return jwt.encode(claims, self.keys.ec_key, algorithm="ES256", headers={"kid": "ec-1", "typ": "at+jwt"})
 
 
 @dataclass
 class ProductionStack:
     """The production values' gateway; tokens are what its first IdP (profile okta, RS256 only) issues."""
+
     url: str
     tls_url: str  # the same API on the mTLS listener
     workdir: Path  # holds the test CA (ca.pem) and a client certificate it signed (client.pem, client.key)
@@ -59,9 +68,16 @@ class ProductionStack:
     audience: str
 
     def token(self, patient: str = "123") -> str:
-        claims = {"iss": self.okta.issuer, "aud": self.audience, "sub": "user-1", "cid": "app-1",
-                  "scp": ["launch/patient", "patient/*.rs"], "launch_response_patient": patient,
-                  "exp": 4_000_000_000, "iat": 1_700_000_000}
+        claims = {
+            "iss": self.okta.issuer,
+            "aud": self.audience,
+            "sub": "user-1",
+            "cid": "app-1",
+            "scp": ["launch/patient", "patient/*.rs"],
+            "launch_response_patient": patient,
+            "exp": 4_000_000_000,
+            "iat": 1_700_000_000,
+        }
         return jwt.encode(claims, self.keys.rsa_key, algorithm="RS256", headers={"kid": "rsa-1", "typ": "at+jwt"})
 
 
@@ -71,6 +87,7 @@ POD_SOCKET_DIR = "/run/smartgate"  # the emptyDir holding smartgate's gRPC socke
 def _move_ports(envoy: dict[str, Any], smartgate: dict[str, Any], ports: dict[int, int], socket_dir: Path) -> None:
     """Pod ports -> free loopback ports, everywhere they occur; 0.0.0.0 -> 127.0.0.1; the pod's socket
     directory -> ``socket_dir``."""
+
     def visit(node: Any) -> None:
         if isinstance(node, dict):
             if "port_value" in node and node["port_value"] in ports:
@@ -84,6 +101,7 @@ def _move_ports(envoy: dict[str, Any], smartgate: dict[str, Any], ports: dict[in
         elif isinstance(node, list):
             for item in node:
                 visit(item)
+
     visit(envoy)
     for name in ("grpc", "http"):
         address = smartgate["listen"][name]
@@ -136,12 +154,16 @@ def chart_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartStack
     idp = IdentityProvider(keys)
     upstream_port = free_port()
     upstream = start_upstream("127.0.0.1", upstream_port, "/fhir")
-    values = {"fhir": {"baseUrl": AUDIENCE, "upstreamUrl": f"http://127.0.0.1:{upstream_port}/fhir"},
-              "issuers": [{"issuer": idp.issuer}], "responseVerification": {"mode": "enforce"}}
+    values = {
+        "fhir": {"baseUrl": AUDIENCE, "upstreamUrl": f"http://127.0.0.1:{upstream_port}/fhir"},
+        "issuers": [{"issuer": idp.issuer}],
+        "responseVerification": {"mode": "enforce"},
+    }
     try:
         with _serving(render(values), tmp_path_factory.mktemp("chart-run")) as ports:
-            stack = ChartStack(f"http://127.0.0.1:{ports[8080]}/fhir", f"http://127.0.0.1:{ports[9902]}/ready",
-                               idp, keys)
+            stack = ChartStack(
+                f"http://127.0.0.1:{ports[8080]}/fhir", f"http://127.0.0.1:{ports[9902]}/ready", idp, keys
+            )
             wait_for_allow(stack.url)
             yield stack
     finally:
@@ -167,13 +189,18 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
     okta, keycloak = IdentityProvider(keys, name="okta"), IdentityProvider(keys, name="keycloak")
     upstream_port = free_port()
     upstream = start_upstream("127.0.0.1", upstream_port, "/fhir/R4")
-    values = _production_values_on_loopback(f"http://127.0.0.1:{upstream_port}/fhir/R4", okta.issuer,
-                                            keycloak.issuer)
+    values = _production_values_on_loopback(f"http://127.0.0.1:{upstream_port}/fhir/R4", okta.issuer, keycloak.issuer)
     try:
         workdir = tmp_path_factory.mktemp("chart-run-production")
         with _serving(render(values), workdir, INTROSPECTION_SECRET_STAND_IN) as ports:
-            stack = ProductionStack(f"http://127.0.0.1:{ports[8080]}/r4", f"https://127.0.0.1:{ports[8443]}/r4",
-                                    workdir, okta, keys, values["fhir"]["baseUrl"])
+            stack = ProductionStack(
+                f"http://127.0.0.1:{ports[8080]}/r4",
+                f"https://127.0.0.1:{ports[8443]}/r4",
+                workdir,
+                okta,
+                keys,
+                values["fhir"]["baseUrl"],
+            )
             wait_for_allow(stack.url)
             yield stack
     finally:
@@ -202,8 +229,9 @@ def gateway(request: pytest.FixtureRequest) -> Gateway:
 
 
 def test_a_good_token_is_allowed_through_the_chart_rendered_configs(gateway: Gateway) -> None:
-    response = httpx.get(gateway.url + "/Observation?patient=123",
-                         headers={"authorization": f"Bearer {gateway.token()}"})
+    response = httpx.get(
+        gateway.url + "/Observation?patient=123", headers={"authorization": f"Bearer {gateway.token()}"}
+    )
     assert response.status_code == 200
     assert {e["resource"]["id"] for e in response.json()["entry"]} == {"obs-123-a", "obs-123-b"}
     injected = json.loads(response.headers["x-demo-received-smart"])
@@ -218,15 +246,18 @@ def test_no_token_is_denied_with_401(gateway: Gateway) -> None:
 
 
 def test_another_patients_data_is_denied_with_403(gateway: Gateway) -> None:
-    response = httpx.get(gateway.url + "/Observation?patient=456",
-                         headers={"authorization": f"Bearer {gateway.token()}"})
+    response = httpx.get(
+        gateway.url + "/Observation?patient=456", headers={"authorization": f"Bearer {gateway.token()}"}
+    )
     assert response.status_code == 403
     assert "obs-456" not in response.text
 
 
 def test_response_verification_as_the_chart_configures_it_blocks_a_foreign_record(chart_stack: ChartStack) -> None:
-    response = httpx.get(chart_stack.url + "/Observation?patient=123&_tag=smartgate-misbehave",
-                         headers={"authorization": f"Bearer {chart_stack.token()}"})
+    response = httpx.get(
+        chart_stack.url + "/Observation?patient=123&_tag=smartgate-misbehave",
+        headers={"authorization": f"Bearer {chart_stack.token()}"},
+    )
     assert response.status_code == 403 and "obs-456-a" not in response.text
 
 
@@ -246,8 +277,12 @@ def test_the_ready_listener_serves_only_ready(chart_stack: ChartStack) -> None:
 
 def test_the_rendered_configs_really_were_the_charts(tmp_path: Path) -> None:
     """Guard against a test that drifts from the chart: the only changes made are addresses."""
-    rendering = render({"fhir": {"baseUrl": AUDIENCE, "upstreamUrl": "http://127.0.0.1:1/fhir"},
-                        "issuers": [{"issuer": "http://127.0.0.1:2/idp"}]})
+    rendering = render(
+        {
+            "fhir": {"baseUrl": AUDIENCE, "upstreamUrl": "http://127.0.0.1:1/fhir"},
+            "issuers": [{"issuer": "http://127.0.0.1:2/idp"}],
+        }
+    )
     smartgate = rendering.config("smartgate.yaml")
     assert smartgate["listen"] == {"grpc": f"unix:{POD_SOCKET_DIR}/grpc.sock", "http": "0.0.0.0:9190"}
     assert smartgate["mode"] == "enforce"
@@ -257,14 +292,17 @@ def test_the_rendered_configs_really_were_the_charts(tmp_path: Path) -> None:
 
 
 def test_production_values_forward_to_the_fhir_servers_own_path(production_stack: ProductionStack) -> None:
-    response = httpx.get(production_stack.url + "/Observation?patient=123",
-                         headers={"authorization": f"Bearer {production_stack.token()}"})
+    response = httpx.get(
+        production_stack.url + "/Observation?patient=123",
+        headers={"authorization": f"Bearer {production_stack.token()}"},
+    )
     assert response.status_code == 200
     assert response.headers["x-demo-received-path"].startswith("/fhir/R4/Observation")
 
 
 def test_production_values_let_a_configured_public_route_pass_without_a_token(
-        production_stack: ProductionStack) -> None:
+    production_stack: ProductionStack,
+) -> None:
     response = httpx.get(production_stack.url + "/Organization/payer-1")  # publicRoutes: GET /Organization*
     assert response.status_code == 200
     assert response.json()["id"] == "payer-1"
@@ -272,9 +310,12 @@ def test_production_values_let_a_configured_public_route_pass_without_a_token(
 
 
 def test_production_values_keep_a_method_the_public_route_does_not_list_behind_a_token(
-        production_stack: ProductionStack) -> None:
-    response = httpx.post(production_stack.url + "/Organization",  # the public route lists GET only
-                          json={"resourceType": "Organization", "name": "Walk-in"})
+    production_stack: ProductionStack,
+) -> None:
+    response = httpx.post(
+        production_stack.url + "/Organization",  # the public route lists GET only
+        json={"resourceType": "Organization", "name": "Walk-in"},
+    )
     assert response.status_code == 401
     assert response.json()["resourceType"] == "OperationOutcome"
 
@@ -282,8 +323,11 @@ def test_production_values_keep_a_method_the_public_route_does_not_list_behind_a
 def test_the_production_run_changed_only_addresses_in_the_smartgate_config() -> None:
     """Guard against a run that drifts from the committed values: outside addresses are all it replaced."""
     committed = render(load_values(PRODUCTION_VALUES)).config("smartgate.yaml")
-    moved = render(_production_values_on_loopback("http://127.0.0.1:3/fhir/R4", "http://127.0.0.1:1/okta",
-                                                  "http://127.0.0.1:2/keycloak")).config("smartgate.yaml")
+    moved = render(
+        _production_values_on_loopback(
+            "http://127.0.0.1:3/fhir/R4", "http://127.0.0.1:1/okta", "http://127.0.0.1:2/keycloak"
+        )
+    ).config("smartgate.yaml")
     for config in (committed, moved):
         config["fhir"].pop("upstream_url")
         for issuer in config["issuers"]:
@@ -296,8 +340,10 @@ def test_the_production_run_changed_only_addresses_in_the_smartgate_config() -> 
 def test_production_values_serve_the_api_on_the_mtls_listener_too(production_stack: ProductionStack) -> None:
     workdir = production_stack.workdir
     with httpx.Client(verify=client_tls(workdir), timeout=10) as client:
-        response = client.get(production_stack.tls_url + "/Observation?patient=123",
-                              headers={"authorization": f"Bearer {production_stack.token()}"})
+        response = client.get(
+            production_stack.tls_url + "/Observation?patient=123",
+            headers={"authorization": f"Bearer {production_stack.token()}"},
+        )
     assert response.status_code == 200
     assert {e["resource"]["id"] for e in response.json()["entry"]} == {"obs-123-a", "obs-123-b"}
 

@@ -50,7 +50,7 @@ def assert_no_foreign_data(e2e: E2EStack, key: str, response: httpx.Response) ->
 
 
 def foreign_refs(e2e: E2EStack, key: str) -> dict[str, str]:
-    """"Type/id" of every seeded record of the other patients -> whose it is."""
+    """ "Type/id" of every seeded record of the other patients -> whose it is."""
     return {ref: other for other, p in e2e.data.patients.items() if other != key for ref in p.resources}
 
 

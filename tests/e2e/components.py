@@ -50,7 +50,11 @@ def ensure_node_modules() -> Path:
         )
     result = subprocess.run(
         [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=NODE_DIR, capture_output=True, text=True, timeout=600, check=False,
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     if result.returncode != 0 or not NODE_BINARY.is_file():
         raise ComponentError(f"`npm ci` in {NODE_DIR} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -61,7 +65,10 @@ def ensure_node_modules() -> Path:
 def start_node(script: str, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [str(NODE_BINARY), script, *args], cwd=NODE_DIR, stdout=log, stderr=subprocess.STDOUT,
+            [str(NODE_BINARY), script, *args],
+            cwd=NODE_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "NODE_ENV": "test"},
         )
 
@@ -80,8 +87,7 @@ class FhirServer:
     def __init__(self, port: int) -> None:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}/fhir"
-        self.client = httpx.Client(base_url=self.base_url, timeout=30,
-                                   headers={"accept": "application/fhir+json"})
+        self.client = httpx.Client(base_url=self.base_url, timeout=30, headers={"accept": "application/fhir+json"})
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.client.get(path, **kwargs)
@@ -96,8 +102,7 @@ class FhirServer:
 
     def transaction(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        response = self.client.post("", content=json.dumps(bundle),
-                                    headers={"content-type": "application/fhir+json"})
+        response = self.client.post("", content=json.dumps(bundle), headers={"content-type": "application/fhir+json"})
         if response.status_code != 200:
             raise ComponentError(f"seeding transaction failed: {response.status_code} {response.text[:2000]}")
         result: dict[str, Any] = response.json()

@@ -90,8 +90,9 @@ class E2EStack:
         """An access token from the real IdP's authorization-code + PKCE flow (cached per session)."""
         return self.token_response(user, scope, client_id, issuer).access_token
 
-    def token_response(self, user: str, scope: str, client_id: str = "smart-rs256",
-                       issuer: str | None = None) -> TokenResponse:
+    def token_response(
+        self, user: str, scope: str, client_id: str = "smart-rs256", issuer: str | None = None
+    ) -> TokenResponse:
         key = (issuer or self.issuer, client_id, user, scope)
         if key not in self._tokens:
             self._tokens[key] = authorization_code_token(key[0], client_id, user, scope, self.public_url)
@@ -105,8 +106,9 @@ class E2EStack:
         exchanged at the IdP's HTTPS token endpoint with that certificate."""
         own = self.certificates.own
         endpoint = MtlsTokenEndpoint(self.idp_mtls_token_url, own.ca, own.client_cert, own.client_key)
-        return authorization_code_token(self.issuer, "smart-mtls", user, scope, self.public_url,
-                                        mtls=endpoint).access_token
+        return authorization_code_token(
+            self.issuer, "smart-mtls", user, scope, self.public_url, mtls=endpoint
+        ).access_token
 
     def backend_token(self, scope: str) -> str:
         return client_credentials_token(self.issuer, "backend", BACKEND_SECRET, scope, self.public_url).access_token
@@ -136,25 +138,46 @@ class E2EStack:
 
 def _idp_config(host: str, base_url: str, ports: list[int], data: seed.Dataset, mtls: dict[str, Any]) -> dict[str, Any]:
     users: dict[str, dict[str, str]] = {
-        "alice": {"patient": data.patients["A"].patient_id,
-                  "fhirUser": f"{base_url}/Patient/{data.patients['A'].patient_id}"},
+        "alice": {
+            "patient": data.patients["A"].patient_id,
+            "fhirUser": f"{base_url}/Patient/{data.patients['A'].patient_id}",
+        },
         "bob": {"patient": data.patients["B"].patient_id, "fhirUser": f"Patient/{data.patients['B'].patient_id}"},
         "carol": {"patient": data.patients["C"].patient_id, "fhirUser": f"Patient/{data.patients['C'].patient_id}"},
         "drsmith": {"fhirUser": data.patients["A"].practitioner},
     }
     return {
-        "host": host, "resource": base_url, "redirect_uri": REDIRECT_URI, "users": users,
+        "host": host,
+        "resource": base_url,
+        "redirect_uri": REDIRECT_URI,
+        "users": users,
         "providers": [
-            {"port": ports[0], "backend_secret": BACKEND_SECRET, "mtls": mtls, "introspection_client": {
-                "client_id": "smartgate", "client_secret": BASIC_SECRET, "auth_method": "client_secret_basic"}},
-            {"port": ports[1], "backend_secret": BACKEND_SECRET, "introspection_client": {
-                "client_id": "smartgate-post", "client_secret": POST_SECRET, "auth_method": "client_secret_post"}},
+            {
+                "port": ports[0],
+                "backend_secret": BACKEND_SECRET,
+                "mtls": mtls,
+                "introspection_client": {
+                    "client_id": "smartgate",
+                    "client_secret": BASIC_SECRET,
+                    "auth_method": "client_secret_basic",
+                },
+            },
+            {
+                "port": ports[1],
+                "backend_secret": BACKEND_SECRET,
+                "introspection_client": {
+                    "client_id": "smartgate-post",
+                    "client_secret": POST_SECRET,
+                    "auth_method": "client_secret_post",
+                },
+            },
         ],
     }
 
 
-def _smartgate_config(workdir: Path, ports: dict[str, int], issuers: list[str], fhir_url: str,
-                      base_url: str) -> dict[str, Any]:
+def _smartgate_config(
+    workdir: Path, ports: dict[str, int], issuers: list[str], fhir_url: str, base_url: str
+) -> dict[str, Any]:
     (workdir / "introspection-basic.secret").write_text(BASIC_SECRET + "\n", encoding="utf-8")
     (workdir / "introspection-post.secret").write_text(POST_SECRET + "\n", encoding="utf-8")
     return {
@@ -162,14 +185,28 @@ def _smartgate_config(workdir: Path, ports: dict[str, int], issuers: list[str], 
         # A short look-up cache, so that a test can see a compartment change within a second.
         "fhir": {"base_url": base_url, "upstream_url": fhir_url, "lookup": {"cache_ttl_seconds": LOOKUP_CACHE_SECONDS}},
         "issuers": [
-            {"issuer": issuers[0], "algorithms": ["RS256", "ES256"], "introspection": {
-                "endpoint": f"{issuers[0]}/token/introspection", "client_id": "smartgate",
-                "client_secret_file": str(workdir / "introspection-basic.secret"),
-                "auth_method": "client_secret_basic", "cache_max_ttl_seconds": INTROSPECTION_CACHE_SECONDS}},
-            {"issuer": issuers[1], "algorithms": ["RS256", "ES256"], "introspection": {
-                "endpoint": f"{issuers[1]}/token/introspection", "client_id": "smartgate-post",
-                "client_secret_file": str(workdir / "introspection-post.secret"),
-                "auth_method": "client_secret_post", "cache_max_ttl_seconds": INTROSPECTION_CACHE_SECONDS}},
+            {
+                "issuer": issuers[0],
+                "algorithms": ["RS256", "ES256"],
+                "introspection": {
+                    "endpoint": f"{issuers[0]}/token/introspection",
+                    "client_id": "smartgate",
+                    "client_secret_file": str(workdir / "introspection-basic.secret"),
+                    "auth_method": "client_secret_basic",
+                    "cache_max_ttl_seconds": INTROSPECTION_CACHE_SECONDS,
+                },
+            },
+            {
+                "issuer": issuers[1],
+                "algorithms": ["RS256", "ES256"],
+                "introspection": {
+                    "endpoint": f"{issuers[1]}/token/introspection",
+                    "client_id": "smartgate-post",
+                    "client_secret_file": str(workdir / "introspection-post.secret"),
+                    "auth_method": "client_secret_post",
+                    "cache_max_ttl_seconds": INTROSPECTION_CACHE_SECONDS,
+                },
+            },
         ],
         "max_request_bytes": MAX_REQUEST_BYTES,
         "decision_log": str(workdir / "decisions.jsonl"),
@@ -204,15 +241,21 @@ def components(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Components]
     ports = {name: free_port() for name in ("fhir", "idp", "idp_post", "idp_mtls", "envoy")}
     public_url = f"http://127.0.0.1:{ports['envoy']}/fhir"
     certificates = ClientCertificates.make(workdir / "certificates")
-    idp_mtls = {"port": ports["idp_mtls"], "cert": str(certificates.own.server_cert),
-                "key": str(certificates.own.server_key), "ca": str(certificates.own.ca)}
+    idp_mtls = {
+        "port": ports["idp_mtls"],
+        "cert": str(certificates.own.server_cert),
+        "key": str(certificates.own.server_key),
+        "ca": str(certificates.own.ca),
+    }
     with ThreadPoolExecutor(1) as pool, contextlib.ExitStack() as stack:
         fhir_log = workdir / "fhir-server.log"
         fhir_process = stack.enter_context(_node_process("fhir-server.mjs", ["--port", str(ports["fhir"])], fhir_log))
         data = pool.submit(seed.build_dataset).result()  # carebundle works while Node starts
         idp_config = workdir / "idp.json"
-        idp_config.write_text(json.dumps(_idp_config("127.0.0.1", public_url, [ports["idp"], ports["idp_post"]],
-                                                     data, idp_mtls)), encoding="utf-8")
+        idp_config.write_text(
+            json.dumps(_idp_config("127.0.0.1", public_url, [ports["idp"], ports["idp_post"]], data, idp_mtls)),
+            encoding="utf-8",
+        )
         idp_log = workdir / "idp.log"
         idp_process = stack.enter_context(_node_process("idp.mjs", [str(idp_config)], idp_log))
         idp = IdentityProvider("127.0.0.1", [ports["idp"], ports["idp_post"]])
@@ -223,13 +266,26 @@ def components(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Components]
         for issuer in idp.issuers:
             wait_ready(f"{issuer}/__e2e/ready", idp_process, idp_log)
         print(f"\n[e2e] FHIR server and IdP up, seed data loaded in {time.monotonic() - started:.1f}s ({workdir})")
-        yield Components(public_url, ports["envoy"], fhir, idp, data, workdir, certificates,
-                         f"https://127.0.0.1:{ports['idp_mtls']}/token")
+        yield Components(
+            public_url,
+            ports["envoy"],
+            fhir,
+            idp,
+            data,
+            workdir,
+            certificates,
+            f"https://127.0.0.1:{ports['idp_mtls']}/token",
+        )
 
 
 @contextlib.contextmanager
 def _gateway(
-    parts: Components, name: str, envoy_port: int, response_verification: VerificationMode, *, mtls: bool = False,
+    parts: Components,
+    name: str,
+    envoy_port: int,
+    response_verification: VerificationMode,
+    *,
+    mtls: bool = False,
     upstream_url: str | None = None,
 ) -> Iterator[E2EStack]:
     """smartgate + Envoy (rendered by smartgate.envoy_glue.bootstrap) in front of the shared FHIR server; with
@@ -243,23 +299,47 @@ def _gateway(
     config = _smartgate_config(workdir, ports, parts.idp.issuers, upstream, parts.public_url)
     config["response_verification"] = {"mode": response_verification}
     settings = EnvoySettings(
-        listen_host="127.0.0.1", listen_port=envoy_port, admin_port=ports["admin"], authz_port=ports["grpc"],
-        upstream_url=upstream, base_path="/fhir", max_request_bytes=MAX_REQUEST_BYTES,
-        smartgate_http_port=ports["http"], response_verification=response_verification,
+        listen_host="127.0.0.1",
+        listen_port=envoy_port,
+        admin_port=ports["admin"],
+        authz_port=ports["grpc"],
+        upstream_url=upstream,
+        base_path="/fhir",
+        max_request_bytes=MAX_REQUEST_BYTES,
+        smartgate_http_port=ports["http"],
+        response_verification=response_verification,
         tls=_mtls_listener(parts.certificates, ports["tls"]) if mtls else None,
     )
-    with running(start_smartgate(config, workdir)), running(start_envoy(settings, workdir)), \
-            httpx.Client(timeout=30) as client:
+    with (
+        running(start_smartgate(config, workdir)),
+        running(start_envoy(settings, workdir)),
+        httpx.Client(timeout=30) as client,
+    ):
         print(f"\n[e2e] gateway {name!r} up in {time.monotonic() - started:.1f}s")
-        yield E2EStack(f"http://127.0.0.1:{envoy_port}/fhir", parts.public_url, parts.fhir, parts.idp,
-                       parts.idp.issuers[0], parts.idp.issuers[1], parts.data, workdir, client, parts.certificates,
-                       parts.idp_mtls_token_url, f"https://127.0.0.1:{ports['tls']}/fhir" if mtls else None)
+        yield E2EStack(
+            f"http://127.0.0.1:{envoy_port}/fhir",
+            parts.public_url,
+            parts.fhir,
+            parts.idp,
+            parts.idp.issuers[0],
+            parts.idp.issuers[1],
+            parts.data,
+            workdir,
+            client,
+            parts.certificates,
+            parts.idp_mtls_token_url,
+            f"https://127.0.0.1:{ports['tls']}/fhir" if mtls else None,
+        )
 
 
 def _mtls_listener(certificates: ClientCertificates, port: int) -> DownstreamTls:
     own = certificates.own
-    return DownstreamTls(port=port, cert_path=str(own.server_cert), key_path=str(own.server_key),
-                         client_ca_path=str(certificates.trusted_cas))
+    return DownstreamTls(
+        port=port,
+        cert_path=str(own.server_cert),
+        key_path=str(own.server_key),
+        client_ca_path=str(certificates.trusted_cas),
+    )
 
 
 @pytest.fixture(scope="session")

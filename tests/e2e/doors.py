@@ -37,27 +37,52 @@ class Door:
 # Searches that name no patient: with search narrowing on (the default) smartgate narrows them to ctx
 # (Envoy sets patient=ctx, or _id=ctx for Patient), so they reach the FHIR server bound to ctx. And
 # _revinclude=Provenance:target on a bound search, allowed in every mode. They must not leak.
-MAY_PASS = frozenset({
-    "unbound", "unbound by code", "unbound _id", "Patient by name", "Patient by family", "Patient by identifier",
-    "Patient unbound", "Patient by general-practitioner", "Coverage by payor", "Coverage by subscriber-id",
-    "EOB by insurer", "EOB by coverage", "Observation by practitioner", "_revinclude Provenance",
-})
+MAY_PASS = frozenset(
+    {
+        "unbound",
+        "unbound by code",
+        "unbound _id",
+        "Patient by name",
+        "Patient by family",
+        "Patient by identifier",
+        "Patient unbound",
+        "Patient by general-practitioner",
+        "Coverage by payor",
+        "Coverage by subscriber-id",
+        "EOB by insurer",
+        "EOB by coverage",
+        "Observation by practitioner",
+        "_revinclude Provenance",
+    }
+)
 # Includes and revincludes that can bring in compartment types: allowed when response verification
 # enforces (every included resource is verified; a foreign one withholds the whole response).
-MAY_PASS_WHEN_ENFORCING = frozenset({
-    "_include subject through performer", "_include patient through performer",
-    "_include subject:Patient through performer", "_include encounter", "_revinclude from Practitioner",
-    "_revinclude from all Practitioners", "_revinclude Coverage from payer", "_revinclude EOB from payer",
-    "_revinclude DiagnosticReport",
-})
+MAY_PASS_WHEN_ENFORCING = frozenset(
+    {
+        "_include subject through performer",
+        "_include patient through performer",
+        "_include subject:Patient through performer",
+        "_include encounter",
+        "_revinclude from Practitioner",
+        "_revinclude from all Practitioners",
+        "_revinclude Coverage from payer",
+        "_revinclude EOB from payer",
+        "_revinclude DiagnosticReport",
+    }
+)
 
 
 def _classified(doors: list[Door]) -> list[Door]:
     names = {door.name for door in doors}
     assert names >= MAY_PASS | MAY_PASS_WHEN_ENFORCING, sorted((MAY_PASS | MAY_PASS_WHEN_ENFORCING) - names)
-    return [replace(door, must_deny=False) if door.name in MAY_PASS
-            else replace(door, enforcing_may_pass=True) if door.name in MAY_PASS_WHEN_ENFORCING else door
-            for door in doors]
+    return [
+        replace(door, must_deny=False)
+        if door.name in MAY_PASS
+        else replace(door, enforcing_may_pass=True)
+        if door.name in MAY_PASS_WHEN_ENFORCING
+        else door
+        for door in doors
+    ]
 
 
 def _json(value: Any) -> bytes:
@@ -70,9 +95,12 @@ def _form(*pairs: tuple[str, str]) -> bytes:
 
 def _observation(subject: str, **extra: Any) -> dict[str, Any]:
     return {
-        "resourceType": "Observation", "status": "final",
+        "resourceType": "Observation",
+        "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-        "subject": {"reference": subject}, "valueQuantity": {"value": 71, "unit": "/min"}, **extra,
+        "subject": {"reference": subject},
+        "valueQuantity": {"value": 71, "unit": "/min"},
+        **extra,
     }
 
 
@@ -88,25 +116,46 @@ def _linked_patient_doors(other: PatientData, ctx: PatientData) -> list[Door]:
     if not any(link["other"]["reference"] == ctx.reference for link in links):
         return []
     a, o = ctx.patient_id, other.patient_id
-    doors = [Door("linked", name, "GET", f"/{path}", must_deny=False) for name, path in [
-        ("_revinclude Patient:link", f"Patient?_id={a}&_revinclude=Patient:link"),
-        ("_revinclude:iterate Patient:link", f"Patient?_id={a}&_revinclude:iterate=Patient:link"),
-        ("compartment Patient/ctx/Patient", f"Patient/{a}/Patient"),
-        ("compartment Patient/ctx/Patient by _id", f"Patient/{a}/Patient?_id={o}"),
-        ("search by link", f"Patient?link=Patient/{a}"),
-        ("search by link bare id", f"Patient?link={a}"),
-        ("Observation of linked patient via link chain", f"Observation?patient.link=Patient/{a}"),
-    ]]
-    doors.append(Door("linked", "POST _search by link", "POST", "/Patient/_search", _form(("link", f"Patient/{a}")),
-                      {"content-type": FORM}, must_deny=False))
-    doors.append(Door("linked", "batch search by link", "POST", "",
-                      _bundle("batch", {"request": {"method": "GET", "url": f"Patient?link=Patient/{a}"}}),
-                      {"content-type": FHIR_JSON}, must_deny=False))
+    doors = [
+        Door("linked", name, "GET", f"/{path}", must_deny=False)
+        for name, path in [
+            ("_revinclude Patient:link", f"Patient?_id={a}&_revinclude=Patient:link"),
+            ("_revinclude:iterate Patient:link", f"Patient?_id={a}&_revinclude:iterate=Patient:link"),
+            ("compartment Patient/ctx/Patient", f"Patient/{a}/Patient"),
+            ("compartment Patient/ctx/Patient by _id", f"Patient/{a}/Patient?_id={o}"),
+            ("search by link", f"Patient?link=Patient/{a}"),
+            ("search by link bare id", f"Patient?link={a}"),
+            ("Observation of linked patient via link chain", f"Observation?patient.link=Patient/{a}"),
+        ]
+    ]
+    doors.append(
+        Door(
+            "linked",
+            "POST _search by link",
+            "POST",
+            "/Patient/_search",
+            _form(("link", f"Patient/{a}")),
+            {"content-type": FORM},
+            must_deny=False,
+        )
+    )
+    doors.append(
+        Door(
+            "linked",
+            "batch search by link",
+            "POST",
+            "",
+            _bundle("batch", {"request": {"method": "GET", "url": f"Patient?link=Patient/{a}"}}),
+            {"content-type": FHIR_JSON},
+            must_deny=False,
+        )
+    )
     return doors
 
 
-def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: str, direct_url: str,
-               versions: dict[str, str]) -> list[Door]:
+def doors_into(
+    other: PatientData, ctx: PatientData, data: Dataset, base_url: str, direct_url: str, versions: dict[str, str]
+) -> list[Door]:
     """``versions``: "Type/id" -> current versionId of ``other``'s resources (for vread)."""
     o, a = other.patient_id, ctx.patient_id
     obs, a_obs = other.ids("Observation")[0], ctx.ids("Observation")[0]
@@ -116,8 +165,16 @@ def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: st
     family, ident = other.family, other.identifier
     doors: list[Door] = []
 
-    def add(category: str, name: str, method: str, path: str, body: bytes | None = None,
-            content_type: str | None = None, must_deny: bool = True, **headers: str) -> None:
+    def add(
+        category: str,
+        name: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        must_deny: bool = True,
+        **headers: str,
+    ) -> None:
         all_headers = {k.replace("_", "-"): v for k, v in headers.items()}
         if content_type:
             all_headers["content-type"] = content_type
@@ -137,8 +194,14 @@ def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: st
     add("read", "read with escaped slash", "GET", f"/Patient%2F{o}")
     add("read", "read with escaped id character", "GET", f"/Patient/%{ord(o[0]):02X}{o[1:]}")
     add("read", "read with spoofed context header", "GET", f"/Patient/{o}", x_smart_patient=o)
-    add("read", "read with spoofed scope header", "GET", f"/Observation/{obs}", x_smart_patient=o,
-        x_smart_scope="user/*.rs")
+    add(
+        "read",
+        "read with spoofed scope header",
+        "GET",
+        f"/Observation/{obs}",
+        x_smart_patient=o,
+        x_smart_scope="user/*.rs",
+    )
     for ref in (f"Patient/{o}", f"Observation/{obs}", f"Coverage/{cov}"):
         add("vread", f"vread {ref.split('/')[0]}", "GET", f"/{ref}/_history/{versions[ref]}")
 
@@ -211,14 +274,18 @@ def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: st
         ("Provenance by patient", f"Provenance?patient={o}"),
         ("_include subject through performer", f"Observation?performer=Patient/{a}&_include=Observation:subject"),
         ("_include patient through performer", f"Observation?performer=Patient/{a}&_include=Observation:patient"),
-        ("_include subject:Patient through performer",
-         f"Observation?performer=Patient/{a}&_include=Observation:subject:Patient"),
+        (
+            "_include subject:Patient through performer",
+            f"Observation?performer=Patient/{a}&_include=Observation:subject:Patient",
+        ),
         ("_include encounter", f"Observation?patient={a}&_include=Observation:encounter"),
         ("_include:iterate", f"Observation?patient={a}&_include:iterate=Observation:subject"),
         ("_include wildcard", f"Observation?patient={a}&_include=*"),
         ("_include from another type", f"Observation?patient={a}&_include=Condition:subject"),
-        ("_revinclude from Practitioner", f"Practitioner?_id={practitioner.split('/')[1]}"
-                                        "&_revinclude=Observation:performer"),
+        (
+            "_revinclude from Practitioner",
+            f"Practitioner?_id={practitioner.split('/')[1]}&_revinclude=Observation:performer",
+        ),
         ("_revinclude from all Practitioners", "Practitioner?_revinclude=Observation:performer"),
         ("_revinclude Coverage from payer", f"Organization?_id={payer.split('/')[1]}&_revinclude=Coverage:payor"),
         ("_revinclude EOB from payer", "Organization?_revinclude=ExplanationOfBenefit:insurer"),
@@ -245,12 +312,21 @@ def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: st
     add("search", "bound practitioner", "GET", f"/Observation?patient={a}&performer={practitioner}", must_deny=False)
     add("search", "ctx compartment _id of other", "GET", f"/Patient/{a}/Observation?_id={obs}", must_deny=False)
     add("search", "ctx patient by other's name", "GET", f"/Patient?_id={a}&name={family}", must_deny=False)
-    add("search", "_include Practitioner", "GET",
-        f"/Observation?patient={a}&_include=Observation:performer:Practitioner", must_deny=False)
-    add("search", "performer=ctx (cross-patient record)", "GET", f"/Observation?performer=Patient/{a}",
-        must_deny=False)
-    add("search", "_revinclude performer from ctx", "GET",
-        f"/Patient?_id={a}&_revinclude=Observation:performer", must_deny=False)
+    add(
+        "search",
+        "_include Practitioner",
+        "GET",
+        f"/Observation?patient={a}&_include=Observation:performer:Practitioner",
+        must_deny=False,
+    )
+    add("search", "performer=ctx (cross-patient record)", "GET", f"/Observation?performer=Patient/{a}", must_deny=False)
+    add(
+        "search",
+        "_revinclude performer from ctx",
+        "GET",
+        f"/Patient?_id={a}&_revinclude=Observation:performer",
+        must_deny=False,
+    )
 
     doors.extend(_linked_patient_doors(other, ctx))
 
@@ -266,19 +342,33 @@ def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: st
         ("body charset", "Observation/_search", _form(("patient", o)), FORM + "; charset=utf-8"),
         ("body text/plain", "Observation/_search", f"patient={o}".encode(), "text/plain"),
         ("body JSON", "Observation/_search", _json({"patient": o}), "application/json"),
-        ("body query-bound, body names other", f"Observation/_search?patient={a}",
-         _form(("_include", "Observation:subject"), ("performer", f"Patient/{o}")), FORM),
+        (
+            "body query-bound, body names other",
+            f"Observation/_search?patient={a}",
+            _form(("_include", "Observation:subject"), ("performer", f"Patient/{o}")),
+            FORM,
+        ),
         ("compartment _search", f"Patient/{o}/Observation/_search", _form(("code", "8867-4")), FORM),
-        ("ctx compartment _search naming other", f"Patient/{a}/Observation/_search",
-         _form(("subject", f"Patient/{o}")), FORM),
+        (
+            "ctx compartment _search naming other",
+            f"Patient/{a}/Observation/_search",
+            _form(("subject", f"Patient/{o}")),
+            FORM,
+        ),
         ("system _search", "_search", _form(("_type", "Observation"), ("patient", o)), FORM),
         ("access_token in body", "Observation/_search", _form(("patient", o), ("access_token", "x")), FORM),
     ]
     for name, path, body, content_type in post_searches:
         add("post-search", name, "POST", f"/{path}", body, content_type)
     add("post-search", "empty body declared", "POST", "/Observation/_search", b"", FORM)
-    add("post-search", "oversized body", "POST", "/Observation/_search",
-        _form(("patient", a), ("_elements", "x" * 70_000), ("subject", f"Patient/{o}")), FORM)
+    add(
+        "post-search",
+        "oversized body",
+        "POST",
+        "/Observation/_search",
+        _form(("patient", a), ("_elements", "x" * 70_000), ("subject", f"Patient/{o}")),
+        FORM,
+    )
 
     # --- history and operations -------------------------------------------------------------
     for name, path in [
@@ -302,12 +392,24 @@ def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: st
         ("$validate of other", f"Observation/{obs}/$validate"),
     ]:
         add("history-operation", name, "GET", f"/{path}")
-    add("history-operation", "POST $everything of other", "POST", f"/Patient/{o}/$everything",
-        _json({"resourceType": "Parameters"}), FHIR_JSON)
+    add(
+        "history-operation",
+        "POST $everything of other",
+        "POST",
+        f"/Patient/{o}/$everything",
+        _json({"resourceType": "Parameters"}),
+        FHIR_JSON,
+    )
     graphql = '{ ObservationList(subject: "Patient/' + o + '") { id subject { reference } } }'
     add("history-operation", "$graphql", "POST", "/$graphql", _json({"query": graphql}), "application/json")
-    add("history-operation", "$graphql PatientList", "POST", "/$graphql",
-        _json({"query": '{ PatientList(name: "' + family + '") { id name { family } } }'}), "application/json")
+    add(
+        "history-operation",
+        "$graphql PatientList",
+        "POST",
+        "/$graphql",
+        _json({"query": '{ PatientList(name: "' + family + '") { id name { family } } }'}),
+        "application/json",
+    )
 
     # --- batch / transaction ----------------------------------------------------------------
     def get_entry(url: str) -> dict[str, Any]:
@@ -325,126 +427,370 @@ def doors_into(other: PatientData, ctx: PatientData, data: Dataset, base_url: st
         ("batch _has", "batch", [get_entry(f"Patient?_has:Observation:patient:_id={obs}")]),
         ("batch leading slash", "batch", [get_entry(f"/Patient/{o}")]),
         ("batch query-only url", "batch", [get_entry(f"?_type=Observation&patient={o}")]),
-        ("transaction update other", "transaction", [{
-            "resource": {**_observation(f"Patient/{a}"), "id": obs},
-            "request": {"method": "PUT", "url": f"Observation/{obs}"}}]),
+        (
+            "transaction update other",
+            "transaction",
+            [
+                {
+                    "resource": {**_observation(f"Patient/{a}"), "id": obs},
+                    "request": {"method": "PUT", "url": f"Observation/{obs}"},
+                }
+            ],
+        ),
         ("transaction delete other", "transaction", [{"request": {"method": "DELETE", "url": f"Patient/{o}"}}]),
-        ("transaction create for other", "transaction", [{
-            "fullUrl": "urn:uuid:5e6f0000-0000-4000-8000-000000000001", "resource": _observation(f"Patient/{o}"),
-            "request": {"method": "POST", "url": "Observation"}}]),
-        ("transaction conditional delete", "transaction", [
-            {"request": {"method": "DELETE", "url": f"Observation?patient={o}"}}]),
-        ("transaction conditional create", "transaction", [{
-            "resource": _observation(f"Patient/{a}"),
-            "request": {"method": "POST", "url": "Observation", "ifNoneExist": f"_id={obs}"}}]),
-        ("transaction patch other", "transaction", [{
-            "resource": {"resourceType": "Binary", "contentType": JSON_PATCH,
-                         "data": "W3sib3AiOiJyZXBsYWNlIiwicGF0aCI6Ii9zdGF0dXMiLCJ2YWx1ZSI6ImNhbmNlbGxlZCJ9XQ=="},
-            "request": {"method": "PATCH", "url": f"Observation/{obs}"}}]),
-        ("transaction urn:uuid patient", "transaction", [
-            {"fullUrl": "urn:uuid:5e6f0000-0000-4000-8000-000000000002",
-             "resource": {"resourceType": "Patient", "id": o, "name": [{"family": "Overwritten"}]},
-             "request": {"method": "PUT", "url": f"Patient/{o}"}},
-            {"resource": _observation("urn:uuid:5e6f0000-0000-4000-8000-000000000002"),
-             "request": {"method": "POST", "url": "Observation"}}]),
-        ("nested batch", "batch", [{
-            "resource": {"resourceType": "Bundle", "type": "batch", "entry": [get_entry(f"Patient/{o}")]},
-            "request": {"method": "POST", "url": ""}}]),
+        (
+            "transaction create for other",
+            "transaction",
+            [
+                {
+                    "fullUrl": "urn:uuid:5e6f0000-0000-4000-8000-000000000001",
+                    "resource": _observation(f"Patient/{o}"),
+                    "request": {"method": "POST", "url": "Observation"},
+                }
+            ],
+        ),
+        (
+            "transaction conditional delete",
+            "transaction",
+            [{"request": {"method": "DELETE", "url": f"Observation?patient={o}"}}],
+        ),
+        (
+            "transaction conditional create",
+            "transaction",
+            [
+                {
+                    "resource": _observation(f"Patient/{a}"),
+                    "request": {"method": "POST", "url": "Observation", "ifNoneExist": f"_id={obs}"},
+                }
+            ],
+        ),
+        (
+            "transaction patch other",
+            "transaction",
+            [
+                {
+                    "resource": {
+                        "resourceType": "Binary",
+                        "contentType": JSON_PATCH,
+                        "data": "W3sib3AiOiJyZXBsYWNlIiwicGF0aCI6Ii9zdGF0dXMiLCJ2YWx1ZSI6ImNhbmNlbGxlZCJ9XQ==",
+                    },
+                    "request": {"method": "PATCH", "url": f"Observation/{obs}"},
+                }
+            ],
+        ),
+        (
+            "transaction urn:uuid patient",
+            "transaction",
+            [
+                {
+                    "fullUrl": "urn:uuid:5e6f0000-0000-4000-8000-000000000002",
+                    "resource": {"resourceType": "Patient", "id": o, "name": [{"family": "Overwritten"}]},
+                    "request": {"method": "PUT", "url": f"Patient/{o}"},
+                },
+                {
+                    "resource": _observation("urn:uuid:5e6f0000-0000-4000-8000-000000000002"),
+                    "request": {"method": "POST", "url": "Observation"},
+                },
+            ],
+        ),
+        (
+            "nested batch",
+            "batch",
+            [
+                {
+                    "resource": {"resourceType": "Bundle", "type": "batch", "entry": [get_entry(f"Patient/{o}")]},
+                    "request": {"method": "POST", "url": ""},
+                }
+            ],
+        ),
         ("collection posted to base", "collection", [{"resource": _observation(f"Patient/{o}")}]),
     ]
     for name, kind, entries in bundles:
         add("bundle", name, "POST", "", _bundle(kind, *entries), FHIR_JSON)
     add("bundle", "batch to base with slash", "POST", "/", _bundle("batch", get_entry(f"Patient/{o}")), FHIR_JSON)
-    add("bundle", "Bundle resource create", "POST", "/Bundle",
-        _bundle("collection", {"resource": _observation(f"Patient/{o}")}), FHIR_JSON)
+    add(
+        "bundle",
+        "Bundle resource create",
+        "POST",
+        "/Bundle",
+        _bundle("collection", {"resource": _observation(f"Patient/{o}")}),
+        FHIR_JSON,
+    )
 
     # --- writes -----------------------------------------------------------------------------
     writes: list[tuple[str, str, str, bytes, str]] = [
         ("create for other", "POST", "Observation", _json(_observation(f"Patient/{o}")), FHIR_JSON),
-        ("create performer other", "POST", "Observation",
-         _json(_observation(f"Patient/{a}", performer=[{"reference": f"Patient/{o}"}])), FHIR_JSON),
-        ("create focus other", "POST", "Observation",
-         _json(_observation(f"Patient/{a}", focus=[{"reference": f"Patient/{o}"}])), FHIR_JSON),
+        (
+            "create performer other",
+            "POST",
+            "Observation",
+            _json(_observation(f"Patient/{a}", performer=[{"reference": f"Patient/{o}"}])),
+            FHIR_JSON,
+        ),
+        (
+            "create focus other",
+            "POST",
+            "Observation",
+            _json(_observation(f"Patient/{a}", focus=[{"reference": f"Patient/{o}"}])),
+            FHIR_JSON,
+        ),
         ("create absolute subject", "POST", "Observation", _json(_observation(f"{base_url}/Patient/{o}")), FHIR_JSON),
-        ("create conditional reference", "POST", "Observation",
-         _json(_observation(f"Patient?identifier={ident}")), FHIR_JSON),
-        ("create contained patient", "POST", "Observation", _json({
-            **_observation("#p1"), "contained": [{"resourceType": "Patient", "id": "p1", "link": [
-                {"other": {"reference": f"Patient/{o}"}, "type": "seealso"}]}]}), FHIR_JSON),
-        ("create type mismatch", "POST", "Observation",
-         _json({"resourceType": "Patient", "id": o, "name": [{"family": "Overwritten"}]}), FHIR_JSON),
-        ("create Patient linking other", "POST", "Patient",
-         _json({"resourceType": "Patient", "link": [{"other": {"reference": f"Patient/{o}"}, "type": "seealso"}]}),
-         FHIR_JSON),
-        ("create Coverage for other", "POST", "Coverage", _json({
-            "resourceType": "Coverage", "status": "active", "beneficiary": {"reference": f"Patient/{o}"},
-            "payor": [{"reference": payer}]}), FHIR_JSON),
-        ("update other's record to ctx", "PUT", f"Observation/{obs}",
-         _json({**_observation(f"Patient/{a}"), "id": obs}), FHIR_JSON),
-        ("update other's record", "PUT", f"Observation/{obs}",
-         _json({**_observation(f"Patient/{o}"), "id": obs}), FHIR_JSON),
-        ("update other Patient", "PUT", f"Patient/{o}",
-         _json({"resourceType": "Patient", "id": o, "name": [{"family": "Overwritten"}]}), FHIR_JSON),
-        ("move ctx record to other", "PUT", f"Observation/{a_obs}",
-         _json({**_observation(f"Patient/{o}"), "id": a_obs}), FHIR_JSON),
-        ("update id mismatch", "PUT", f"Observation/{a_obs}",
-         _json({**_observation(f"Patient/{a}"), "id": obs}), FHIR_JSON),
-        ("upsert for other", "PUT", "Observation/e2e-upsert-for-other",
-         _json({**_observation(f"Patient/{o}"), "id": "e2e-upsert-for-other"}), FHIR_JSON),
-        ("update Coverage of other", "PUT", f"Coverage/{cov}", _json({
-            "resourceType": "Coverage", "id": cov, "status": "cancelled",
-            "beneficiary": {"reference": f"Patient/{a}"}, "payor": [{"reference": payer}]}), FHIR_JSON),
-        ("patch other's record", "PATCH", f"Observation/{obs}",
-         _json([{"op": "replace", "path": "/status", "value": "cancelled"}]), JSON_PATCH),
-        ("patch other's record to ctx", "PATCH", f"Observation/{obs}",
-         _json([{"op": "replace", "path": "/subject/reference", "value": f"Patient/{a}"}]), JSON_PATCH),
-        ("patch ctx record to other", "PATCH", f"Observation/{a_obs}",
-         _json([{"op": "replace", "path": "/subject/reference", "value": f"Patient/{o}"}]), JSON_PATCH),
-        ("patch ctx record add performer", "PATCH", f"Observation/{a_obs}",
-         _json([{"op": "add", "path": "/performer", "value": [{"reference": f"Patient/{o}"}]}]), JSON_PATCH),
-        ("patch other Patient", "PATCH", f"Patient/{o}",
-         _json([{"op": "replace", "path": "/name/0/family", "value": "Overwritten"}]), JSON_PATCH),
-        ("FHIRPath patch other", "PATCH", f"Condition/{cond}", _json({
-            "resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
-                {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Condition.subject"},
-                {"name": "value", "valueReference": {"reference": f"Patient/{a}"}}]}]}), FHIR_JSON),
+        (
+            "create conditional reference",
+            "POST",
+            "Observation",
+            _json(_observation(f"Patient?identifier={ident}")),
+            FHIR_JSON,
+        ),
+        (
+            "create contained patient",
+            "POST",
+            "Observation",
+            _json(
+                {
+                    **_observation("#p1"),
+                    "contained": [
+                        {
+                            "resourceType": "Patient",
+                            "id": "p1",
+                            "link": [{"other": {"reference": f"Patient/{o}"}, "type": "seealso"}],
+                        }
+                    ],
+                }
+            ),
+            FHIR_JSON,
+        ),
+        (
+            "create type mismatch",
+            "POST",
+            "Observation",
+            _json({"resourceType": "Patient", "id": o, "name": [{"family": "Overwritten"}]}),
+            FHIR_JSON,
+        ),
+        (
+            "create Patient linking other",
+            "POST",
+            "Patient",
+            _json({"resourceType": "Patient", "link": [{"other": {"reference": f"Patient/{o}"}, "type": "seealso"}]}),
+            FHIR_JSON,
+        ),
+        (
+            "create Coverage for other",
+            "POST",
+            "Coverage",
+            _json(
+                {
+                    "resourceType": "Coverage",
+                    "status": "active",
+                    "beneficiary": {"reference": f"Patient/{o}"},
+                    "payor": [{"reference": payer}],
+                }
+            ),
+            FHIR_JSON,
+        ),
+        (
+            "update other's record to ctx",
+            "PUT",
+            f"Observation/{obs}",
+            _json({**_observation(f"Patient/{a}"), "id": obs}),
+            FHIR_JSON,
+        ),
+        (
+            "update other's record",
+            "PUT",
+            f"Observation/{obs}",
+            _json({**_observation(f"Patient/{o}"), "id": obs}),
+            FHIR_JSON,
+        ),
+        (
+            "update other Patient",
+            "PUT",
+            f"Patient/{o}",
+            _json({"resourceType": "Patient", "id": o, "name": [{"family": "Overwritten"}]}),
+            FHIR_JSON,
+        ),
+        (
+            "move ctx record to other",
+            "PUT",
+            f"Observation/{a_obs}",
+            _json({**_observation(f"Patient/{o}"), "id": a_obs}),
+            FHIR_JSON,
+        ),
+        (
+            "update id mismatch",
+            "PUT",
+            f"Observation/{a_obs}",
+            _json({**_observation(f"Patient/{a}"), "id": obs}),
+            FHIR_JSON,
+        ),
+        (
+            "upsert for other",
+            "PUT",
+            "Observation/e2e-upsert-for-other",
+            _json({**_observation(f"Patient/{o}"), "id": "e2e-upsert-for-other"}),
+            FHIR_JSON,
+        ),
+        (
+            "update Coverage of other",
+            "PUT",
+            f"Coverage/{cov}",
+            _json(
+                {
+                    "resourceType": "Coverage",
+                    "id": cov,
+                    "status": "cancelled",
+                    "beneficiary": {"reference": f"Patient/{a}"},
+                    "payor": [{"reference": payer}],
+                }
+            ),
+            FHIR_JSON,
+        ),
+        (
+            "patch other's record",
+            "PATCH",
+            f"Observation/{obs}",
+            _json([{"op": "replace", "path": "/status", "value": "cancelled"}]),
+            JSON_PATCH,
+        ),
+        (
+            "patch other's record to ctx",
+            "PATCH",
+            f"Observation/{obs}",
+            _json([{"op": "replace", "path": "/subject/reference", "value": f"Patient/{a}"}]),
+            JSON_PATCH,
+        ),
+        (
+            "patch ctx record to other",
+            "PATCH",
+            f"Observation/{a_obs}",
+            _json([{"op": "replace", "path": "/subject/reference", "value": f"Patient/{o}"}]),
+            JSON_PATCH,
+        ),
+        (
+            "patch ctx record add performer",
+            "PATCH",
+            f"Observation/{a_obs}",
+            _json([{"op": "add", "path": "/performer", "value": [{"reference": f"Patient/{o}"}]}]),
+            JSON_PATCH,
+        ),
+        (
+            "patch other Patient",
+            "PATCH",
+            f"Patient/{o}",
+            _json([{"op": "replace", "path": "/name/0/family", "value": "Overwritten"}]),
+            JSON_PATCH,
+        ),
+        (
+            "FHIRPath patch other",
+            "PATCH",
+            f"Condition/{cond}",
+            _json(
+                {
+                    "resourceType": "Parameters",
+                    "parameter": [
+                        {
+                            "name": "operation",
+                            "part": [
+                                {"name": "type", "valueCode": "replace"},
+                                {"name": "path", "valueString": "Condition.subject"},
+                                {"name": "value", "valueReference": {"reference": f"Patient/{a}"}},
+                            ],
+                        }
+                    ],
+                }
+            ),
+            FHIR_JSON,
+        ),
         ("delete other's record", "DELETE", f"Observation/{obs}", b"", ""),
         ("delete other Patient", "DELETE", f"Patient/{o}", b"", ""),
         ("delete other's Coverage", "DELETE", f"Coverage/{cov}", b"", ""),
         ("delete other's EOB", "DELETE", f"ExplanationOfBenefit/{eob}", b"", ""),
-        ("conditional update by patient", "PUT", f"Observation?patient={o}",
-         _json(_observation(f"Patient/{a}")), FHIR_JSON),
+        (
+            "conditional update by patient",
+            "PUT",
+            f"Observation?patient={o}",
+            _json(_observation(f"Patient/{a}")),
+            FHIR_JSON,
+        ),
         ("conditional update by _id", "PUT", f"Observation?_id={obs}", _json(_observation(f"Patient/{a}")), FHIR_JSON),
         ("conditional delete by patient", "DELETE", f"Observation?patient={o}", b"", ""),
         ("conditional delete by _id", "DELETE", f"Observation?_id={obs}", b"", ""),
         ("conditional delete Patient", "DELETE", f"Patient?_id={o}", b"", ""),
         ("conditional delete bound to ctx", "DELETE", f"Observation?patient={a}&_id={obs}", b"", ""),
-        ("conditional patch", "PATCH", f"Observation?_id={obs}",
-         _json([{"op": "replace", "path": "/status", "value": "cancelled"}]), JSON_PATCH),
+        (
+            "conditional patch",
+            "PATCH",
+            f"Observation?_id={obs}",
+            _json([{"op": "replace", "path": "/status", "value": "cancelled"}]),
+            JSON_PATCH,
+        ),
     ]
     for name, method, path, body, content_type in writes:
         add("write", name, method, f"/{path}", body or None, content_type or None)
-    add("write", "conditional create matching other's record", "POST", "/Observation",
-        _json(_observation(f"Patient/{a}")), FHIR_JSON, if_none_exist=f"_id={obs}")
-    add("write", "conditional create by other patient", "POST", "/Observation",
-        _json(_observation(f"Patient/{a}")), FHIR_JSON, if_none_exist=f"patient={o}")
-    add("write", "update with If-Match", "PUT", f"/Observation/{obs}",
-        _json({**_observation(f"Patient/{a}"), "id": obs}), FHIR_JSON,
-        if_match=f'W/"{versions[f"Observation/{obs}"]}"')
+    add(
+        "write",
+        "conditional create matching other's record",
+        "POST",
+        "/Observation",
+        _json(_observation(f"Patient/{a}")),
+        FHIR_JSON,
+        if_none_exist=f"_id={obs}",
+    )
+    add(
+        "write",
+        "conditional create by other patient",
+        "POST",
+        "/Observation",
+        _json(_observation(f"Patient/{a}")),
+        FHIR_JSON,
+        if_none_exist=f"patient={o}",
+    )
+    add(
+        "write",
+        "update with If-Match",
+        "PUT",
+        f"/Observation/{obs}",
+        _json({**_observation(f"Patient/{a}"), "id": obs}),
+        FHIR_JSON,
+        if_match=f'W/"{versions[f"Observation/{obs}"]}"',
+    )
 
     # --- method tunnelling and preflight ----------------------------------------------------
     for header in ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"):
         doors.append(Door("override", f"{header}: GET", "POST", f"/Patient/{o}", None, {header: "GET"}))
         doors.append(Door("override", f"{header}: DELETE", "POST", f"/Observation/{obs}", None, {header: "DELETE"}))
-    doors.append(Door("override", "override on a bound search", "POST", f"/Observation/_search?patient={a}",
-                      _form(("patient", a)), {"content-type": FORM, "x-http-method-override": "DELETE"}))
-    doors.append(Door("override", "override PATCH", "POST", f"/Observation/{obs}",
-                      _json([{"op": "replace", "path": "/status", "value": "cancelled"}]),
-                      {"content-type": JSON_PATCH, "x-http-method-override": "PATCH"}))
+    doors.append(
+        Door(
+            "override",
+            "override on a bound search",
+            "POST",
+            f"/Observation/_search?patient={a}",
+            _form(("patient", a)),
+            {"content-type": FORM, "x-http-method-override": "DELETE"},
+        )
+    )
+    doors.append(
+        Door(
+            "override",
+            "override PATCH",
+            "POST",
+            f"/Observation/{obs}",
+            _json([{"op": "replace", "path": "/status", "value": "cancelled"}]),
+            {"content-type": JSON_PATCH, "x-http-method-override": "PATCH"},
+        )
+    )
     doors.append(Door("override", "_method query parameter", "POST", f"/Observation/{obs}?_method=DELETE"))
-    doors.append(Door("override", "CORS preflight", "OPTIONS", f"/Patient/{o}", None,
-                      {"origin": "https://app.example.org", "access-control-request-method": "GET"},
-                      must_deny=False))
+    doors.append(
+        Door(
+            "override",
+            "CORS preflight",
+            "OPTIONS",
+            f"/Patient/{o}",
+            None,
+            {"origin": "https://app.example.org", "access-control-request-method": "GET"},
+            must_deny=False,
+        )
+    )
     doors.append(Door("override", "OPTIONS without preflight headers", "OPTIONS", f"/Patient/{o}"))
     doors.append(Door("override", "TRACE", "TRACE", f"/Patient/{o}"))
     return _classified(doors)

@@ -45,8 +45,12 @@ def _entry(resource: dict[str, Any], mode: str = "match") -> dict[str, Any]:
 
 def _own(victims: Victims, resource_type: str, ident: str, **fields: Any) -> dict[str, Any]:
     """A record of patient A, made up for the lie (A's data the token's scopes do not cover)."""
-    return {"resourceType": resource_type, "id": ident, "subject": {"reference": f"Patient/{victims.patient_a}"},
-            **fields}
+    return {
+        "resourceType": resource_type,
+        "id": ident,
+        "subject": {"reference": f"Patient/{victims.patient_a}"},
+        **fields,
+    }
 
 
 def _searchset_lies(v: Victims) -> dict[str, Callable[[dict[str, Any]], Answer]]:
@@ -57,29 +61,58 @@ def _searchset_lies(v: Victims) -> dict[str, Callable[[dict[str, Any]], Answer]]
         lied.setdefault("entry", []).extend(entries)
         return _json(200, lied)
 
-    vital = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                          "code": "vital-signs"}]}]
+    vital = [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}
+    ]
     return {
         "append": lambda a: appended(a, _entry(b_obs)),
         "include": lambda a: appended(a, _entry(b_patient, "include")),
-        "nested-bundle": lambda a: appended(a, _entry({"resourceType": "Bundle", "type": "searchset",
-                                                        "entry": [_entry(b_obs)]})),
-        "batch": lambda a: _json(200, {"resourceType": "Bundle", "type": "batch-response", "entry": [
-            {"resource": a, "response": {"status": "200 OK"}},
-            {"resource": {"resourceType": "Bundle", "type": "searchset", "entry": [_entry(b_obs)]},
-             "response": {"status": "200 OK"}}]}),
-        "ungranted-type": lambda a: appended(a, _entry(_own(v, "Condition", "lie-condition",
-                                                            code={"text": "x"}))),
-        "granular": lambda a: appended(a, _entry(_own(v, "Observation", "lie-vital", status="final",
-                                                      category=vital, code={"text": "heart rate"}))),
+        "nested-bundle": lambda a: appended(
+            a, _entry({"resourceType": "Bundle", "type": "searchset", "entry": [_entry(b_obs)]})
+        ),
+        "batch": lambda a: _json(
+            200,
+            {
+                "resourceType": "Bundle",
+                "type": "batch-response",
+                "entry": [
+                    {"resource": a, "response": {"status": "200 OK"}},
+                    {
+                        "resource": {"resourceType": "Bundle", "type": "searchset", "entry": [_entry(b_obs)]},
+                        "response": {"status": "200 OK"},
+                    },
+                ],
+            },
+        ),
+        "ungranted-type": lambda a: appended(a, _entry(_own(v, "Condition", "lie-condition", code={"text": "x"}))),
+        "granular": lambda a: appended(
+            a, _entry(_own(v, "Observation", "lie-vital", status="final", category=vital, code={"text": "heart rate"}))
+        ),
         "lowercase-type": lambda a: appended(a, _entry({**b_obs, "resourceType": "observation"})),
-        "outcome": lambda a: appended(a, _entry({"resourceType": "OperationOutcome", "contained": [b_obs], "issue": [
-            {"severity": "information", "code": "informational"}]}, "outcome")),
-        "provenance": lambda a: appended(a, _entry({"resourceType": "Provenance", "id": "lie-provenance",
-                                                    "recorded": "2024-01-01T00:00:00Z",
-                                                    "target": [{"reference": f"Patient/{b_patient['id']}"}],
-                                                    "agent": [{"who": {"reference": "Practitioner/x"}}]},
-                                                   "include")),
+        "outcome": lambda a: appended(
+            a,
+            _entry(
+                {
+                    "resourceType": "OperationOutcome",
+                    "contained": [b_obs],
+                    "issue": [{"severity": "information", "code": "informational"}],
+                },
+                "outcome",
+            ),
+        ),
+        "provenance": lambda a: appended(
+            a,
+            _entry(
+                {
+                    "resourceType": "Provenance",
+                    "id": "lie-provenance",
+                    "recorded": "2024-01-01T00:00:00Z",
+                    "target": [{"reference": f"Patient/{b_patient['id']}"}],
+                    "agent": [{"who": {"reference": "Practitioner/x"}}],
+                },
+                "include",
+            ),
+        ),
     }
 
 
@@ -90,17 +123,30 @@ def _read_lies(v: Victims) -> dict[str, Callable[[dict[str, Any]], Answer]]:
     def with_contained(answer: dict[str, Any], *contained: dict[str, Any]) -> Answer:
         return _json(200, {**answer, "contained": list(contained)})
 
-    b_condition = {"resourceType": "Condition", "id": "c", "code": {"text": "x"},
-                   "subject": {"reference": f"{v.upstream_url.rstrip('/')}/{b_reference}"}}
-    b_note = {"resourceType": "Observation", "id": "inner", "status": "final", "code": {"text": "x"},
-              "subject": {"reference": f"Patient/{v.patient_a}"}, "contained": [b_patient]}
+    b_condition = {
+        "resourceType": "Condition",
+        "id": "c",
+        "code": {"text": "x"},
+        "subject": {"reference": f"{v.upstream_url.rstrip('/')}/{b_reference}"},
+    }
+    b_note = {
+        "resourceType": "Observation",
+        "id": "inner",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{v.patient_a}"},
+        "contained": [b_patient],
+    }
     return {
         "swap": lambda a: _json(200, {**b_obs, "id": a["id"]}),
         "contained": lambda a: with_contained(a, b_patient),
         "gzip": lambda a: (200, JSON, json.dumps(b_obs).encode()),  # compressed on the way out
-        "xml": lambda a: (200, "application/fhir+xml",
-                          f'<Observation xmlns="http://hl7.org/fhir"><subject><reference value="{b_reference}"/>'
-                          f"</subject></Observation>".encode()),
+        "xml": lambda a: (
+            200,
+            "application/fhir+xml",
+            f'<Observation xmlns="http://hl7.org/fhir"><subject><reference value="{b_reference}"/>'
+            f"</subject></Observation>".encode(),
+        ),
         "not-found": lambda a: _json(404, b_obs),
         "nested-contained": lambda a: with_contained(a, b_note),
         "upstream-address": lambda a: with_contained(a, b_condition),
@@ -111,8 +157,17 @@ def lies(victims: Victims) -> dict[str, Callable[[dict[str, Any]], Answer]]:
     return {**_searchset_lies(victims), **_read_lies(victims)}
 
 
-SEARCH_LIES = ("append", "include", "nested-bundle", "batch", "ungranted-type", "granular", "lowercase-type",
-               "outcome", "provenance")
+SEARCH_LIES = (
+    "append",
+    "include",
+    "nested-bundle",
+    "batch",
+    "ungranted-type",
+    "granular",
+    "lowercase-type",
+    "outcome",
+    "provenance",
+)
 READ_LIES = ("swap", "contained", "gzip", "xml", "not-found", "nested-contained", "upstream-address")
 
 

@@ -99,8 +99,10 @@ class Dataset:
 
 def _rewrite_references(value: Any, mapping: dict[str, str]) -> Any:
     if isinstance(value, dict):
-        return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite_references(v, mapping))
-                for k, v in value.items()}
+        return {
+            k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite_references(v, mapping))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_rewrite_references(v, mapping) for v in value]
     return value
@@ -121,8 +123,12 @@ def _from_carebundle(key: str, profile: str, seed: int, sex: str) -> tuple[Patie
     patient = next(r for r in resources if r["resourceType"] == "Patient")
     name = patient["name"][0]
     data = PatientData(
-        key=key, patient_id=patient["id"], family=name["family"], given=name["given"][0],
-        identifier=patient["identifier"][0]["value"], member_id=f"MEMBER-{_id(key, 'member')[:13].upper()}",
+        key=key,
+        patient_id=patient["id"],
+        family=name["family"],
+        given=name["given"][0],
+        identifier=patient["identifier"][0]["value"],
+        member_id=f"MEMBER-{_id(key, 'member')[:13].upper()}",
     )
     practitioners = [r for r in resources if r["resourceType"] == "Practitioner"]
     data.practitioner = f"Practitioner/{practitioners[0]['id']}"
@@ -136,37 +142,95 @@ def _payer_records(data: PatientData, payer: str) -> list[dict[str, Any]]:
     coverage_id, eob_id = _id(data.key, "coverage"), _id(data.key, "eob")
     claim_id = f"CLAIM-{_id(data.key, 'claim')[:13].upper()}"
     coverage = {
-        "resourceType": "Coverage", "id": coverage_id, "status": "active",
+        "resourceType": "Coverage",
+        "id": coverage_id,
+        "status": "active",
         "identifier": [{"system": "https://payer.example.org/member", "value": data.member_id}],
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIP",
-                             "display": "health insurance plan policy"}]},
-        "policyHolder": {"reference": data.reference}, "subscriber": {"reference": data.reference},
-        "subscriberId": data.member_id, "beneficiary": {"reference": data.reference}, "relationship": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship", "code": "self"}]},
-        "period": {"start": "2026-01-01"}, "payor": [{"reference": payer}],
-        "class": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class",
-                                        "code": "group"}]}, "value": "GRP-42", "name": "E2E group plan"}],
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "HIP",
+                    "display": "health insurance plan policy",
+                }
+            ]
+        },
+        "policyHolder": {"reference": data.reference},
+        "subscriber": {"reference": data.reference},
+        "subscriberId": data.member_id,
+        "beneficiary": {"reference": data.reference},
+        "relationship": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship", "code": "self"}]
+        },
+        "period": {"start": "2026-01-01"},
+        "payor": [{"reference": payer}],
+        "class": [
+            {
+                "type": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class", "code": "group"}]
+                },
+                "value": "GRP-42",
+                "name": "E2E group plan",
+            }
+        ],
     }
     eob = {
-        "resourceType": "ExplanationOfBenefit", "id": eob_id, "status": "active",
+        "resourceType": "ExplanationOfBenefit",
+        "id": eob_id,
+        "status": "active",
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
-        "use": "claim", "patient": {"reference": data.reference}, "created": "2026-01-02T10:00:00Z",
-        "insurer": {"reference": payer}, "provider": {"reference": us_core.shared_ref("Organization/provider")},
-        "outcome": "complete", "identifier": [{"system": "https://payer.example.org/claim", "value": claim_id}],
+        "use": "claim",
+        "patient": {"reference": data.reference},
+        "created": "2026-01-02T10:00:00Z",
+        "insurer": {"reference": payer},
+        "provider": {"reference": us_core.shared_ref("Organization/provider")},
+        "outcome": "complete",
+        "identifier": [{"system": "https://payer.example.org/claim", "value": claim_id}],
         "billablePeriod": {"start": "2026-01-01", "end": "2026-01-01"},
-        "careTeam": [{"sequence": 1, "provider": {"reference": data.practitioner}, "role": {"coding": [{
-            "system": "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBClaimCareTeamRole", "code": "performing"}]}}],
-        "payee": {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/payeetype",
-                                       "code": "subscriber"}]}, "party": {"reference": data.reference}},
+        "careTeam": [
+            {
+                "sequence": 1,
+                "provider": {"reference": data.practitioner},
+                "role": {
+                    "coding": [
+                        {
+                            "system": "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBClaimCareTeamRole",
+                            "code": "performing",
+                        }
+                    ]
+                },
+            }
+        ],
+        "payee": {
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/payeetype", "code": "subscriber"}]},
+            "party": {"reference": data.reference},
+        },
         "insurance": [{"focal": True, "coverage": {"reference": f"Coverage/{coverage_id}"}}],
-        "item": [{"sequence": 1, "productOrService": {"coding": [{"system": "http://www.ama-assn.org/go/cpt",
-                                                                 "code": "99213"}]},
-                  "servicedDate": "2026-01-01",
-                  "adjudication": [{"category": {"coding": [{
-                      "system": "http://terminology.hl7.org/CodeSystem/adjudication", "code": "benefit"}]},
-                      "amount": {"value": 120.0, "currency": "USD"}}]}],
-        "total": [{"category": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adjudication",
-                                            "code": "submitted"}]}, "amount": {"value": 150.0, "currency": "USD"}}],
+        "item": [
+            {
+                "sequence": 1,
+                "productOrService": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "99213"}]},
+                "servicedDate": "2026-01-01",
+                "adjudication": [
+                    {
+                        "category": {
+                            "coding": [
+                                {"system": "http://terminology.hl7.org/CodeSystem/adjudication", "code": "benefit"}
+                            ]
+                        },
+                        "amount": {"value": 120.0, "currency": "USD"},
+                    }
+                ],
+            }
+        ],
+        "total": [
+            {
+                "category": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/adjudication", "code": "submitted"}]
+                },
+                "amount": {"value": 150.0, "currency": "USD"},
+            }
+        ],
     }
     return [coverage, eob]
 
@@ -176,7 +240,10 @@ def build_dataset() -> Dataset:
     shared: dict[str, dict[str, Any]] = {}
     payer_id = _id("payer")
     shared[f"Organization/{payer_id}"] = {
-        "resourceType": "Organization", "id": payer_id, "active": True, "name": "E2E Health Plan",
+        "resourceType": "Organization",
+        "id": payer_id,
+        "active": True,
+        "name": "E2E Health Plan",
         "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "pay"}]}],
     }
     for key, profile, seed, sex in PATIENTS:
@@ -194,13 +261,24 @@ def build_dataset() -> Dataset:
     b.resources[b.reference]["link"] = [{"other": {"reference": a.reference}, "type": "seealso"}]
     cross_id = _id("cross", "B-observed-by-A")
     shared[f"Observation/{cross_id}"] = {
-        "resourceType": "Observation", "id": cross_id, "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "social-history"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "76690-7", "display": "Sexual orientation"}],
-                 "text": "caregiver-reported observation"},
-        "subject": {"reference": b.reference}, "performer": [{"reference": a.reference}],
-        "effectiveDateTime": "2026-01-03T08:00:00Z", "valueString": "reported by a family member",
+        "resourceType": "Observation",
+        "id": cross_id,
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "social-history"}
+                ]
+            }
+        ],
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": "76690-7", "display": "Sexual orientation"}],
+            "text": "caregiver-reported observation",
+        },
+        "subject": {"reference": b.reference},
+        "performer": [{"reference": a.reference}],
+        "effectiveDateTime": "2026-01-03T08:00:00Z",
+        "valueString": "reported by a family member",
     }
     dataset = Dataset(patients, shared, f"Observation/{cross_id}")
     _check_markers(dataset)
@@ -224,7 +302,7 @@ def load(fhir: FhirServer, dataset: Dataset) -> None:
         for resource in dataset.all_resources()
     ]
     for start in range(0, len(entries), TRANSACTION_LIMIT):
-        result = fhir.transaction(entries[start:start + TRANSACTION_LIMIT])
+        result = fhir.transaction(entries[start : start + TRANSACTION_LIMIT])
         statuses = [entry.get("response", {}).get("status", "") for entry in result.get("entry", [])]
         assert all(s.startswith(("200", "201")) for s in statuses), statuses
 

@@ -56,19 +56,35 @@ def _pkce_pair() -> tuple[str, str]:
 
 
 def authorization_code_token(
-    issuer: str, client_id: str, user: str, scope: str, resource: str, *, max_redirects: int = 10,
-    dpop_key: DpopKey | None = None, mtls: MtlsTokenEndpoint | None = None,
+    issuer: str,
+    client_id: str,
+    user: str,
+    scope: str,
+    resource: str,
+    *,
+    max_redirects: int = 10,
+    dpop_key: DpopKey | None = None,
+    mtls: MtlsTokenEndpoint | None = None,
 ) -> TokenResponse:
     """Run authorize → interaction (login, consent) → redirect with code → token. With ``dpop_key`` the token
     request carries a DPoP proof by that key; with ``mtls`` it goes to that endpoint with its certificate."""
     verifier, challenge = _pkce_pair()
     state = secrets.token_urlsafe(16)
     with httpx.Client(timeout=10, follow_redirects=False) as client:
-        response = client.get(f"{issuer}/auth", params={
-            "client_id": client_id, "response_type": "code", "redirect_uri": REDIRECT_URI, "scope": scope,
-            "resource": resource, "code_challenge": challenge, "code_challenge_method": "S256",
-            "state": state, "login_hint": user,
-        })
+        response = client.get(
+            f"{issuer}/auth",
+            params={
+                "client_id": client_id,
+                "response_type": "code",
+                "redirect_uri": REDIRECT_URI,
+                "scope": scope,
+                "resource": resource,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "state": state,
+                "login_hint": user,
+            },
+        )
         for _ in range(max_redirects):
             if response.status_code not in (302, 303):
                 raise AuthFlowError(f"authorization flow stopped at {response.status_code}: {response.text[:500]}")
@@ -83,8 +99,14 @@ def authorization_code_token(
             raise AuthFlowError(f"authorization failed: {query}")
         if query.get("state") != [state] or query.get("iss") != [issuer]:
             raise AuthFlowError(f"unexpected authorization response: {query}")
-        form = {"grant_type": "authorization_code", "code": query["code"][0], "redirect_uri": REDIRECT_URI,
-                "client_id": client_id, "code_verifier": verifier, "resource": resource}
+        form = {
+            "grant_type": "authorization_code",
+            "code": query["code"][0],
+            "redirect_uri": REDIRECT_URI,
+            "client_id": client_id,
+            "code_verifier": verifier,
+            "resource": resource,
+        }
         if mtls is not None:
             with mtls.client() as secure:
                 return _token_response(secure.post(mtls.url, data=form))
@@ -94,14 +116,21 @@ def authorization_code_token(
 
 
 def client_credentials_token(issuer: str, client_id: str, secret: str, scope: str, resource: str) -> TokenResponse:
-    token = httpx.post(f"{issuer}/token", auth=(client_id, secret), timeout=10,
-                       data={"grant_type": "client_credentials", "scope": scope, "resource": resource})
+    token = httpx.post(
+        f"{issuer}/token",
+        auth=(client_id, secret),
+        timeout=10,
+        data={"grant_type": "client_credentials", "scope": scope, "resource": resource},
+    )
     return _token_response(token)
 
 
 def revoke(issuer: str, client_id: str, token: str) -> None:
-    response = httpx.post(f"{issuer}/token/revocation", timeout=10,
-                          data={"token": token, "token_type_hint": "access_token", "client_id": client_id})
+    response = httpx.post(
+        f"{issuer}/token/revocation",
+        timeout=10,
+        data={"token": token, "token_type_hint": "access_token", "client_id": client_id},
+    )
     if response.status_code != 200:
         raise AuthFlowError(f"revocation failed: {response.status_code} {response.text}")
 

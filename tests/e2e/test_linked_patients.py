@@ -32,11 +32,23 @@ def test_the_seed_links_b_to_a(e2e: E2EStack) -> None:
 
 def _requests(a: str, b: str, binary_b: str) -> list[tuple[str, str, str, bytes | None]]:
     """(name, method, path, body): every way to B's Patient that the issue lists, and a few more."""
-    batch = json.dumps({"resourceType": "Bundle", "type": "batch", "entry": [
-        {"request": {"method": "GET", "url": f"Patient/{a}"}},
-        {"request": {"method": "GET", "url": f"Patient/{b}"}}]}).encode()
-    batch_search = json.dumps({"resourceType": "Bundle", "type": "batch", "entry": [
-        {"request": {"method": "GET", "url": f"Patient?link=Patient/{a}"}}]}).encode()
+    batch = json.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {"request": {"method": "GET", "url": f"Patient/{a}"}},
+                {"request": {"method": "GET", "url": f"Patient/{b}"}},
+            ],
+        }
+    ).encode()
+    batch_search = json.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": f"Patient?link=Patient/{a}"}}],
+        }
+    ).encode()
     return [
         ("read", "GET", f"/Patient/{b}", None),
         ("read with trailing slash", "GET", f"/Patient/{b}/", None),

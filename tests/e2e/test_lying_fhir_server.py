@@ -22,8 +22,10 @@ from .lying_proxy import LIE_HEADER, READ_LIES, SEARCH_LIES, Victims, lying_prox
 pytestmark = pytest.mark.e2e
 SCOPE = "launch/patient patient/*.rs"
 LAB = f"{us_core.OBS_CATEGORY}|laboratory"
-SCOPES = {"ungranted-type": "launch/patient patient/Observation.rs",
-          "granular": f"launch/patient patient/Observation.rs?category={LAB}"}
+SCOPES = {
+    "ungranted-type": "launch/patient patient/Observation.rs",
+    "granular": f"launch/patient patient/Observation.rs?category={LAB}",
+}
 ALL_LIES = (*SEARCH_LIES, *READ_LIES)
 
 
@@ -33,10 +35,12 @@ def liar(components: Components) -> Iterator[str]:
     b = components.data.patients["B"]
 
     def victims(upstream_url: str) -> Victims:
-        return Victims(patient_a=components.data.patients["A"].patient_id,
-                       patient_b=b.resources[b.reference],
-                       observation_b=b.resources[f"Observation/{b.ids('Observation')[0]}"],
-                       upstream_url=upstream_url)
+        return Victims(
+            patient_a=components.data.patients["A"].patient_id,
+            patient_b=b.resources[b.reference],
+            observation_b=b.resources[f"Observation/{b.ids('Observation')[0]}"],
+            upstream_url=upstream_url,
+        )
 
     with lying_proxy(components.fhir.base_url, free_port(), victims) as base_url:
         yield base_url
@@ -69,8 +73,9 @@ def _ask(stack: E2EStack, lie: str, request_id: str = "") -> httpx.Response:
 
 def test_the_proxy_passes_honest_requests_through(lied_to_enforcing: E2EStack) -> None:
     a = lied_to_enforcing.data.patients["A"]
-    response = lied_to_enforcing.get(f"/Observation?patient={a.patient_id}&_count=5",
-                                     lied_to_enforcing.token("alice", SCOPE))
+    response = lied_to_enforcing.get(
+        f"/Observation?patient={a.patient_id}&_count=5", lied_to_enforcing.token("alice", SCOPE)
+    )
     assert response.status_code == 200 and response.json()["entry"]
 
 

@@ -51,5 +51,9 @@ def test_report_mode_passes_the_response_and_reports_it(e2e_reporting: E2EStack)
     response = e2e_reporting.get(path, e2e_reporting.token("alice", SCOPE), headers=headers)
     assert response.status_code == 200
     reports = e2e_reporting.response_checks()
-    assert any(entry["outcome"] == "reported" and entry["reason"] == "response_foreign_resource"
-               and "Observation" in entry["findings"][0] for entry in reports)
+    assert any(
+        entry["outcome"] == "reported"
+        and entry["reason"] == "response_foreign_resource"
+        and "Observation" in entry["findings"][0]
+        for entry in reports
+    )

@@ -50,8 +50,9 @@ class Probe:
         self.e2e = e2e
         self.sent: list[str] = []
 
-    def get(self, url: str, authorization: str, *, proof: str | None = None,
-            client: httpx.Client | None = None) -> httpx.Response:
+    def get(
+        self, url: str, authorization: str, *, proof: str | None = None, client: httpx.Client | None = None
+    ) -> httpx.Response:
         probe = f"sender-{uuid.uuid4().hex}"
         self.sent.append(probe)
         headers = {"authorization": authorization, "x-e2e-probe": probe, "x-request-id": probe}
@@ -76,8 +77,9 @@ def dpop_key() -> DpopKey:
 @pytest.fixture(scope="module")
 def dpop_token(e2e: E2EStack, dpop_key: DpopKey) -> str:
     """Alice's token from the IdP's authorization-code flow, the code exchanged with a DPoP proof by ``dpop_key``."""
-    return authorization_code_token(e2e.issuer, "smart-dpop", "alice", SCOPE, e2e.public_url,
-                                    dpop_key=dpop_key).access_token
+    return authorization_code_token(
+        e2e.issuer, "smart-dpop", "alice", SCOPE, e2e.public_url, dpop_key=dpop_key
+    ).access_token
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +119,13 @@ def patient_path(e2e: E2EStack) -> str:
 # --- DPoP (RFC 9449) -------------------------------------------------------------------------------------
 
 
-def test_the_idp_binds_the_token_to_the_key_that_signed_the_token_request(dpop_token: str,
-                                                                          dpop_key: DpopKey) -> None:
+def test_the_idp_binds_the_token_to_the_key_that_signed_the_token_request(dpop_token: str, dpop_key: DpopKey) -> None:
     assert claims_of(dpop_token)["cnf"] == {"jkt": dpop_key.thumbprint}
 
 
 def test_a_dpop_bound_token_with_a_fresh_proof_reads_the_patients_data(
-        e2e: E2EStack, probe: Probe, dpop_token: str, dpop_key: DpopKey) -> None:
+    e2e: E2EStack, probe: Probe, dpop_token: str, dpop_key: DpopKey
+) -> None:
     path = patient_path(e2e)
     proof = dpop_key.proof("GET", e2e.public_url + path, dpop_token)
     response = probe.get(e2e.base_url + path, f"DPoP {dpop_token}", proof=proof)
@@ -132,7 +134,8 @@ def test_a_dpop_bound_token_with_a_fresh_proof_reads_the_patients_data(
 
 
 def test_a_dpop_bound_token_without_a_proof_is_401_and_never_forwarded(
-        e2e: E2EStack, probe: Probe, dpop_token: str) -> None:
+    e2e: E2EStack, probe: Probe, dpop_token: str
+) -> None:
     url = e2e.base_url + patient_path(e2e)
     without_proof = probe.get(url, f"DPoP {dpop_token}")
     as_bearer = probe.get(url, f"Bearer {dpop_token}")
@@ -144,7 +147,8 @@ def test_a_dpop_bound_token_without_a_proof_is_401_and_never_forwarded(
 
 
 def test_a_replayed_proof_is_401_and_never_forwarded(
-        e2e: E2EStack, probe: Probe, dpop_token: str, dpop_key: DpopKey) -> None:
+    e2e: E2EStack, probe: Probe, dpop_token: str, dpop_key: DpopKey
+) -> None:
     path = patient_path(e2e)
     proof = dpop_key.proof("GET", e2e.public_url + path, dpop_token)
     first = probe.get(e2e.base_url + path, f"DPoP {dpop_token}", proof=proof)
@@ -157,8 +161,9 @@ def test_a_replayed_proof_is_401_and_never_forwarded(
 def test_a_proof_by_another_key_is_401_and_never_forwarded(e2e: E2EStack, probe: Probe, dpop_token: str) -> None:
     path = patient_path(e2e)
     thief = DpopKey()
-    response = probe.get(e2e.base_url + path, f"DPoP {dpop_token}",
-                         proof=thief.proof("GET", e2e.public_url + path, dpop_token))
+    response = probe.get(
+        e2e.base_url + path, f"DPoP {dpop_token}", proof=thief.proof("GET", e2e.public_url + path, dpop_token)
+    )
     assert_denied(response, 401, "dpop_binding_mismatch")
     assert not probe.reached_fhir_server(response)
 
@@ -166,14 +171,14 @@ def test_a_proof_by_another_key_is_401_and_never_forwarded(e2e: E2EStack, probe:
 # --- certificate-bound tokens (RFC 8705), over Envoy's mTLS listener ------------------------------------
 
 
-def test_the_idp_binds_the_token_to_the_certificate_of_the_token_request(e2e: E2EStack,
-                                                                        certificate_token: str) -> None:
+def test_the_idp_binds_the_token_to_the_certificate_of_the_token_request(e2e: E2EStack, certificate_token: str) -> None:
     expected = {"x5t#S256": thumbprint(e2e.certificates.own.client_cert)}
     assert claims_of(certificate_token)["cnf"] == expected
 
 
 def test_a_certificate_bound_token_with_its_certificate_reads_the_patients_data(
-        e2e: E2EStack, probe: Probe, certificate_token: str, owner_tls: httpx.Client) -> None:
+    e2e: E2EStack, probe: Probe, certificate_token: str, owner_tls: httpx.Client
+) -> None:
     assert e2e.mtls_base_url is not None
     response = probe.get(e2e.mtls_base_url + patient_path(e2e), f"Bearer {certificate_token}", client=owner_tls)
     assert assert_ok(response)["id"] == e2e.data.patients["A"].patient_id
@@ -181,7 +186,8 @@ def test_a_certificate_bound_token_with_its_certificate_reads_the_patients_data(
 
 
 def test_a_certificate_bound_token_with_another_certificate_is_401_and_never_forwarded(
-        e2e: E2EStack, probe: Probe, certificate_token: str, thief_tls: httpx.Client) -> None:
+    e2e: E2EStack, probe: Probe, certificate_token: str, thief_tls: httpx.Client
+) -> None:
     assert e2e.mtls_base_url is not None
     response = probe.get(e2e.mtls_base_url + patient_path(e2e), f"Bearer {certificate_token}", client=thief_tls)
     assert_denied(response, 401, "certificate_binding_mismatch")
@@ -189,7 +195,8 @@ def test_a_certificate_bound_token_with_another_certificate_is_401_and_never_for
 
 
 def test_a_certificate_bound_token_without_a_certificate_is_401_and_never_forwarded(
-        e2e: E2EStack, probe: Probe, certificate_token: str) -> None:
+    e2e: E2EStack, probe: Probe, certificate_token: str
+) -> None:
     """The plain listener: no TLS, so no client certificate reaches smartgate."""
     response = probe.get(e2e.base_url + patient_path(e2e), f"Bearer {certificate_token}")
     assert_denied(response, 401, "certificate_binding_missing")

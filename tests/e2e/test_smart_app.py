@@ -23,7 +23,11 @@ SCOPE = "openid fhirUser launch/patient patient/*.rs"
 def _launch(stack: E2EStack, user: str, client_id: str = "smart-rs256") -> dict[str, Any]:
     result = subprocess.run(
         [str(NODE_BINARY), "smart-app.mjs", stack.public_url, client_id, user, SCOPE],
-        cwd=NODE_DIR, capture_output=True, text=True, timeout=60, check=False,
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, f"smart-app.mjs failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     launched: dict[str, Any] = json.loads(result.stdout)
@@ -66,5 +70,6 @@ def test_the_clients_observation_search_returns_only_the_patients_observations(
     found = {f"Observation/{o['id']}" for o in launched["observations"]}
     assert found >= {ref for ref in a.resources if ref.startswith("Observation/")}  # other tests add some
     assert all(o["subject"]["reference"] == a.reference for o in launched["observations"])
-    assert not any(marker in json.dumps(launched) for p in e2e.data.patients.values() if p.key != "A"
-                   for marker in p.markers())
+    assert not any(
+        marker in json.dumps(launched) for p in e2e.data.patients.values() if p.key != "A" for marker in p.markers()
+    )

@@ -71,8 +71,12 @@ def _binding_forms(e2e: E2EStack) -> list[tuple[str, str, str, dict[str, str] | 
         ("compartment path with code", "GET", f"Patient/{a}/Observation?code=http://loinc.org|4548-4", None),
         ("with _count and _sort", "GET", f"Observation?patient={a}&_count=5&_sort=-date", None),
         ("with _summary=count", "GET", f"Observation?subject=Patient/{a}&_summary=count", None),
-        ("with _include Practitioner", "GET",
-         f"Observation?patient={a}&_include=Observation:performer:Practitioner", None),
+        (
+            "with _include Practitioner",
+            "GET",
+            f"Observation?patient={a}&_include=Observation:performer:Practitioner",
+            None,
+        ),
         ("Patient _id", "GET", f"Patient?_id={a}", None),
         ("Patient _revinclude", "GET", f"Patient?_id={a}&_revinclude=Observation:subject", None),
         ("POST _search patient", "POST", "Observation/_search", {"patient": a}),
@@ -88,13 +92,15 @@ def test_post_search_with_its_binding_in_the_url_is_refused(e2e: E2EStack) -> No
     """Medplum's POST _search reads only the body (test_fhir_server pins it): ``?patient=A`` in the URL
     would not bind the search, so smartgate refuses search parameters in a POST _search URL."""
     a = e2e.data.patients["A"].patient_id
-    response = e2e.request("POST", f"/Observation/_search?patient={a}", e2e.token("alice", READ_SCOPE),
-                           data={"_count": "3"})
+    response = e2e.request(
+        "POST", f"/Observation/_search?patient={a}", e2e.token("alice", READ_SCOPE), data={"_count": "3"}
+    )
     assert_denied(response, 400, "request_malformed")
 
 
-def _send(client: httpx.Client, base: str, method: str, path: str, form: dict[str, str] | None,
-          headers: dict[str, str]) -> httpx.Response:
+def _send(
+    client: httpx.Client, base: str, method: str, path: str, form: dict[str, str] | None, headers: dict[str, str]
+) -> httpx.Response:
     if form is None:
         return client.request(method, f"{base}/{path}", headers=headers)
     return client.request(method, f"{base}/{path}", headers=headers, data=form)
@@ -119,17 +125,23 @@ def test_the_main_binding_forms_find_all_of_the_patients_observations(e2e: E2ESt
     token = e2e.token("alice", READ_SCOPE)
     a = e2e.data.patients["A"]
     seeded = {f"Observation/{i}" for i in a.ids("Observation")}
-    for path in (f"Observation?patient={a.patient_id}", f"Observation?subject=Patient/{a.patient_id}",
-                 f"Observation?patient:Patient={a.patient_id}"):
+    for path in (
+        f"Observation?patient={a.patient_id}",
+        f"Observation?subject=Patient/{a.patient_id}",
+        f"Observation?patient:Patient={a.patient_id}",
+    ):
         assert seeded <= entry_refs(assert_ok(e2e.get(f"/{path}&_count=1000", token))), path
     compartment = entry_refs(assert_ok(e2e.get(f"/Patient/{a.patient_id}/Observation?_count=1000", token)))
     assert seeded | {e2e.data.cross_reference} <= compartment
 
 
-@pytest.mark.parametrize("gateway_name", [
-    "default",
-    "verified",
-])
+@pytest.mark.parametrize(
+    "gateway_name",
+    [
+        "default",
+        "verified",
+    ],
+)
 def test_the_cross_patient_record_is_in_both_compartments(request: pytest.FixtureRequest, gateway_name: str) -> None:
     """An Observation of B performed by A: A reads it (performer), and so does B (subject)."""
     e2e: E2EStack = request.getfixturevalue("e2e" if gateway_name == "default" else "e2e_verified")
@@ -161,8 +173,7 @@ def test_patient_scopes_without_a_launch_context_are_refused(e2e: E2EStack) -> N
     issued = e2e.token_response("alice", "patient/*.rs")
     assert "patient" not in jwt.decode(issued.access_token, options={"verify_signature": False})
     a = e2e.data.patients["A"]
-    assert_denied(e2e.get(f"/Observation?patient={a.patient_id}", issued.access_token), 401,
-                  "patient_context_missing")
+    assert_denied(e2e.get(f"/Observation?patient={a.patient_id}", issued.access_token), 401, "patient_context_missing")
 
 
 def test_a_practitioner_with_user_scopes_reads_by_type(e2e: E2EStack) -> None:
@@ -186,7 +197,8 @@ def test_a_tampered_token_is_refused(e2e: E2EStack) -> None:
     token = e2e.token("alice", READ_SCOPE)
     header, _payload, signature = token.split(".")
     forged_claims = jwt.decode(token, options={"verify_signature": False}) | {
-        "patient": e2e.data.patients["B"].patient_id}
+        "patient": e2e.data.patients["B"].patient_id
+    }
     forged_payload = jwt.utils.base64url_encode(json.dumps(forged_claims).encode()).decode()
     response = e2e.get(f"/Patient/{e2e.data.patients['B'].patient_id}", f"{header}.{forged_payload}.{signature}")
     assert_denied(response, 401, "token_bad_signature")

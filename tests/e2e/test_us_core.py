@@ -22,24 +22,32 @@ from .seed import PatientData
 pytestmark = pytest.mark.e2e
 
 SCOPE = "launch/patient patient/*.rs"
-CARIN_SCOPE = ("launch/patient patient/ExplanationOfBenefit.read patient/Coverage.read patient/Patient.read "
-               "patient/Practitioner.read patient/Organization.read patient/PractitionerRole.read "
-               "patient/RelatedPerson.read")
+CARIN_SCOPE = (
+    "launch/patient patient/ExplanationOfBenefit.read patient/Coverage.read patient/Patient.read "
+    "patient/Practitioner.read patient/Organization.read patient/PractitionerRole.read "
+    "patient/RelatedPerson.read"
+)
 PROVENANCE = "_revinclude=Provenance:target"
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 ENFORCE_HINT = "response_verification.mode: enforce"
 
 SEARCHES = [(p.slug, params) for p in us_core.PROFILES for params in p.searches]
-BOUND_SEARCHES = [(slug, params) for slug, params in SEARCHES
-                  if us_core.PROFILE_BY_SLUG[slug].resource_type not in us_core.UNBOUND_TYPES]
+BOUND_SEARCHES = [
+    (slug, params)
+    for slug, params in SEARCHES
+    if us_core.PROFILE_BY_SLUG[slug].resource_type not in us_core.UNBOUND_TYPES
+]
 PATIENT_SEARCHES = (("_id",), ("identifier",), ("name",), ("birthdate", "name"), ("gender", "name"))
 READS = [p.slug for p in us_core.PROFILES if p.resource_type not in us_core.UNBOUND_TYPES]
 # (include, whether it can bring in a compartment type other than through the binding parameter).
 # ``:patient`` follows the binding parameter itself, so it brings only the context patient: every mode.
 CARIN_INCLUDES = (
-    ("ExplanationOfBenefit:*", True), ("ExplanationOfBenefit:patient", False),
-    ("ExplanationOfBenefit:coverage", True), ("ExplanationOfBenefit:payee", True),
-    ("ExplanationOfBenefit:provider", False), ("ExplanationOfBenefit:care-team", False),
+    ("ExplanationOfBenefit:*", True),
+    ("ExplanationOfBenefit:patient", False),
+    ("ExplanationOfBenefit:coverage", True),
+    ("ExplanationOfBenefit:payee", True),
+    ("ExplanationOfBenefit:provider", False),
+    ("ExplanationOfBenefit:care-team", False),
     ("ExplanationOfBenefit:insurer", False),
 )
 LAB = f"{us_core.OBS_CATEGORY}|laboratory"
@@ -118,8 +126,9 @@ def test_us_core_search_by_post_with_the_parameters_in_the_body(
     profile, owner = us_core.PROFILE_BY_SLUG[slug], e2e.data.patients["A"].owner()
     values = us_core.search_values(profile, owner)
     body = urlencode([(name, values[name]) for name in params])
-    response = e2e.request("POST", f"/{profile.resource_type}/_search", e2e.token("alice", SCOPE),
-                           content=body, headers=FORM)
+    response = e2e.request(
+        "POST", f"/{profile.resource_type}/_search", e2e.token("alice", SCOPE), content=body, headers=FORM
+    )
     if "patient" in params or profile.resource_type in us_core.UNBOUND_TYPES:
         assert us_core.profile_record(profile, owner) in _bundle_refs(response)
     else:
@@ -132,9 +141,13 @@ def test_us_core_search_by_post_with_the_parameters_in_the_body(
 
 def _own_ref(patient: PatientData, name: str) -> str:
     owner = patient.owner()
-    extra = {"patient": patient.reference, "binary": owner.ref("Binary", "binary"),
-             "provenance": us_core.provenance_ref(owner), "coverage": owner.coverage,
-             "explanationofbenefit": next(r for r in patient.resources if r.startswith("ExplanationOfBenefit/"))}
+    extra = {
+        "patient": patient.reference,
+        "binary": owner.ref("Binary", "binary"),
+        "provenance": us_core.provenance_ref(owner),
+        "coverage": owner.coverage,
+        "explanationofbenefit": next(r for r in patient.resources if r.startswith("ExplanationOfBenefit/")),
+    }
     return extra[name] if name in extra else us_core.profile_record(us_core.PROFILE_BY_SLUG[name], owner)
 
 
@@ -170,8 +183,13 @@ def test_read_of_another_patients_record_is_refused(gateway: E2EStack, name: str
 def _patient_values(patient: PatientData) -> dict[str, str]:
     resource = patient.resources[patient.reference]
     identifier = resource["identifier"][0]
-    return {"_id": patient.patient_id, "identifier": f"{identifier['system']}|{identifier['value']}",
-            "name": patient.family, "birthdate": resource["birthDate"], "gender": resource["gender"]}
+    return {
+        "_id": patient.patient_id,
+        "identifier": f"{identifier['system']}|{identifier['value']}",
+        "name": patient.family,
+        "birthdate": resource["birthDate"],
+        "gender": resource["gender"],
+    }
 
 
 @pytest.mark.parametrize("params", PATIENT_SEARCHES, ids=_search_id)
@@ -223,8 +241,9 @@ def _include_target(stack: E2EStack, include: str) -> str:
     }[include]
 
 
-@pytest.mark.parametrize(("slug", "include", "compartment_target"), us_core.INCLUDES,
-                         ids=[include for _, include, _ in us_core.INCLUDES])
+@pytest.mark.parametrize(
+    ("slug", "include", "compartment_target"), us_core.INCLUDES, ids=[include for _, include, _ in us_core.INCLUDES]
+)
 def test_us_core_include(gateway: E2EStack, slug: str, include: str, compartment_target: bool) -> None:
     """Includes of types outside the compartment: every mode. Of compartment types: only when response
     verification enforces (every included resource is verified), otherwise 403 naming the setting."""
@@ -248,19 +267,30 @@ def _enforcing(stack: E2EStack) -> bool:
 
 
 def _carin_refs(stack: E2EStack, patient: PatientData) -> dict[str, str]:
-    payer = next(ref for ref in stack.data.shared if ref.startswith("Organization/")
-                 and stack.data.shared[ref].get("name") == "E2E Health Plan")
+    payer = next(
+        ref
+        for ref in stack.data.shared
+        if ref.startswith("Organization/") and stack.data.shared[ref].get("name") == "E2E Health Plan"
+    )
     return {
         "eob": next(r for r in patient.resources if r.startswith("ExplanationOfBenefit/")),
         "coverage": next(r for r in patient.resources if r.startswith("Coverage/")),
-        "patient": patient.reference, "practitioner": patient.practitioner, "payer": payer,
+        "patient": patient.reference,
+        "practitioner": patient.practitioner,
+        "payer": payer,
         "provider": us_core.shared_ref("Organization/provider"),
     }
 
 
 def _carin_include_targets(refs: dict[str, str], include: str) -> set[str]:
-    by_name = {"patient": {refs["patient"]}, "coverage": {refs["coverage"]}, "payee": {refs["patient"]},
-               "provider": {refs["provider"]}, "care-team": {refs["practitioner"]}, "insurer": {refs["payer"]}}
+    by_name = {
+        "patient": {refs["patient"]},
+        "coverage": {refs["coverage"]},
+        "payee": {refs["patient"]},
+        "provider": {refs["provider"]},
+        "care-team": {refs["practitioner"]},
+        "insurer": {refs["payer"]},
+    }
     name = include.split(":")[1]
     return set().union(*by_name.values()) if name == "*" else by_name[name]
 
@@ -268,14 +298,27 @@ def _carin_include_targets(refs: dict[str, str], include: str) -> set[str]:
 def _carin_requests(refs: dict[str, str], patient_id: str) -> list[str]:
     eob_id, cov_id = refs["eob"].split("/")[1], refs["coverage"].split("/")[1]
     return [
-        f"ExplanationOfBenefit?patient={patient_id}", f"ExplanationOfBenefit?_id={eob_id}", f"/{refs['eob']}",
-        f"Coverage?patient={patient_id}", f"Coverage?_id={cov_id}", f"/{refs['coverage']}",
-        f"/{refs['patient']}", f"Patient?_id={patient_id}",
+        f"ExplanationOfBenefit?patient={patient_id}",
+        f"ExplanationOfBenefit?_id={eob_id}",
+        f"/{refs['eob']}",
+        f"Coverage?patient={patient_id}",
+        f"Coverage?_id={cov_id}",
+        f"/{refs['coverage']}",
+        f"/{refs['patient']}",
+        f"Patient?_id={patient_id}",
     ]
 
 
-CARIN_READS = ("eob by patient", "eob by _id", "eob read", "coverage by patient", "coverage by _id", "coverage read",
-               "patient read", "patient by _id")
+CARIN_READS = (
+    "eob by patient",
+    "eob by _id",
+    "eob read",
+    "coverage by patient",
+    "coverage by _id",
+    "coverage read",
+    "patient read",
+    "patient by _id",
+)
 
 
 @pytest.mark.parametrize("index", range(len(CARIN_READS)), ids=CARIN_READS)
@@ -318,8 +361,10 @@ def test_carin_eob_include(gateway: E2EStack, include: str, compartment_target: 
     a = gateway.data.patients["A"]
     refs = _carin_refs(gateway, a)
     value = a.patient_id if bound_by == "patient" else refs["eob"].split("/")[1]
-    response = gateway.get(f"/ExplanationOfBenefit?{bound_by}={value}&_include={include}",
-                           gateway.token("alice", _carin_include_scope(include)))
+    response = gateway.get(
+        f"/ExplanationOfBenefit?{bound_by}={value}&_include={include}",
+        gateway.token("alice", _carin_include_scope(include)),
+    )
     if compartment_target and not _enforcing(gateway):
         _assert_needs_enforcing_verification(response)
         return
@@ -335,8 +380,10 @@ def _carin_include_scope(include: str) -> str:
 
 def test_carin_wildcard_include_needs_scopes_for_every_type_it_can_include(gateway: E2EStack) -> None:
     a = gateway.data.patients["A"]
-    response = gateway.get(f"/ExplanationOfBenefit?patient={a.patient_id}&_include=ExplanationOfBenefit:*",
-                           gateway.token("alice", CARIN_SCOPE))
+    response = gateway.get(
+        f"/ExplanationOfBenefit?patient={a.patient_id}&_include=ExplanationOfBenefit:*",
+        gateway.token("alice", CARIN_SCOPE),
+    )
     assert response.status_code == 403 and smartgate_reason(response) == "include_not_permitted", response.text[:300]
 
 
@@ -356,8 +403,9 @@ def test_carin_eob_include_of_another_patients_eob_finds_nothing_of_theirs(
 def test_carin_coverage_include_of_the_payor(gateway: E2EStack) -> None:
     """Inferno's ``Coverage?_id=…&_include=Coverage:payor``: payor may be a Patient or RelatedPerson."""
     refs = _carin_refs(gateway, gateway.data.patients["A"])
-    response = gateway.get(f"/Coverage?_id={refs['coverage'].split('/')[1]}&_include=Coverage:payor",
-                           gateway.token("alice", CARIN_SCOPE))
+    response = gateway.get(
+        f"/Coverage?_id={refs['coverage'].split('/')[1]}&_include=Coverage:payor", gateway.token("alice", CARIN_SCOPE)
+    )
     if not _enforcing(gateway):
         _assert_needs_enforcing_verification(response)
         return
@@ -365,9 +413,16 @@ def test_carin_coverage_include_of_the_payor(gateway: E2EStack) -> None:
     assert_only_patients_data(gateway, "A", response)
 
 
-@pytest.mark.parametrize("params", [("identifier", "{claim}"), ("type", "professional"),
-                                    ("service-date", "2026-01-01"), ("_lastUpdated", "gt2000-01-01")],
-                         ids=lambda p: p[0])
+@pytest.mark.parametrize(
+    "params",
+    [
+        ("identifier", "{claim}"),
+        ("type", "professional"),
+        ("service-date", "2026-01-01"),
+        ("_lastUpdated", "gt2000-01-01"),
+    ],
+    ids=lambda p: p[0],
+)
 def test_carin_eob_search_by_one_parameter_is_narrowed_to_the_patient(
     gateway: E2EStack, params: tuple[str, str]
 ) -> None:
@@ -408,12 +463,21 @@ def test_post_search_naming_no_patient_is_refused(e2e: E2EStack) -> None:
     """Medplum's POST [type]/_search reads only the body (test_fhir_server pins it): a patient parameter
     set on the URL would be ignored, so smartgate cannot narrow a POST _search and refuses it."""
     owner = e2e.data.patients["A"].owner()
-    response = e2e.request("POST", "/Observation/_search", e2e.token("alice", SCOPE),
-                           content=urlencode({"code": f"{us_core.LOINC}|2339-0"}), headers=FORM)
+    response = e2e.request(
+        "POST",
+        "/Observation/_search",
+        e2e.token("alice", SCOPE),
+        content=urlencode({"code": f"{us_core.LOINC}|2339-0"}),
+        headers=FORM,
+    )
     assert response.status_code == 403, response.text[:300]
     assert_no_foreign_data(e2e, "A", response)
-    bound = e2e.request("POST", "/Observation/_search", e2e.token("alice", SCOPE),
-                        content=urlencode({"code": f"{us_core.LOINC}|2339-0",
-                                           "patient": owner.patient.split("/")[1]}), headers=FORM)
+    bound = e2e.request(
+        "POST",
+        "/Observation/_search",
+        e2e.token("alice", SCOPE),
+        content=urlencode({"code": f"{us_core.LOINC}|2339-0", "patient": owner.patient.split("/")[1]}),
+        headers=FORM,
+    )
     assert owner.ref("Observation", "lab") in _bundle_refs(bound)
     assert_only_patients_data(e2e, "A", bound)

@@ -53,8 +53,14 @@ def _token(system: str, code: str) -> str:
 
 # --- shared records (outside the Patient compartment) ---------------------------------------
 
-SHARED_NAMES = ("Organization/provider", "Location/clinic", "Practitioner/npi", "PractitionerRole/npi",
-                "Endpoint/direct", "Medication/metformin")
+SHARED_NAMES = (
+    "Organization/provider",
+    "Location/clinic",
+    "Practitioner/npi",
+    "PractitionerRole/npi",
+    "Endpoint/direct",
+    "Medication/metformin",
+)
 PRACTITIONER_FAMILY = "Lovelock"
 PRACTITIONER_NPI = "9941339108"
 ORGANIZATION_NAME = "E2E Community Clinic"
@@ -65,7 +71,7 @@ MEDICATION_CODE = _token("http://www.nlm.nih.gov/research/umls/rxnorm", "860975"
 
 
 def shared_ref(name: str) -> str:
-    """"Type/id" of a shared record: ``shared_ref("Practitioner/npi")``."""
+    """ "Type/id" of a shared record: ``shared_ref("Practitioner/npi")``."""
     resource_type, label = name.split("/")
     return f"{resource_type}/{record_id('shared', label)}"
 
@@ -76,25 +82,56 @@ def shared_records() -> dict[str, dict[str, Any]]:
 
     address: list[dict[str, Any]] = [{"line": ["1 Main Street"], "city": CITY, "state": "IL", "postalCode": "62701"}]
     records: list[dict[str, Any]] = [
-        {"resourceType": "Organization", "id": rid("Organization/provider"), "active": True, "name": ORGANIZATION_NAME,
-         "identifier": [{"system": NPI, "value": "1144221847"}], "address": address,
-         "type": [_coding("http://terminology.hl7.org/CodeSystem/organization-type", "prov")]},
-        {"resourceType": "Location", "id": rid("Location/clinic"), "status": "active", "name": LOCATION_NAME,
-         "address": address[0], "managingOrganization": {"reference": shared_ref("Organization/provider")}},
-        {"resourceType": "Practitioner", "id": rid("Practitioner/npi"), "active": True,
-         "identifier": [{"system": NPI, "value": PRACTITIONER_NPI}],
-         "name": [{"family": PRACTITIONER_FAMILY, "given": ["Ada"], "prefix": ["Dr."]}]},
-        {"resourceType": "Endpoint", "id": rid("Endpoint/direct"), "status": "active",
-         "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                            "code": "direct-project"},
-         "payloadType": [{"text": "any"}], "address": "mailto:lovelock@direct.e2e.example.org"},
-        {"resourceType": "PractitionerRole", "id": rid("PractitionerRole/npi"), "active": True,
-         "practitioner": {"reference": shared_ref("Practitioner/npi")},
-         "organization": {"reference": shared_ref("Organization/provider")},
-         "specialty": [_coding(NUCC, "207Q00000X", "Family Medicine")],
-         "endpoint": [{"reference": shared_ref("Endpoint/direct")}]},
-        {"resourceType": "Medication", "id": rid("Medication/metformin"), "status": "active",
-         "code": _coding("http://www.nlm.nih.gov/research/umls/rxnorm", "860975", "metformin 500 MG")},
+        {
+            "resourceType": "Organization",
+            "id": rid("Organization/provider"),
+            "active": True,
+            "name": ORGANIZATION_NAME,
+            "identifier": [{"system": NPI, "value": "1144221847"}],
+            "address": address,
+            "type": [_coding("http://terminology.hl7.org/CodeSystem/organization-type", "prov")],
+        },
+        {
+            "resourceType": "Location",
+            "id": rid("Location/clinic"),
+            "status": "active",
+            "name": LOCATION_NAME,
+            "address": address[0],
+            "managingOrganization": {"reference": shared_ref("Organization/provider")},
+        },
+        {
+            "resourceType": "Practitioner",
+            "id": rid("Practitioner/npi"),
+            "active": True,
+            "identifier": [{"system": NPI, "value": PRACTITIONER_NPI}],
+            "name": [{"family": PRACTITIONER_FAMILY, "given": ["Ada"], "prefix": ["Dr."]}],
+        },
+        {
+            "resourceType": "Endpoint",
+            "id": rid("Endpoint/direct"),
+            "status": "active",
+            "connectionType": {
+                "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+                "code": "direct-project",
+            },
+            "payloadType": [{"text": "any"}],
+            "address": "mailto:lovelock@direct.e2e.example.org",
+        },
+        {
+            "resourceType": "PractitionerRole",
+            "id": rid("PractitionerRole/npi"),
+            "active": True,
+            "practitioner": {"reference": shared_ref("Practitioner/npi")},
+            "organization": {"reference": shared_ref("Organization/provider")},
+            "specialty": [_coding(NUCC, "207Q00000X", "Family Medicine")],
+            "endpoint": [{"reference": shared_ref("Endpoint/direct")}],
+        },
+        {
+            "resourceType": "Medication",
+            "id": rid("Medication/metformin"),
+            "status": "active",
+            "code": _coding("http://www.nlm.nih.gov/research/umls/rxnorm", "860975", "metformin 500 MG"),
+        },
     ]
     return {f"{r['resourceType']}/{r['id']}": r for r in records}
 
@@ -136,36 +173,62 @@ def _subject(owner: Owner) -> dict[str, str]:
 
 
 def _allergy(o: Owner) -> Built:
-    return {"resourceType": "AllergyIntolerance", "id": o.id("allergy"),
-            "clinicalStatus": _coding("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active"),
-            "verificationStatus": _coding("http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
-                                          "confirmed"),
-            "code": _coding(SNOMED, "91935009", "Allergy to peanut"), "patient": _subject(o)}, {}
+    return {
+        "resourceType": "AllergyIntolerance",
+        "id": o.id("allergy"),
+        "clinicalStatus": _coding("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active"),
+        "verificationStatus": _coding(
+            "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "confirmed"
+        ),
+        "code": _coding(SNOMED, "91935009", "Allergy to peanut"),
+        "patient": _subject(o),
+    }, {}
 
 
 def _care_plan(o: Owner) -> Built:
-    return {"resourceType": "CarePlan", "id": o.id("careplan"), "status": "active", "intent": "plan",
-            "category": [_coding(CAREPLAN_CATEGORY, "assess-plan")], "subject": _subject(o),
-            "period": {"start": DAY}, "text": {"status": "generated", "div": "<div>plan</div>"}}, \
-        {"category": _token(CAREPLAN_CATEGORY, "assess-plan")}
+    return {
+        "resourceType": "CarePlan",
+        "id": o.id("careplan"),
+        "status": "active",
+        "intent": "plan",
+        "category": [_coding(CAREPLAN_CATEGORY, "assess-plan")],
+        "subject": _subject(o),
+        "period": {"start": DAY},
+        "text": {"status": "generated", "div": "<div>plan</div>"},
+    }, {"category": _token(CAREPLAN_CATEGORY, "assess-plan")}
 
 
 def _care_team(o: Owner) -> Built:
-    members = (o.patient, shared_ref("Practitioner/npi"), shared_ref("PractitionerRole/npi"),
-               o.ref("RelatedPerson", "relatedperson"))
-    return {"resourceType": "CareTeam", "id": o.id("careteam"), "status": "active", "subject": _subject(o),
-            "participant": [{"role": [_coding(SNOMED, "116154003", "Patient")], "member": {"reference": ref}}
-                            for ref in members]}, {"status": "active"}
+    members = (
+        o.patient,
+        shared_ref("Practitioner/npi"),
+        shared_ref("PractitionerRole/npi"),
+        o.ref("RelatedPerson", "relatedperson"),
+    )
+    return {
+        "resourceType": "CareTeam",
+        "id": o.id("careteam"),
+        "status": "active",
+        "subject": _subject(o),
+        "participant": [
+            {"role": [_coding(SNOMED, "116154003", "Patient")], "member": {"reference": ref}} for ref in members
+        ],
+    }, {"status": "active"}
 
 
 def _condition(name: str, system: str, code: str) -> Callable[[Owner], Built]:
     def build(o: Owner) -> Built:
-        return {"resourceType": "Condition", "id": o.id(name), "subject": _subject(o),
-                "clinicalStatus": _coding("http://terminology.hl7.org/CodeSystem/condition-clinical", "active"),
-                "verificationStatus": _coding("http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                                              "confirmed"),
-                "category": [_coding(system, code)], "code": _coding(SNOMED, "38341003", "Hypertension"),
-                "recordedDate": AT}, {"category": _token(system, code)}
+        return {
+            "resourceType": "Condition",
+            "id": o.id(name),
+            "subject": _subject(o),
+            "clinicalStatus": _coding("http://terminology.hl7.org/CodeSystem/condition-clinical", "active"),
+            "verificationStatus": _coding("http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed"),
+            "category": [_coding(system, code)],
+            "code": _coding(SNOMED, "38341003", "Hypertension"),
+            "recordedDate": AT,
+        }, {"category": _token(system, code)}
+
     return build
 
 
@@ -174,69 +237,114 @@ def _coverage(o: Owner) -> Built:
 
 
 def _device(o: Owner) -> Built:
-    return {"resourceType": "Device", "id": o.id("device"), "status": "active", "patient": _subject(o),
-            "udiCarrier": [{"deviceIdentifier": "09504000059118", "carrierHRF": f"(01)09504000059118(21){o.key}"}],
-            "type": _coding(SNOMED, "468063009", "Coated femoral stem prosthesis")}, {}
+    return {
+        "resourceType": "Device",
+        "id": o.id("device"),
+        "status": "active",
+        "patient": _subject(o),
+        "udiCarrier": [{"deviceIdentifier": "09504000059118", "carrierHRF": f"(01)09504000059118(21){o.key}"}],
+        "type": _coding(SNOMED, "468063009", "Coated femoral stem prosthesis"),
+    }, {}
 
 
 def _diagnostic_report(name: str, system: str, code: str, loinc: str) -> Callable[[Owner], Built]:
     def build(o: Owner) -> Built:
         report: dict[str, Any] = {
-            "resourceType": "DiagnosticReport", "id": o.id(name), "status": "final", "subject": _subject(o),
-            "category": [_coding(system, code)], "code": _coding(LOINC, loinc), "effectiveDateTime": AT,
-            "issued": AT, "performer": [{"reference": shared_ref("Organization/provider")}]}
+            "resourceType": "DiagnosticReport",
+            "id": o.id(name),
+            "status": "final",
+            "subject": _subject(o),
+            "category": [_coding(system, code)],
+            "code": _coding(LOINC, loinc),
+            "effectiveDateTime": AT,
+            "issued": AT,
+            "performer": [{"reference": shared_ref("Organization/provider")}],
+        }
         if name == "report-lab":
             report["result"] = [{"reference": o.ref("Observation", "lab")}]
         else:
             report["presentedForm"] = [{"contentType": "text/plain", "data": base64.b64encode(b"note").decode()}]
         return report, {"category": _token(system, code), "code": _token(LOINC, loinc), "date": DAY}
+
     return build
 
 
 def _document_reference(o: Owner) -> Built:
-    return {"resourceType": "DocumentReference", "id": o.id("document"), "status": "current", "subject": _subject(o),
-            "type": _coding(LOINC, "34117-2", "History and physical note"),
-            "category": [_coding(DOC_CATEGORY, "clinical-note")], "date": AT,
-            "author": [{"reference": shared_ref("Practitioner/npi")}],
-            "content": [{"attachment": {"contentType": "text/plain", "url": o.ref("Binary", "binary")}}],
-            "context": {"encounter": [{"reference": o.ref("Encounter", "encounter")}]}}, \
-        {"type": _token(LOINC, "34117-2"), "category": _token(DOC_CATEGORY, "clinical-note"), "date": DAY}
+    return {
+        "resourceType": "DocumentReference",
+        "id": o.id("document"),
+        "status": "current",
+        "subject": _subject(o),
+        "type": _coding(LOINC, "34117-2", "History and physical note"),
+        "category": [_coding(DOC_CATEGORY, "clinical-note")],
+        "date": AT,
+        "author": [{"reference": shared_ref("Practitioner/npi")}],
+        "content": [{"attachment": {"contentType": "text/plain", "url": o.ref("Binary", "binary")}}],
+        "context": {"encounter": [{"reference": o.ref("Encounter", "encounter")}]},
+    }, {"type": _token(LOINC, "34117-2"), "category": _token(DOC_CATEGORY, "clinical-note"), "date": DAY}
 
 
 def _encounter(o: Owner) -> Built:
-    return {"resourceType": "Encounter", "id": o.id("encounter"), "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-            "type": [_coding(SNOMED, "185349003", "Encounter for check up")], "subject": _subject(o),
-            "participant": [{"individual": {"reference": shared_ref("Practitioner/npi")}}],
-            "period": {"start": AT, "end": f"{DAY}T10:00:00Z"},
-            "location": [{"location": {"reference": shared_ref("Location/clinic")}}],
-            "serviceProvider": {"reference": shared_ref("Organization/provider")}}, {"date": DAY}
+    return {
+        "resourceType": "Encounter",
+        "id": o.id("encounter"),
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "type": [_coding(SNOMED, "185349003", "Encounter for check up")],
+        "subject": _subject(o),
+        "participant": [{"individual": {"reference": shared_ref("Practitioner/npi")}}],
+        "period": {"start": AT, "end": f"{DAY}T10:00:00Z"},
+        "location": [{"location": {"reference": shared_ref("Location/clinic")}}],
+        "serviceProvider": {"reference": shared_ref("Organization/provider")},
+    }, {"date": DAY}
 
 
 def _goal(o: Owner) -> Built:
-    return {"resourceType": "Goal", "id": o.id("goal"), "lifecycleStatus": "active",
-            "description": {"text": "Walk 30 minutes a day"}, "subject": _subject(o),
-            "target": [{"dueDate": "2026-06-30"}]}, {}
+    return {
+        "resourceType": "Goal",
+        "id": o.id("goal"),
+        "lifecycleStatus": "active",
+        "description": {"text": "Walk 30 minutes a day"},
+        "subject": _subject(o),
+        "target": [{"dueDate": "2026-06-30"}],
+    }, {}
 
 
 def _immunization(o: Owner) -> Built:
-    return {"resourceType": "Immunization", "id": o.id("immunization"), "status": "completed",
-            "vaccineCode": _coding("http://hl7.org/fhir/sid/cvx", "140", "Influenza, seasonal"),
-            "patient": _subject(o), "occurrenceDateTime": AT, "primarySource": True}, {}
+    return {
+        "resourceType": "Immunization",
+        "id": o.id("immunization"),
+        "status": "completed",
+        "vaccineCode": _coding("http://hl7.org/fhir/sid/cvx", "140", "Influenza, seasonal"),
+        "patient": _subject(o),
+        "occurrenceDateTime": AT,
+        "primarySource": True,
+    }, {}
 
 
 def _medication_dispense(o: Owner) -> Built:
-    return {"resourceType": "MedicationDispense", "id": o.id("dispense"), "status": "completed",
-            "medicationReference": {"reference": shared_ref("Medication/metformin")}, "subject": _subject(o),
-            "authorizingPrescription": [{"reference": o.ref("MedicationRequest", "medrequest")}],
-            "whenHandedOver": AT}, {}
+    return {
+        "resourceType": "MedicationDispense",
+        "id": o.id("dispense"),
+        "status": "completed",
+        "medicationReference": {"reference": shared_ref("Medication/metformin")},
+        "subject": _subject(o),
+        "authorizingPrescription": [{"reference": o.ref("MedicationRequest", "medrequest")}],
+        "whenHandedOver": AT,
+    }, {}
 
 
 def _medication_request(o: Owner) -> Built:
-    return {"resourceType": "MedicationRequest", "id": o.id("medrequest"), "status": "active", "intent": "order",
-            "medicationReference": {"reference": shared_ref("Medication/metformin")}, "subject": _subject(o),
-            "authoredOn": AT, "requester": {"reference": shared_ref("Practitioner/npi")}}, \
-        {"intent": "order", "status": "active"}
+    return {
+        "resourceType": "MedicationRequest",
+        "id": o.id("medrequest"),
+        "status": "active",
+        "intent": "order",
+        "medicationReference": {"reference": shared_ref("Medication/metformin")},
+        "subject": _subject(o),
+        "authoredOn": AT,
+        "requester": {"reference": shared_ref("Practitioner/npi")},
+    }, {"intent": "order", "status": "active"}
 
 
 def _observation(name: str, category: tuple[str, str], loinc: str, **value: Any) -> Callable[[Owner], Built]:
@@ -244,50 +352,93 @@ def _observation(name: str, category: tuple[str, str], loinc: str, **value: Any)
         categories = [_coding(*category)]
         if category[1] == "survey":
             categories.append(_coding(US_CORE_CATEGORY, "sdoh"))
-        observation = {"resourceType": "Observation", "id": o.id(name), "status": "final", "category": categories,
-                       "code": _coding(LOINC, loinc), "subject": _subject(o), "effectiveDateTime": AT,
-                       **(value or {"valueQuantity": {"value": 1, "unit": "1"}})}
+        observation = {
+            "resourceType": "Observation",
+            "id": o.id(name),
+            "status": "final",
+            "category": categories,
+            "code": _coding(LOINC, loinc),
+            "subject": _subject(o),
+            "effectiveDateTime": AT,
+            **(value or {"valueQuantity": {"value": 1, "unit": "1"}}),
+        }
         return observation, {"category": _token(*category), "code": _token(LOINC, loinc), "date": DAY}
+
     return build
 
 
 def _procedure(o: Owner) -> Built:
-    return {"resourceType": "Procedure", "id": o.id("procedure"), "status": "completed", "subject": _subject(o),
-            "code": _coding(SNOMED, "73761001", "Colonoscopy"), "performedDateTime": AT}, {"date": DAY}
+    return {
+        "resourceType": "Procedure",
+        "id": o.id("procedure"),
+        "status": "completed",
+        "subject": _subject(o),
+        "code": _coding(SNOMED, "73761001", "Colonoscopy"),
+        "performedDateTime": AT,
+    }, {"date": DAY}
 
 
 def _questionnaire_response(o: Owner) -> Built:
-    return {"resourceType": "QuestionnaireResponse", "id": o.id("questionnaire"), "status": "completed",
-            "questionnaire": "http://hl7.org/fhir/us/core/Questionnaire/phq-2", "subject": _subject(o),
-            "authored": AT, "item": [{"linkId": "1", "answer": [{"valueInteger": 0}]}]}, {}
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "id": o.id("questionnaire"),
+        "status": "completed",
+        "questionnaire": "http://hl7.org/fhir/us/core/Questionnaire/phq-2",
+        "subject": _subject(o),
+        "authored": AT,
+        "item": [{"linkId": "1", "answer": [{"valueInteger": 0}]}],
+    }, {}
 
 
 def _related_person(o: Owner) -> Built:
-    return {"resourceType": "RelatedPerson", "id": o.id("relatedperson"), "active": True, "patient": _subject(o),
-            "relationship": [_coding("http://terminology.hl7.org/CodeSystem/v3-RoleCode", "MTH", "mother")],
-            "name": [{"family": "Relative", "given": ["Rae"]}]}, {}
+    return {
+        "resourceType": "RelatedPerson",
+        "id": o.id("relatedperson"),
+        "active": True,
+        "patient": _subject(o),
+        "relationship": [_coding("http://terminology.hl7.org/CodeSystem/v3-RoleCode", "MTH", "mother")],
+        "name": [{"family": "Relative", "given": ["Rae"]}],
+    }, {}
 
 
 def _service_request(o: Owner) -> Built:
-    return {"resourceType": "ServiceRequest", "id": o.id("servicerequest"), "status": "active", "intent": "order",
-            "category": [_coding(SNOMED, "108252007", "Laboratory procedure")],
-            "code": _coding(LOINC, "4548-4", "Hemoglobin A1c"), "subject": _subject(o), "authoredOn": AT}, \
-        {"category": _token(SNOMED, "108252007"), "code": _token(LOINC, "4548-4"), "authored": DAY}
+    return {
+        "resourceType": "ServiceRequest",
+        "id": o.id("servicerequest"),
+        "status": "active",
+        "intent": "order",
+        "category": [_coding(SNOMED, "108252007", "Laboratory procedure")],
+        "code": _coding(LOINC, "4548-4", "Hemoglobin A1c"),
+        "subject": _subject(o),
+        "authoredOn": AT,
+    }, {"category": _token(SNOMED, "108252007"), "code": _token(LOINC, "4548-4"), "authored": DAY}
 
 
 def _specimen(o: Owner) -> Built:
-    return {"resourceType": "Specimen", "id": o.id("specimen"), "status": "available",
-            "type": _coding("http://terminology.hl7.org/CodeSystem/v2-0487", "BLD", "Whole blood"),
-            "subject": _subject(o), "receivedTime": AT}, {}
+    return {
+        "resourceType": "Specimen",
+        "id": o.id("specimen"),
+        "status": "available",
+        "type": _coding("http://terminology.hl7.org/CodeSystem/v2-0487", "BLD", "Whole blood"),
+        "subject": _subject(o),
+        "receivedTime": AT,
+    }, {}
 
 
 def _shared(name: str) -> Callable[[Owner], Built]:
     def build(_o: Owner) -> Built:
         return {"resourceType": name.split("/")[0], "id": shared_ref(name).split("/")[1]}, {
-            "name": {"Organization/provider": ORGANIZATION_NAME, "Location/clinic": LOCATION_NAME,
-                     "Practitioner/npi": PRACTITIONER_FAMILY}.get(name, ""),
-            "address": CITY, "identifier": _token(NPI, PRACTITIONER_NPI), "specialty": SPECIALTY,
-            "practitioner": shared_ref("Practitioner/npi")}
+            "name": {
+                "Organization/provider": ORGANIZATION_NAME,
+                "Location/clinic": LOCATION_NAME,
+                "Practitioner/npi": PRACTITIONER_FAMILY,
+            }.get(name, ""),
+            "address": CITY,
+            "identifier": _token(NPI, PRACTITIONER_NPI),
+            "specialty": SPECIALTY,
+            "practitioner": shared_ref("Practitioner/npi"),
+        }
+
     return build
 
 
@@ -301,73 +452,151 @@ PROFILES: tuple[Profile, ...] = (
     Profile("allergyintolerance", "AllergyIntolerance", (("patient",),), _allergy),
     Profile("careplan", "CarePlan", (("patient", "category"),), _care_plan),
     Profile("careteam", "CareTeam", (("patient", "status"),), _care_team),
-    Profile("condition_encounter_diagnosis", "Condition", (("patient", "category"), ("patient",)),
-            _condition("condition-encounter", CONDITION_CATEGORY, "encounter-diagnosis")),
-    Profile("condition_problems_health_concerns", "Condition", (("patient", "category"), ("patient",)),
-            _condition("condition-problem", CONDITION_CATEGORY, "problem-list-item")),
-    Profile("condition_health_concern", "Condition", (("patient", "category"),),
-            _condition("condition-concern", US_CORE_CONDITION_CATEGORY, "health-concern")),
+    Profile(
+        "condition_encounter_diagnosis",
+        "Condition",
+        (("patient", "category"), ("patient",)),
+        _condition("condition-encounter", CONDITION_CATEGORY, "encounter-diagnosis"),
+    ),
+    Profile(
+        "condition_problems_health_concerns",
+        "Condition",
+        (("patient", "category"), ("patient",)),
+        _condition("condition-problem", CONDITION_CATEGORY, "problem-list-item"),
+    ),
+    Profile(
+        "condition_health_concern",
+        "Condition",
+        (("patient", "category"),),
+        _condition("condition-concern", US_CORE_CONDITION_CATEGORY, "health-concern"),
+    ),
     Profile("coverage", "Coverage", (("patient",),), _coverage),
     Profile("implantable_device", "Device", (("patient",),), _device),
-    Profile("diagnosticreport_note", "DiagnosticReport", REPORTS,
-            _diagnostic_report("report-note", LOINC, "LP29684-5", "18748-4")),
-    Profile("diagnosticreport_lab", "DiagnosticReport", REPORTS,
-            _diagnostic_report("report-lab", DR_CATEGORY, "LAB", "58410-2")),
-    Profile("documentreference", "DocumentReference", (("patient",), ("_id",), ("patient", "type"),
-                                                        ("patient", "category", "date"), ("patient", "category")),
-            _document_reference),
+    Profile(
+        "diagnosticreport_note",
+        "DiagnosticReport",
+        REPORTS,
+        _diagnostic_report("report-note", LOINC, "LP29684-5", "18748-4"),
+    ),
+    Profile(
+        "diagnosticreport_lab",
+        "DiagnosticReport",
+        REPORTS,
+        _diagnostic_report("report-lab", DR_CATEGORY, "LAB", "58410-2"),
+    ),
+    Profile(
+        "documentreference",
+        "DocumentReference",
+        (("patient",), ("_id",), ("patient", "type"), ("patient", "category", "date"), ("patient", "category")),
+        _document_reference,
+    ),
     Profile("encounter", "Encounter", (("patient",), ("_id",), ("date", "patient")), _encounter),
     Profile("goal", "Goal", (("patient",),), _goal),
     Profile("immunization", "Immunization", (("patient",),), _immunization),
     Profile("location", "Location", (("name",), ("address",)), _shared("Location/clinic"), False),
     Profile("medication", "Medication", (), _shared("Medication/metformin"), False),
     Profile("medicationdispense", "MedicationDispense", (("patient",),), _medication_dispense),
-    Profile("medicationrequest", "MedicationRequest", (("patient", "intent"), ("patient", "intent", "status")),
-            _medication_request),
-    Profile("observation_lab", "Observation", CATEGORY_FIRST,
-            _observation("lab", (OBS_CATEGORY, "laboratory"), "2339-0", valueQuantity={"value": 101, "unit": "mg/dL"})),
-    Profile("observation_pregnancystatus", "Observation", VITALS,
-            _observation("pregnancy-status", SOCIAL, "82810-3", valueCodeableConcept=_coding(SNOMED, "60001007"))),
-    Profile("observation_pregnancyintent", "Observation", VITALS,
-            _observation("pregnancy-intent", SOCIAL, "86645-9",
-                         valueCodeableConcept=_coding(SNOMED, "454381000124105"))),
-    Profile("observation_occupation", "Observation", VITALS,
-            _observation("occupation", SOCIAL, "11341-5", valueCodeableConcept={"text": "Teacher"})),
+    Profile(
+        "medicationrequest",
+        "MedicationRequest",
+        (("patient", "intent"), ("patient", "intent", "status")),
+        _medication_request,
+    ),
+    Profile(
+        "observation_lab",
+        "Observation",
+        CATEGORY_FIRST,
+        _observation("lab", (OBS_CATEGORY, "laboratory"), "2339-0", valueQuantity={"value": 101, "unit": "mg/dL"}),
+    ),
+    Profile(
+        "observation_pregnancystatus",
+        "Observation",
+        VITALS,
+        _observation("pregnancy-status", SOCIAL, "82810-3", valueCodeableConcept=_coding(SNOMED, "60001007")),
+    ),
+    Profile(
+        "observation_pregnancyintent",
+        "Observation",
+        VITALS,
+        _observation("pregnancy-intent", SOCIAL, "86645-9", valueCodeableConcept=_coding(SNOMED, "454381000124105")),
+    ),
+    Profile(
+        "observation_occupation",
+        "Observation",
+        VITALS,
+        _observation("occupation", SOCIAL, "11341-5", valueCodeableConcept={"text": "Teacher"}),
+    ),
     Profile("respiratory_rate", "Observation", VITALS, _observation("respiratory-rate", VITAL, "9279-1")),
-    Profile("simple_observation", "Observation", CATEGORY_FIRST,
-            _observation("sdoh", (US_CORE_CATEGORY, "sdoh"), "88122-7",
-                         valueCodeableConcept=_coding(LOINC, "LA28397-0"))),
+    Profile(
+        "simple_observation",
+        "Observation",
+        CATEGORY_FIRST,
+        _observation("sdoh", (US_CORE_CATEGORY, "sdoh"), "88122-7", valueCodeableConcept=_coding(LOINC, "LA28397-0")),
+    ),
     Profile("heart_rate", "Observation", VITALS, _observation("heart-rate", VITAL, "8867-4")),
     Profile("body_temperature", "Observation", VITALS, _observation("body-temperature", VITAL, "8310-5")),
     Profile("pediatric_weight_for_height", "Observation", VITALS, _observation("weight-for-height", VITAL, "77606-2")),
     Profile("pulse_oximetry", "Observation", VITALS, _observation("pulse-oximetry", VITAL, "59408-5")),
-    Profile("smokingstatus", "Observation", VITALS,
-            _observation("smoking-status", SOCIAL, "72166-2", valueCodeableConcept=_coding(SNOMED, "266919005"))),
-    Profile("observation_sexual_orientation", "Observation", VITALS,
-            _observation("sexual-orientation", SOCIAL, "76690-7", valueCodeableConcept=_coding(SNOMED, "20430005"))),
+    Profile(
+        "smokingstatus",
+        "Observation",
+        VITALS,
+        _observation("smoking-status", SOCIAL, "72166-2", valueCodeableConcept=_coding(SNOMED, "266919005")),
+    ),
+    Profile(
+        "observation_sexual_orientation",
+        "Observation",
+        VITALS,
+        _observation("sexual-orientation", SOCIAL, "76690-7", valueCodeableConcept=_coding(SNOMED, "20430005")),
+    ),
     Profile("head_circumference", "Observation", VITALS, _observation("head-circumference", VITAL, "9843-4")),
     Profile("body_height", "Observation", VITALS, _observation("body-height", VITAL, "8302-2")),
     Profile("bmi", "Observation", VITALS, _observation("bmi", VITAL, "39156-5")),
-    Profile("observation_screening_assessment", "Observation", CATEGORY_FIRST,
-            _observation("screening", (OBS_CATEGORY, "survey"), "44249-1", valueInteger=3)),
+    Profile(
+        "observation_screening_assessment",
+        "Observation",
+        CATEGORY_FIRST,
+        _observation("screening", (OBS_CATEGORY, "survey"), "44249-1", valueInteger=3),
+    ),
     Profile("blood_pressure", "Observation", VITALS, _observation("blood-pressure", VITAL, "85354-9")),
-    Profile("observation_clinical_result", "Observation", CATEGORY_FIRST,
-            _observation("clinical-test", (OBS_CATEGORY, "exam"), "8601-7", valueString="normal sinus rhythm")),
-    Profile("observation_clinical_result_imaging", "Observation", CATEGORY_FIRST,
-            _observation("imaging", (OBS_CATEGORY, "imaging"), "24627-2", valueString="no acute findings")),
+    Profile(
+        "observation_clinical_result",
+        "Observation",
+        CATEGORY_FIRST,
+        _observation("clinical-test", (OBS_CATEGORY, "exam"), "8601-7", valueString="normal sinus rhythm"),
+    ),
+    Profile(
+        "observation_clinical_result_imaging",
+        "Observation",
+        CATEGORY_FIRST,
+        _observation("imaging", (OBS_CATEGORY, "imaging"), "24627-2", valueString="no acute findings"),
+    ),
     Profile("pediatric_bmi_for_age", "Observation", VITALS, _observation("bmi-for-age", VITAL, "59576-9")),
-    Profile("head_occipital_frontal_circumference_percentile", "Observation", VITALS,
-            _observation("head-percentile", VITAL, "8289-1")),
+    Profile(
+        "head_occipital_frontal_circumference_percentile",
+        "Observation",
+        VITALS,
+        _observation("head-percentile", VITAL, "8289-1"),
+    ),
     Profile("body_weight", "Observation", VITALS, _observation("body-weight", VITAL, "29463-7")),
     Profile("organization", "Organization", (("name",), ("address",)), _shared("Organization/provider"), False),
     Profile("practitioner", "Practitioner", (("name",), ("identifier",)), _shared("Practitioner/npi"), False),
-    Profile("practitionerrole", "PractitionerRole", (("specialty",), ("practitioner",)),
-            _shared("PractitionerRole/npi"), False),
+    Profile(
+        "practitionerrole",
+        "PractitionerRole",
+        (("specialty",), ("practitioner",)),
+        _shared("PractitionerRole/npi"),
+        False,
+    ),
     Profile("procedure", "Procedure", (("patient",), ("patient", "date")), _procedure),
     Profile("questionnaireresponse", "QuestionnaireResponse", (("patient",), ("_id",)), _questionnaire_response),
     Profile("relatedperson", "RelatedPerson", (("_id",),), _related_person),
-    Profile("servicerequest", "ServiceRequest", (("patient",), ("_id",), ("patient", "category", "authored"),
-                                                  ("patient", "category"), ("patient", "code")), _service_request),
+    Profile(
+        "servicerequest",
+        "ServiceRequest",
+        (("patient",), ("_id",), ("patient", "category", "authored"), ("patient", "category"), ("patient", "code")),
+        _service_request,
+    ),
     Profile("specimen", "Specimen", (("_id",),), _specimen, False),
 )
 PROFILE_BY_SLUG = {profile.slug: profile for profile in PROFILES}
@@ -399,17 +628,27 @@ def patient_records(owner: Owner) -> dict[str, dict[str, Any]]:
             records[ref] = resource
     binary_id = owner.id("binary")
     records[f"Binary/{binary_id}"] = {
-        "resourceType": "Binary", "id": binary_id, "contentType": "text/plain",
+        "resourceType": "Binary",
+        "id": binary_id,
+        "contentType": "text/plain",
         "securityContext": {"reference": owner.patient},
-        "data": base64.b64encode(f"clinical note of {owner.key}".encode()).decode()}
+        "data": base64.b64encode(f"clinical note of {owner.key}".encode()).decode(),
+    }
     targets = [owner.patient, owner.coverage, *records]
     provenance_id = owner.id("provenance")
     records[f"Provenance/{provenance_id}"] = {
-        "resourceType": "Provenance", "id": provenance_id, "recorded": AT,
+        "resourceType": "Provenance",
+        "id": provenance_id,
+        "recorded": AT,
         "target": [{"reference": ref} for ref in targets],
-        "agent": [{"type": _coding("http://terminology.hl7.org/CodeSystem/provenance-participant-type", "author"),
-                   "who": {"reference": shared_ref("Practitioner/npi")},
-                   "onBehalfOf": {"reference": shared_ref("Organization/provider")}}]}
+        "agent": [
+            {
+                "type": _coding("http://terminology.hl7.org/CodeSystem/provenance-participant-type", "author"),
+                "who": {"reference": shared_ref("Practitioner/npi")},
+                "onBehalfOf": {"reference": shared_ref("Organization/provider")},
+            }
+        ],
+    }
     return records
 
 
@@ -418,7 +657,7 @@ def provenance_ref(owner: Owner) -> str:
 
 
 def profile_record(profile: Profile, owner: Owner) -> str:
-    """"Type/id" of the record a profile's searches must find."""
+    """ "Type/id" of the record a profile's searches must find."""
     resource, _values = profile.build(owner)
     return f"{resource['resourceType']}/{resource['id']}"
 

@@ -62,8 +62,10 @@ def hang_while_serving(stack: FaultStack, hanging: Callable[[], httpx.Response],
     with httpx.Client(timeout=5) as client:
         while thread.is_alive() and len(statuses) < 200:
             started = time.monotonic()
-            response = client.get(stack.base_url + "/Observation?patient=123",
-                                  headers={"authorization": f"Bearer {fast_token}", "x-request-id": "fast"})
+            response = client.get(
+                stack.base_url + "/Observation?patient=123",
+                headers={"authorization": f"Bearer {fast_token}", "x-request-id": "fast"},
+            )
             statuses.append(response.status_code)
             latencies.append(time.monotonic() - started)
             finished.append(time.monotonic())
@@ -71,8 +73,14 @@ def hang_while_serving(stack: FaultStack, hanging: Callable[[], httpx.Response],
     thread.join(timeout=ENVOY_TIMEOUT + 10)
     assert answered, "the hanging request was never answered"
     hung, seconds, ended = answered[0]
-    return HangOutcome(hung, seconds, statuses, latencies, sum(1 for at in finished if at < ended),
-                       stack.smartgate.process.poll() is None)
+    return HangOutcome(
+        hung,
+        seconds,
+        statuses,
+        latencies,
+        sum(1 for at in finished if at < ended),
+        stack.smartgate.process.poll() is None,
+    )
 
 
 def wait_between_start_up_fetches(silent: SilentServer) -> None:
@@ -87,8 +95,9 @@ def wait_between_start_up_fetches(silent: SilentServer) -> None:
     time.sleep(SMARTGATE_TIMEOUT + 0.3)
 
 
-def assert_bounded_503(outcome: HangOutcome, reason: str, stack: FaultStack, marker: str,
-                       bound: float = SMARTGATE_TIMEOUT) -> None:
+def assert_bounded_503(
+    outcome: HangOutcome, reason: str, stack: FaultStack, marker: str, bound: float = SMARTGATE_TIMEOUT
+) -> None:
     assert outcome.hung.status_code == 503, outcome.hung.text
     assert reason in outcome.hung.text
     assert outcome.hung_seconds <= bound + SLACK
@@ -107,71 +116,124 @@ def silent() -> Iterator[SilentServer]:
 
 
 def test_a_hanging_idp_is_a_bounded_503_and_other_issuers_keep_being_served(
-        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream,
-        silent: SilentServer) -> None:
+    tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream, silent: SilentServer
+) -> None:
     hung_issuer = silent.url("/idp")  # discovery is accepted and never answered
     issuers = [{"issuer": idp.issuer}, {"issuer": hung_issuer}]
-    with fault_stack(tmp_path, keys=keys, issuers=issuers, upstream=upstream, wait="alive",
-                     jwks={"fetch_timeout_seconds": SMARTGATE_TIMEOUT, "min_refresh_interval_seconds": 0.1},
-                     envoy={"authz_timeout_seconds": ENVOY_TIMEOUT}) as stack:
+    with fault_stack(
+        tmp_path,
+        keys=keys,
+        issuers=issuers,
+        upstream=upstream,
+        wait="alive",
+        jwks={"fetch_timeout_seconds": SMARTGATE_TIMEOUT, "min_refresh_interval_seconds": 0.1},
+        envoy={"authz_timeout_seconds": ENVOY_TIMEOUT},
+    ) as stack:
         hung_token = stack.token(issuer=hung_issuer)
         wait_between_start_up_fetches(silent)
         outcome = hang_while_serving(
-            stack, lambda: stack.get("/Observation?patient=123", hung_token, request_id="hung"), stack.token())
+            stack, lambda: stack.get("/Observation?patient=123", hung_token, request_id="hung"), stack.token()
+        )
         not_ready = not stack.ready()
-    report_faults("hanging_idp", injected=1, requests=1 + len(outcome.fast_statuses), wrong=outcome.wrong,
-                  hung_s=f"{outcome.hung_seconds:.2f}", served_meanwhile=outcome.fast_before_hung_returned)
+    report_faults(
+        "hanging_idp",
+        injected=1,
+        requests=1 + len(outcome.fast_statuses),
+        wrong=outcome.wrong,
+        hung_s=f"{outcome.hung_seconds:.2f}",
+        served_meanwhile=outcome.fast_before_hung_returned,
+    )
     assert_bounded_503(outcome, "jwks_unavailable", stack, "hung")
     assert silent.accepted >= 1
     assert not_ready  # an issuer without keys keeps smartgate not ready
 
 
 def test_a_hanging_introspection_endpoint_is_a_bounded_503(
-        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream,
-        silent: SilentServer) -> None:
-    opaque_issuer = {"issuer": "https://opaque.example.org", "introspection": {
-        "endpoint": silent.url("/introspect"), "client_id": "smartgate", "client_secret_env": "FAULTS_SECRET",
-        "timeout_seconds": SMARTGATE_TIMEOUT}}
-    with fault_stack(tmp_path, keys=keys, issuers=[{"issuer": idp.issuer}, opaque_issuer], upstream=upstream,
-                     env={"FAULTS_SECRET": secrets.token_hex(8)},
-                     envoy={"authz_timeout_seconds": ENVOY_TIMEOUT}) as stack:
+    tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream, silent: SilentServer
+) -> None:
+    opaque_issuer = {
+        "issuer": "https://opaque.example.org",
+        "introspection": {
+            "endpoint": silent.url("/introspect"),
+            "client_id": "smartgate",
+            "client_secret_env": "FAULTS_SECRET",
+            "timeout_seconds": SMARTGATE_TIMEOUT,
+        },
+    }
+    with fault_stack(
+        tmp_path,
+        keys=keys,
+        issuers=[{"issuer": idp.issuer}, opaque_issuer],
+        upstream=upstream,
+        env={"FAULTS_SECRET": secrets.token_hex(8)},
+        envoy={"authz_timeout_seconds": ENVOY_TIMEOUT},
+    ) as stack:
         opaque = secrets.token_urlsafe(32)
         outcome = hang_while_serving(
-            stack, lambda: stack.get("/Observation?patient=123", opaque, request_id="hung"), stack.token())
+            stack, lambda: stack.get("/Observation?patient=123", opaque, request_id="hung"), stack.token()
+        )
         again = stack.get("/Observation?patient=123", opaque, request_id="hung-again")  # a failure is not cached
-    report_faults("hanging_introspection", injected=1, requests=2 + len(outcome.fast_statuses),
-                  wrong=outcome.wrong + int(again.status_code < 400), hung_s=f"{outcome.hung_seconds:.2f}",
-                  served_meanwhile=outcome.fast_before_hung_returned)
+    report_faults(
+        "hanging_introspection",
+        injected=1,
+        requests=2 + len(outcome.fast_statuses),
+        wrong=outcome.wrong + int(again.status_code < 400),
+        hung_s=f"{outcome.hung_seconds:.2f}",
+        served_meanwhile=outcome.fast_before_hung_returned,
+    )
     assert_bounded_503(outcome, "introspection_failed", stack, "hung")
     assert again.status_code == 503
     assert silent.accepted >= 2  # asked each time: a failure is never cached as an answer
 
 
 def test_a_hanging_fhir_lookup_is_a_bounded_503(
-        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream,
-        silent: SilentServer) -> None:
-    with fault_stack(tmp_path, keys=keys, issuers=[{"issuer": idp.issuer}], upstream=upstream,
-                     lookup_url=silent.url("/fhir"), lookup={"timeout_seconds": SMARTGATE_TIMEOUT},
-                     envoy={"authz_timeout_seconds": ENVOY_TIMEOUT}) as stack:
+    tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream, silent: SilentServer
+) -> None:
+    with fault_stack(
+        tmp_path,
+        keys=keys,
+        issuers=[{"issuer": idp.issuer}],
+        upstream=upstream,
+        lookup_url=silent.url("/fhir"),
+        lookup={"timeout_seconds": SMARTGATE_TIMEOUT},
+        envoy={"authz_timeout_seconds": ENVOY_TIMEOUT},
+    ) as stack:
         token = stack.token()
         outcome = hang_while_serving(stack, lambda: stack.get("/Observation/obs-1", token, request_id="hung"), token)
-    report_faults("hanging_fhir_lookup", injected=1, requests=1 + len(outcome.fast_statuses), wrong=outcome.wrong,
-                  hung_s=f"{outcome.hung_seconds:.2f}", served_meanwhile=outcome.fast_before_hung_returned)
+    report_faults(
+        "hanging_fhir_lookup",
+        injected=1,
+        requests=1 + len(outcome.fast_statuses),
+        wrong=outcome.wrong,
+        hung_s=f"{outcome.hung_seconds:.2f}",
+        served_meanwhile=outcome.fast_before_hung_returned,
+    )
     assert_bounded_503(outcome, "lookup_failed", stack, "hung")
     assert silent.accepted >= 1
 
 
 def test_envoys_timeout_bounds_a_lookup_that_outlasts_it(
-        tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream,
-        silent: SilentServer) -> None:
+    tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream, silent: SilentServer
+) -> None:
     envoy_timeout = 1.0
-    with fault_stack(tmp_path, keys=keys, issuers=[{"issuer": idp.issuer}], upstream=upstream,
-                     lookup_url=silent.url("/fhir"), lookup={"timeout_seconds": 30},
-                     envoy={"authz_timeout_seconds": envoy_timeout}) as stack:
+    with fault_stack(
+        tmp_path,
+        keys=keys,
+        issuers=[{"issuer": idp.issuer}],
+        upstream=upstream,
+        lookup_url=silent.url("/fhir"),
+        lookup={"timeout_seconds": 30},
+        envoy={"authz_timeout_seconds": envoy_timeout},
+    ) as stack:
         token = stack.token()
         outcome = hang_while_serving(stack, lambda: stack.get("/Observation/obs-1", token, request_id="hung"), token)
-    report_faults("fhir_lookup_beyond_envoy_timeout", injected=1, requests=1 + len(outcome.fast_statuses),
-                  wrong=outcome.wrong, hung_s=f"{outcome.hung_seconds:.2f}")
+    report_faults(
+        "fhir_lookup_beyond_envoy_timeout",
+        injected=1,
+        requests=1 + len(outcome.fast_statuses),
+        wrong=outcome.wrong,
+        hung_s=f"{outcome.hung_seconds:.2f}",
+    )
     assert outcome.hung.status_code == 503  # Envoy's status_on_error: smartgate did not answer in time
     assert envoy_timeout - 0.1 <= outcome.hung_seconds <= envoy_timeout + SLACK
     assert upstream.forwarded("hung") == []

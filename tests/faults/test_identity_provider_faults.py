@@ -29,30 +29,41 @@ FETCH_TIMEOUT = 0.5
 
 
 @pytest.fixture
-def stack(tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider,
-          upstream: RecordingUpstream) -> Iterator[FaultStack]:
+def stack(
+    tmp_path: Path, keys: RotatingKeys, idp: IdentityProvider, upstream: RecordingUpstream
+) -> Iterator[FaultStack]:
     jwks = {"min_refresh_interval_seconds": REFRESH_INTERVAL, "fetch_timeout_seconds": FETCH_TIMEOUT}
     with fault_stack(tmp_path, keys=keys, issuers=[{"issuer": idp.issuer}], upstream=upstream, jwks=jwks) as started:
         yield started
 
 
 def test_idp_down_at_start_up_denies_everything_and_allows_once_it_returns(
-        tmp_path: Path, keys: RotatingKeys, upstream: RecordingUpstream) -> None:
+    tmp_path: Path, keys: RotatingKeys, upstream: RecordingUpstream
+) -> None:
     idp_port = free_port()  # nothing listens here yet: discovery is refused
     issuer = f"http://127.0.0.1:{idp_port}/idp"
     with fault_stack(tmp_path, keys=keys, issuers=[{"issuer": issuer}], upstream=upstream, wait="alive") as stack:
         good = stack.token()
         other = stack.token(patient="456")
-        shapes = [("GET", "/Observation?patient=123", good), ("GET", "/Patient/123", good),
-                  ("GET", "/Observation?patient=456", other), ("GET", "/Observation?patient=123", None),
-                  ("POST", "/Observation/_search", good)]
+        shapes = [
+            ("GET", "/Observation?patient=123", good),
+            ("GET", "/Patient/123", good),
+            ("GET", "/Observation?patient=456", other),
+            ("GET", "/Observation?patient=123", None),
+            ("POST", "/Observation/_search", good),
+        ]
         answers: list[int] = []
         started = time.monotonic()
         while time.monotonic() - started < 1.5:  # spans the first refused attempt and the 1 s retry
             for index, (method, path, token) in enumerate(shapes):
-                response = stack.send(method, path, token, request_id=f"down-{len(answers)}-{index}",
-                                      headers={"content-type": "application/x-www-form-urlencoded"},
-                                      content=b"patient=123" if method == "POST" else None)
+                response = stack.send(
+                    method,
+                    path,
+                    token,
+                    request_id=f"down-{len(answers)}-{index}",
+                    headers={"content-type": "application/x-www-form-urlencoded"},
+                    content=b"patient=123" if method == "POST" else None,
+                )
                 answers.append(response.status_code)
             assert httpx.get(stack.smartgate.url("/readyz")).status_code == 503
             assert grpc_health(stack.smartgate.grpc, "") == "NOT_SERVING"
@@ -69,8 +80,9 @@ def test_idp_down_at_start_up_denies_everything_and_allows_once_it_returns(
             allowed = stack.get("/Observation?patient=123", good, request_id="back-1")
         finally:
             idp.close()
-    report_faults("idp_down_at_start_up", injected=1, requests=len(answers) + 1, wrong=wrong,
-                  ready_after_idp_up_s=f"{took:.2f}")
+    report_faults(
+        "idp_down_at_start_up", injected=1, requests=len(answers) + 1, wrong=wrong, ready_after_idp_up_s=f"{took:.2f}"
+    )
     assert set(answers) <= {401, 503}, answers  # 503 jwks_unavailable for tokens, 401 without one
     assert 503 in answers
     assert reached == []
@@ -79,7 +91,8 @@ def test_idp_down_at_start_up_denies_everything_and_allows_once_it_returns(
 
 
 def test_idp_down_later_keeps_the_cached_keys_and_refuses_a_new_key_until_it_returns(
-        stack: FaultStack, keys: RotatingKeys, idp: IdentityProvider) -> None:
+    stack: FaultStack, keys: RotatingKeys, idp: IdentityProvider
+) -> None:
     cached = stack.token()
     assert stack.get("/Observation?patient=123", cached).status_code == 200
     idp.close()  # the IdP goes down after a good fetch
@@ -91,27 +104,38 @@ def test_idp_down_later_keeps_the_cached_keys_and_refuses_a_new_key_until_it_ret
     while time.monotonic() - started < 3 * REFRESH_INTERVAL:  # several refresh attempts fail meanwhile
         statuses["cached token"].append(stack.get("/Observation?patient=123", cached, request_id="old-a").status_code)
         statuses["fresh old-key token"].append(
-            stack.get("/Observation?patient=123", stack.token(), request_id="old-b").status_code)
+            stack.get("/Observation?patient=123", stack.token(), request_id="old-b").status_code
+        )
         new_answer = stack.get("/Observation?patient=123", rotated, request_id="new-down")
         statuses["new-key token"].append(new_answer.status_code)
         assert "token_unknown_key" in new_answer.text
         time.sleep(0.1)
     still_ready = stack.ready()
-    fetch_failures = stack.smartgate.metrics().value("smartgate_jwks_fetches_total", issuer=idp.issuer,
-                                                     result="failure")
+    fetch_failures = stack.smartgate.metrics().value(
+        "smartgate_jwks_fetches_total", issuer=idp.issuer, result="failure"
+    )
 
     back = IdentityProvider(keys, port=idp.port)  # the IdP returns, now publishing ec-2
     try:
         took = seconds_until(
             lambda: stack.get("/Observation?patient=123", rotated, request_id="new-up").status_code == 200,
-            seconds=REFRESH_INTERVAL + FETCH_TIMEOUT + 3)
+            seconds=REFRESH_INTERVAL + FETCH_TIMEOUT + 3,
+        )
     finally:
         back.close()
-    wrong = (sum(1 for s in statuses["new-key token"] if s != 401) + len(stack.upstream.forwarded("new-down"))
-             + sum(1 for s in statuses["cached token"] + statuses["fresh old-key token"] if s != 200))
-    report_faults("idp_down_later", injected=1, requests=sum(map(len, statuses.values())), wrong=wrong,
-                  failed_refreshes=int(fetch_failures),
-                  new_key_accepted_after_return_s=f"{took:.2f}" if took is not None else None)
+    wrong = (
+        sum(1 for s in statuses["new-key token"] if s != 401)
+        + len(stack.upstream.forwarded("new-down"))
+        + sum(1 for s in statuses["cached token"] + statuses["fresh old-key token"] if s != 200)
+    )
+    report_faults(
+        "idp_down_later",
+        injected=1,
+        requests=sum(map(len, statuses.values())),
+        wrong=wrong,
+        failed_refreshes=int(fetch_failures),
+        new_key_accepted_after_return_s=f"{took:.2f}" if took is not None else None,
+    )
     assert statuses["cached token"] == [200] * len(statuses["cached token"])
     assert statuses["fresh old-key token"] == [200] * len(statuses["fresh old-key token"])
     assert statuses["new-key token"] == [401] * len(statuses["new-key token"])
@@ -123,7 +147,8 @@ def test_idp_down_later_keeps_the_cached_keys_and_refuses_a_new_key_until_it_ret
 
 
 def test_a_new_kid_is_accepted_within_one_refresh_interval(
-        stack: FaultStack, keys: RotatingKeys, idp: IdentityProvider) -> None:
+    stack: FaultStack, keys: RotatingKeys, idp: IdentityProvider
+) -> None:
     time.sleep(REFRESH_INTERVAL)  # past the allowance the start-up fetch used
     fetches_before = idp.jwks_requests
     assert stack.get("/Observation?patient=123", stack.token(kid="not-published")).status_code == 401
@@ -138,8 +163,14 @@ def test_a_new_kid_is_accepted_within_one_refresh_interval(
         statuses.append(stack.get("/Observation?patient=123", rotated, request_id="rotated").status_code)
     accepted_after = time.monotonic() - refreshed_at
     fetches = idp.jwks_requests - fetches_before
-    report_faults("key_rotation", injected=1, requests=len(statuses) + 1, wrong=0,
-                  accepted_after_s=f"{accepted_after:.2f}", jwks_fetches=fetches)
+    report_faults(
+        "key_rotation",
+        injected=1,
+        requests=len(statuses) + 1,
+        wrong=0,
+        accepted_after_s=f"{accepted_after:.2f}",
+        jwks_fetches=fetches,
+    )
     assert statuses[0] == 401  # within the interval the rate limit holds ...
     assert statuses[-1] == 200  # ... and after it the new kid is fetched and accepted
     assert REFRESH_INTERVAL - 0.1 <= accepted_after <= REFRESH_INTERVAL + 0.5
@@ -148,7 +179,8 @@ def test_a_new_kid_is_accepted_within_one_refresh_interval(
 
 
 def test_a_flood_of_random_kids_refreshes_the_keys_at_most_once_per_interval(
-        stack: FaultStack, idp: IdentityProvider) -> None:
+    stack: FaultStack, idp: IdentityProvider
+) -> None:
     duration = 3.0
     fetches_before = idp.jwks_requests + idp.discovery_requests
 
@@ -158,8 +190,10 @@ def test_a_flood_of_random_kids_refreshes_the_keys_at_most_once_per_interval(
             end = time.monotonic() + duration
             while time.monotonic() < end:
                 token = stack.token(kid=uuid.uuid4().hex)
-                response = client.get(stack.base_url + "/Observation?patient=123",
-                                      headers={"authorization": f"Bearer {token}", "x-request-id": f"flood-{worker}"})
+                response = client.get(
+                    stack.base_url + "/Observation?patient=123",
+                    headers={"authorization": f"Bearer {token}", "x-request-id": f"flood-{worker}"},
+                )
                 statuses.append(response.status_code)
         return statuses
 
@@ -171,8 +205,15 @@ def test_a_flood_of_random_kids_refreshes_the_keys_at_most_once_per_interval(
     limit = elapsed / REFRESH_INTERVAL + 1
     good = stack.get("/Observation?patient=123", stack.token())
     wrong = sum(1 for status in results if status != 401) + len(stack.upstream.forwarded("flood-"))
-    report_faults("random_kid_flood", injected=len(results), requests=len(results), wrong=wrong,
-                  idp_requests=fetches, limit=f"{limit:.1f}", seconds=f"{elapsed:.2f}")
+    report_faults(
+        "random_kid_flood",
+        injected=len(results),
+        requests=len(results),
+        wrong=wrong,
+        idp_requests=fetches,
+        limit=f"{limit:.1f}",
+        seconds=f"{elapsed:.2f}",
+    )
     assert len(results) >= 50
     assert set(results) == {401}
     assert stack.upstream.forwarded("flood-") == []

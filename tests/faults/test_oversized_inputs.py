@@ -33,11 +33,24 @@ class Oversized:
     token: str
     sent: int = 0
 
-    def send(self, method: str, path: str, *, token: bool = True, headers: dict[str, str] | None = None,
-             content: bytes | None = None) -> httpx.Response:
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: bool = True,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
         self.sent += 1
-        return self.stack.send(method, path, self.token if token else None, request_id=f"oversized-{self.sent}",
-                               headers=headers, content=content)
+        return self.stack.send(
+            method,
+            path,
+            self.token if token else None,
+            request_id=f"oversized-{self.sent}",
+            headers=headers,
+            content=content,
+        )
 
     def reached_upstream(self) -> int:
         return len(self.stack.upstream.forwarded("oversized-"))
@@ -49,8 +62,13 @@ def oversized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oversized]:
     idp = IdentityProvider(keys)
     upstream = RecordingUpstream()
     try:
-        with fault_stack(tmp_path_factory.mktemp("oversized"), keys=keys, issuers=[{"issuer": idp.issuer}],
-                         upstream=upstream, max_request_bytes=MAX_REQUEST_BYTES) as stack:
+        with fault_stack(
+            tmp_path_factory.mktemp("oversized"),
+            keys=keys,
+            issuers=[{"issuer": idp.issuer}],
+            upstream=upstream,
+            max_request_bytes=MAX_REQUEST_BYTES,
+        ) as stack:
             yield Oversized(stack, stack.token())
             assert stack.smartgate.process.poll() is None, "smartgate died"
     finally:
@@ -59,8 +77,10 @@ def oversized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oversized]:
 
 
 def nested(depth: int) -> bytes:
-    return b'{"resourceType":"Observation","status":"final","subject":{"reference":"Patient/123"},' \
-           b'"extension":' + b"[" * depth + b"]" * depth + b"}"
+    return (
+        b'{"resourceType":"Observation","status":"final","subject":{"reference":"Patient/123"},'
+        b'"extension":' + b"[" * depth + b"]" * depth + b"}"
+    )
 
 
 def bundle(entries: int) -> bytes:
@@ -72,14 +92,26 @@ def raw_status(stack: FaultStack, request_line: bytes, token: str) -> int:
     """Send bytes httpx would escape (raw non-UTF-8 in the request target) over a plain socket."""
     host, port = stack.base_url.split("/")[2].split(":")
     with socket.create_connection((host, int(port)), timeout=5) as connection:
-        connection.sendall(request_line + b"\r\nhost: " + host.encode() + b"\r\nauthorization: Bearer "
-                           + token.encode() + b"\r\nx-request-id: oversized-raw\r\nconnection: close\r\n\r\n")
+        connection.sendall(
+            request_line
+            + b"\r\nhost: "
+            + host.encode()
+            + b"\r\nauthorization: Bearer "
+            + token.encode()
+            + b"\r\nx-request-id: oversized-raw\r\nconnection: close\r\n\r\n"
+        )
         reply = connection.recv(4096)
     return int(reply.split(b" ", 2)[1])
 
 
-def check(name: str, oversized: Oversized, responses: list[httpx.Response], expected: set[int],
-          reason: str | None = None, raw_statuses: tuple[int, ...] = ()) -> None:
+def check(
+    name: str,
+    oversized: Oversized,
+    responses: list[httpx.Response],
+    expected: set[int],
+    reason: str | None = None,
+    raw_statuses: tuple[int, ...] = (),
+) -> None:
     statuses = [response.status_code for response in responses] + list(raw_statuses)
     reached = oversized.reached_upstream()
     wrong = sum(1 for status in statuses if status not in expected) + reached
@@ -94,8 +126,10 @@ def check(name: str, oversized: Oversized, responses: list[httpx.Response], expe
 def test_headers_over_envoys_limit_are_refused_by_envoy(oversized: Oversized) -> None:
     many = {f"x-filler-{index}": "a" * 1000 for index in range(80)}  # 80 KB of headers; Envoy allows 60 KB
     one_huge = {"x-filler": "a" * 100_000}
-    responses = [oversized.send("GET", "/Observation?patient=123", headers=many),
-                 oversized.send("GET", "/Observation?patient=123", headers=one_huge)]
+    responses = [
+        oversized.send("GET", "/Observation?patient=123", headers=many),
+        oversized.send("GET", "/Observation?patient=123", headers=one_huge),
+    ]
     check("headers_over_envoy_limit", oversized, responses, {431})
 
 
@@ -114,8 +148,10 @@ def test_a_token_over_smartgates_limit_but_under_envoys_is_a_401(oversized: Over
 def test_a_body_over_max_request_bytes_is_a_413_and_never_reaches_the_upstream(oversized: Oversized) -> None:
     body = b'{"resourceType":"Observation","note":[{"text":"' + b"x" * (MAX_REQUEST_BYTES + 1) + b'"}]}'
     form = b"patient=123&code=" + b"x" * (MAX_REQUEST_BYTES + 1)
-    responses = [oversized.send("POST", "/Observation", headers=FHIR_JSON, content=body),
-                 oversized.send("POST", "/Observation/_search", headers=FORM, content=form)]
+    responses = [
+        oversized.send("POST", "/Observation", headers=FHIR_JSON, content=body),
+        oversized.send("POST", "/Observation/_search", headers=FORM, content=form),
+    ]
     check("body_over_max_request_bytes", oversized, responses, {413})
 
 
@@ -126,13 +162,20 @@ def test_invalid_utf8_in_path_query_or_body_is_a_400(oversized: Oversized) -> No
         oversized.send("GET", "/Observation?patient=123&code=%C3%28"),
         oversized.send("POST", "/Observation/_search", headers=FORM, content=b"patient=%FF"),
         oversized.send("POST", "/Observation/_search", headers=FORM, content=b"patient=123&code=\xff\xfe"),
-        oversized.send("POST", "/Observation", headers=FHIR_JSON,
-                       content=b'{"resourceType":"Observation","status":"\xff\xfe"}'),
-        oversized.send("POST", "", headers=FHIR_JSON,
-                       content=b'{"resourceType":"Bundle","type":"batch","entry":[{"request":\xff}]}'),
+        oversized.send(
+            "POST", "/Observation", headers=FHIR_JSON, content=b'{"resourceType":"Observation","status":"\xff\xfe"}'
+        ),
+        oversized.send(
+            "POST",
+            "",
+            headers=FHIR_JSON,
+            content=b'{"resourceType":"Bundle","type":"batch","entry":[{"request":\xff}]}',
+        ),
     ]
-    raw = (raw_status(oversized.stack, b"GET /fhir/Observation/\xff\xfe HTTP/1.1", oversized.token),
-           raw_status(oversized.stack, b"GET /fhir/Observation?patient=\xff HTTP/1.1", oversized.token))
+    raw = (
+        raw_status(oversized.stack, b"GET /fhir/Observation/\xff\xfe HTTP/1.1", oversized.token),
+        raw_status(oversized.stack, b"GET /fhir/Observation?patient=\xff HTTP/1.1", oversized.token),
+    )
     check("invalid_utf8", oversized, responses, {400}, raw_statuses=raw)
 
 
@@ -144,8 +187,9 @@ def test_deeply_nested_json_is_a_400_and_smartgate_stays_up(oversized: Oversized
     responses = [
         oversized.send("POST", "/Observation", headers=FHIR_JSON, content=body),
         oversized.send("PUT", "/Observation/obs-1", headers=FHIR_JSON, content=body),
-        oversized.send("PATCH", "/Observation/obs-1", headers={"content-type": "application/json-patch+json"},
-                       content=patch_body),
+        oversized.send(
+            "PATCH", "/Observation/obs-1", headers={"content-type": "application/json-patch+json"}, content=patch_body
+        ),
         oversized.send("POST", "", headers=FHIR_JSON, content=bundle_body),
     ]
     check(f"nested_json_{depth}", oversized, responses, {400}, reason="body_invalid")
@@ -167,8 +211,9 @@ def test_a_bundle_under_the_body_limit_but_over_the_entry_limit_is_a_400(oversiz
 
 
 def test_a_bundle_at_the_entry_limit_is_decided_entry_by_entry(oversized: Oversized) -> None:
-    allowed = oversized.stack.send("POST", "", oversized.token, request_id="at-entry-limit", headers=FHIR_JSON,
-                                   content=bundle(MAX_BUNDLE_ENTRIES))
+    allowed = oversized.stack.send(
+        "POST", "", oversized.token, request_id="at-entry-limit", headers=FHIR_JSON, content=bundle(MAX_BUNDLE_ENTRIES)
+    )
     assert allowed.status_code == 200, allowed.text[:300]  # the limit is exactly the limit
     assert len(oversized.stack.upstream.forwarded("at-entry-limit")) == 1
 
@@ -184,8 +229,10 @@ def rss_kb(pid: int) -> int:
 def test_memory_stays_bounded_under_200_oversized_and_nested_requests(oversized: Oversized) -> None:
     pid = oversized.stack.smartgate.process.pid
     large_token = "e" * 20_000 + "." + "p" * 20_000 + "." + "s" * 500
-    other_patient = b'{"resourceType":"Observation","status":"final","subject":{"reference":"Patient/456"},' \
-                    b'"note":[{"text":"' + b"x" * 200_000 + b'"}]}'
+    other_patient = (
+        b'{"resourceType":"Observation","status":"final","subject":{"reference":"Patient/456"},'
+        b'"note":[{"text":"' + b"x" * 200_000 + b'"}]}'
+    )
     shapes: list[tuple[str, str, dict[str, str], bytes | None]] = [  # every one a 4xx from smartgate
         ("POST", "/Observation", FHIR_JSON, nested(10_000)),
         ("POST", "", FHIR_JSON, bundle(MAX_BUNDLE_ENTRIES + 1)),
@@ -195,8 +242,9 @@ def test_memory_stays_bounded_under_200_oversized_and_nested_requests(oversized:
     ]
 
     def send(method: str, path: str, headers: dict[str, str], content: bytes | None) -> int:
-        return oversized.send(method, path, token="authorization" not in headers, headers=headers,
-                              content=content).status_code
+        return oversized.send(
+            method, path, token="authorization" not in headers, headers=headers, content=content
+        ).status_code
 
     for shape in shapes:  # warm-up: first use of each path
         send(*shape)
@@ -207,7 +255,13 @@ def test_memory_stays_bounded_under_200_oversized_and_nested_requests(oversized:
     after = rss_kb(pid)
     growth_mb = (after - before) / 1024
     wrong = sum(1 for status in statuses if not 400 <= status < 500) + oversized.reached_upstream()
-    report_faults("memory_under_oversized", injected=len(statuses), requests=len(statuses), wrong=wrong,
-                  rss_before_mb=f"{before / 1024:.1f}", rss_after_mb=f"{after / 1024:.1f}")
+    report_faults(
+        "memory_under_oversized",
+        injected=len(statuses),
+        requests=len(statuses),
+        wrong=wrong,
+        rss_before_mb=f"{before / 1024:.1f}",
+        rss_after_mb=f"{after / 1024:.1f}",
+    )
     assert wrong == 0, sorted(set(statuses))
     assert growth_mb < 30

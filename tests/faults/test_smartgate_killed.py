@@ -41,7 +41,8 @@ def stack(tmp_path: Path) -> Iterator[FaultStack]:
 
 
 def test_killed_smartgate_lets_nothing_through_and_serves_again_after_restart(
-        stack: FaultStack, tmp_path: Path) -> None:
+    stack: FaultStack, tmp_path: Path
+) -> None:
     other_patient = stack.token(patient="456")  # a valid token that may not read patient 123's data
     phase = ["before"]  # before → down (killed until the new process is ready) → after
     statuses: dict[str, Counter[int]] = {"before": Counter(), "down": Counter(), "after": Counter()}
@@ -74,7 +75,8 @@ def test_killed_smartgate_lets_nothing_through_and_serves_again_after_restart(
         phase[0] = "after"
         serving = seconds_until(
             lambda: stack.get("/Observation?patient=123", stack.token(), request_id="after-restart").status_code == 200,
-            seconds=10)
+            seconds=10,
+        )
         time.sleep(0.5)  # the load keeps going against the restarted process
     finally:
         stop.set()
@@ -84,9 +86,14 @@ def test_killed_smartgate_lets_nothing_through_and_serves_again_after_restart(
     reached = stack.upstream.forwarded("load-")
     every = statuses["before"] + statuses["down"] + statuses["after"]
     wrong = len(reached) + sum(count for status, count in every.items() if status < 400)
-    report_faults("smartgate_sigkill_restart", injected=1, requests=every.total(), wrong=wrong,
-                  **{phase: dict(counts) for phase, counts in statuses.items()},
-                  restart_s=f"{restart_seconds:.2f}")
+    report_faults(
+        "smartgate_sigkill_restart",
+        injected=1,
+        requests=every.total(),
+        wrong=wrong,
+        **{phase: dict(counts) for phase, counts in statuses.items()},
+        restart_s=f"{restart_seconds:.2f}",
+    )
     assert reached == []  # nothing passed unchecked, before, during or after the outage
     assert set(every) <= {401, 403, 503}, statuses
     assert set(statuses["before"]) == {401, 403}  # smartgate decided ...

@@ -17,8 +17,13 @@ from hypothesis import strategies as st
 
 pytestmark = pytest.mark.fuzz
 
-PROPERTY = settings(max_examples=200, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 OTHERS = st.sampled_from(["bob9", "carol3", "dave4"])
 FORM = "application/x-www-form-urlencoded"
 
@@ -29,12 +34,25 @@ def _denied(response: external_auth_pb2.CheckResponse) -> bool:
 
 
 @PROPERTY
-@given(method=st.text(max_size=8), path=st.text(max_size=120) | st.binary(max_size=120).map(
-           lambda raw: raw.decode("utf-8", errors="surrogateescape").encode("utf-8", "replace").decode()),
-       headers=st.dictionaries(st.text(max_size=20), st.text(max_size=200), max_size=6),
-       body=st.binary(max_size=300), token=st.sampled_from(["alice-all", "bob-obs", "user-read", None]))
-def test_any_check_request_gets_an_explicit_response(target: CheckTarget, world: CheckWorld, method: str, path: str,
-                                                     headers: dict[str, str], body: bytes, token: str | None) -> None:
+@given(
+    method=st.text(max_size=8),
+    path=st.text(max_size=120)
+    | st.binary(max_size=120).map(
+        lambda raw: raw.decode("utf-8", errors="surrogateescape").encode("utf-8", "replace").decode()
+    ),
+    headers=st.dictionaries(st.text(max_size=20), st.text(max_size=200), max_size=6),
+    body=st.binary(max_size=300),
+    token=st.sampled_from(["alice-all", "bob-obs", "user-read", None]),
+)
+def test_any_check_request_gets_an_explicit_response(
+    target: CheckTarget,
+    world: CheckWorld,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    token: str | None,
+) -> None:
     if token is not None:
         headers["authorization"] = f"Bearer {world.tokens[token]}"
     request = check_request(BASE_PATH + "/" + path.lstrip("/"), method, headers, body or None)
@@ -111,14 +129,17 @@ def _mentions(other: str, encoded: str) -> list[tuple[str, str, bytes | None]]:
 
 @PROPERTY
 @given(other=OTHERS, choice=st.integers(0, 10_000), encoding=st.integers(0, 2), via_bundle=st.booleans())
-def test_another_patient_named_in_any_form_is_denied(target: CheckTarget, world: CheckWorld, other: str,
-                                                     choice: int, encoding: int, via_bundle: bool) -> None:
+def test_another_patient_named_in_any_form_is_denied(
+    target: CheckTarget, world: CheckWorld, other: str, choice: int, encoding: int, via_bundle: bool
+) -> None:
     forms = _mentions(other, _encodings(other)[encoding])
     method, url, body = forms[choice % len(forms)]
     headers = {"authorization": f"Bearer {world.tokens['alice-all']}"}
     if via_bundle and body is None:
-        entries = [{"request": {"method": "GET", "url": "Observation?patient=alice7"}},
-                   {"request": {"method": method, "url": url}}]
+        entries = [
+            {"request": {"method": "GET", "url": "Observation?patient=alice7"}},
+            {"request": {"method": method, "url": url}},
+        ]
         method, path = "POST", BASE_PATH
         body = json.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries}).encode()
         headers["content-type"] = "application/fhir+json"
@@ -131,13 +152,22 @@ def test_another_patient_named_in_any_form_is_denied(target: CheckTarget, world:
 
 
 @PROPERTY
-@given(other=OTHERS, element=st.sampled_from(["subject", "performer", "focus", "hasMember", "derivedFrom"]),
-       form=st.sampled_from(["Patient/{}", FHIR_BASE_URL + "/Patient/{}"]),
-       method=st.sampled_from(["POST", "PUT", "bundle"]))
-def test_a_write_that_references_another_patient_is_denied(target: CheckTarget, world: CheckWorld, other: str,
-                                                           element: str, form: str, method: str) -> None:
-    resource = {"resourceType": "Observation", "id": "alice7-o9", "status": "final", "code": {"text": "x"},
-                "subject": {"reference": "Patient/alice7"}}
+@given(
+    other=OTHERS,
+    element=st.sampled_from(["subject", "performer", "focus", "hasMember", "derivedFrom"]),
+    form=st.sampled_from(["Patient/{}", FHIR_BASE_URL + "/Patient/{}"]),
+    method=st.sampled_from(["POST", "PUT", "bundle"]),
+)
+def test_a_write_that_references_another_patient_is_denied(
+    target: CheckTarget, world: CheckWorld, other: str, element: str, form: str, method: str
+) -> None:
+    resource = {
+        "resourceType": "Observation",
+        "id": "alice7-o9",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": "Patient/alice7"},
+    }
     resource[element] = {"reference": form.format(other)}
     headers = {"authorization": f"Bearer {world.tokens['alice-all']}", "content-type": "application/fhir+json"}
     if method == "bundle":
@@ -153,8 +183,14 @@ def test_a_write_that_references_another_patient_is_denied(target: CheckTarget, 
 def test_the_same_requests_for_the_context_patient_are_allowed(target: CheckTarget, world: CheckWorld) -> None:
     """The deny properties above would pass trivially if nothing were ever allowed."""
     headers = {"authorization": f"Bearer {world.tokens['alice-all']}"}
-    for path in ("Observation?patient=alice7", "Observation?subject=Patient/alice7", "Patient/alice7/Observation",
-                 "Observation/alice7-o1", "Patient?_id=alice7", "Binary/alice7-b1"):
+    for path in (
+        "Observation?patient=alice7",
+        "Observation?subject=Patient/alice7",
+        "Patient/alice7/Observation",
+        "Observation/alice7-o1",
+        "Patient?_id=alice7",
+        "Binary/alice7-b1",
+    ):
         request = check_request(f"{BASE_PATH}/{path}", "GET", headers)
         response = target.judge(request)
         assert response.WhichOneof("http_response") == "ok_response", path

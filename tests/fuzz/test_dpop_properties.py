@@ -17,10 +17,18 @@ from hypothesis import strategies as st
 
 pytestmark = pytest.mark.fuzz
 
-PROPERTY = settings(max_examples=120, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
-PATHS = [f"{BASE_PATH}/Observation?patient=alice7", f"{BASE_PATH}/Patient/alice7",
-         f"{BASE_PATH}/Condition?patient=alice7"]
+PROPERTY = settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+PATHS = [
+    f"{BASE_PATH}/Observation?patient=alice7",
+    f"{BASE_PATH}/Patient/alice7",
+    f"{BASE_PATH}/Condition?patient=alice7",
+]
 THIEF = ec.derive_private_key(0x7E1EF_0003, ec.SECP256R1())
 
 
@@ -58,8 +66,19 @@ def _defective(world: CheckWorld, defect: str, path: str) -> dict[str, str]:
     return headers
 
 
-DEFECTS = ["no-proof", "bearer-scheme", "thief-key", "other-method", "other-path", "query-in-htu", "stale", "future",
-           "other-token", "two-proofs", "wrong-typ"]
+DEFECTS = [
+    "no-proof",
+    "bearer-scheme",
+    "thief-key",
+    "other-method",
+    "other-path",
+    "query-in-htu",
+    "stale",
+    "future",
+    "other-token",
+    "two-proofs",
+    "wrong-typ",
+]
 
 
 def test_the_bound_token_with_a_fresh_valid_proof_is_allowed(target: CheckTarget, world: CheckWorld) -> None:

@@ -20,10 +20,22 @@ def test_a_bounded_fuzz_pass_finds_nothing(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     result = subprocess.run(
-        [sys.executable, str(REPO / "fuzz" / "fuzz_check_request.py"), f"-runs={RUNS}", "-seed=1",
-         "-max_total_time=150", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1", str(work),
-         str(REPO / "fuzz" / "corpus")],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+        [
+            sys.executable,
+            str(REPO / "fuzz" / "fuzz_check_request.py"),
+            f"-runs={RUNS}",
+            "-seed=1",
+            "-max_total_time=150",
+            f"-artifact_prefix={tmp_path}/",
+            "-print_final_stats=1",
+            str(work),
+            str(REPO / "fuzz" / "corpus"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     output = result.stderr + result.stdout
     crashes = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(("crash-", "timeout-", "oom-")))

@@ -25,18 +25,67 @@ pytestmark = pytest.mark.fuzz
 
 PROPERTY = settings(max_examples=200, deadline=None, derandomize=True, database=None)
 METHODS = st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "get", ""])
-PATH_PIECES = st.sampled_from(["Observation", "Patient", "alice7", "bob9", "_search", "_history", "$everything",
-                               "metadata", "..", ".", "", "%2F", "Bundle", "1", "x?y", "#", "\\", "\x00", "é"])
+PATH_PIECES = st.sampled_from(
+    [
+        "Observation",
+        "Patient",
+        "alice7",
+        "bob9",
+        "_search",
+        "_history",
+        "$everything",
+        "metadata",
+        "..",
+        ".",
+        "",
+        "%2F",
+        "Bundle",
+        "1",
+        "x?y",
+        "#",
+        "\\",
+        "\x00",
+        "é",
+    ]
+)
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["resourceType", "id", "subject", "patient", "reference", "entry", "request", "url",
-                         "method", "resource", "contained", "type", "x"]), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "resourceType",
+                    "id",
+                    "subject",
+                    "patient",
+                    "reference",
+                    "entry",
+                    "request",
+                    "url",
+                    "method",
+                    "resource",
+                    "contained",
+                    "type",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
     max_leaves=20,
 )
-ALICE = TokenContext(issuer="https://issuer.example.org", subject="user-1", client_id="fuzz-app",
-                     scope_text="patient/*.cruds", grants=parse_scopes(["patient/*.cruds"]), patient="alice7",
-                     fhir_user=None, expires_at=2e9)
+ALICE = TokenContext(
+    issuer="https://issuer.example.org",
+    subject="user-1",
+    client_id="fuzz-app",
+    scope_text="patient/*.cruds",
+    grants=parse_scopes(["patient/*.cruds"]),
+    patient="alice7",
+    fhir_user=None,
+    expires_at=2e9,
+)
 SETTINGS = PolicySettings(fhir_base_url=FHIR_BASE_URL)
 
 
@@ -52,8 +101,11 @@ def test_the_query_decoder_answers_params_or_a_query_error(raw: bytes) -> None:
 
 
 @PROPERTY
-@given(value=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters="\x7f"),
-                     max_size=30))
+@given(
+    value=st.text(
+        alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters="\x7f"), max_size=30
+    )
+)
 def test_the_query_decoder_decodes_exactly_once(value: str) -> None:
     once = quote(value, safe="")
     assert parse_query(f"code={once}")[0].value == value
@@ -61,14 +113,23 @@ def test_the_query_decoder_decodes_exactly_once(value: str) -> None:
 
 
 @PROPERTY
-@given(method=METHODS, pieces=st.lists(PATH_PIECES, max_size=5), query=st.text(max_size=40),
-       headers=st.dictionaries(st.sampled_from(["content-type", "content-length", "x-http-method-override",
-                                                "if-none-exist", "transfer-encoding"]),
-                               st.text(max_size=40), max_size=3),
-       body=st.none() | st.binary(max_size=120), truncated=st.booleans())
+@given(
+    method=METHODS,
+    pieces=st.lists(PATH_PIECES, max_size=5),
+    query=st.text(max_size=40),
+    headers=st.dictionaries(
+        st.sampled_from(
+            ["content-type", "content-length", "x-http-method-override", "if-none-exist", "transfer-encoding"]
+        ),
+        st.text(max_size=40),
+        max_size=3,
+    ),
+    body=st.none() | st.binary(max_size=120),
+    truncated=st.booleans(),
+)
 def test_classifying_any_request_answers_a_fhir_request_or_a_request_error(
-        method: str, pieces: list[str], query: str, headers: dict[str, str], body: bytes | None,
-        truncated: bool) -> None:
+    method: str, pieces: list[str], query: str, headers: dict[str, str], body: bytes | None, truncated: bool
+) -> None:
     path = BASE_PATH + "/" + "/".join(pieces) + (f"?{query}" if query else "")
     http = HttpRequest(method=method, path=path, headers=headers, body=body, body_truncated=truncated)
     parsed = parse_fhir_request(http, BASE_PATH)
@@ -88,19 +149,28 @@ def test_a_resource_body_is_a_resource_or_a_body_error(document: Any, expected: 
 
 
 @PROPERTY
-@given(method=st.sampled_from(["POST", "PUT", "PATCH"]),
-       path=st.sampled_from(["", "/Observation", "/Observation/alice7-o1", "/Patient/alice7",
-                             "/Patient/alice7/$everything"]),
-       content_type=st.sampled_from(["application/fhir+json", "application/json-patch+json", "application/json"]),
-       document=JSON, nest=st.integers(0, 3))
-def test_the_policy_decides_any_json_body_without_raising(method: str, path: str, content_type: str, document: Any,
-                                                          nest: int) -> None:
+@given(
+    method=st.sampled_from(["POST", "PUT", "PATCH"]),
+    path=st.sampled_from(
+        ["", "/Observation", "/Observation/alice7-o1", "/Patient/alice7", "/Patient/alice7/$everything"]
+    ),
+    content_type=st.sampled_from(["application/fhir+json", "application/json-patch+json", "application/json"]),
+    document=JSON,
+    nest=st.integers(0, 3),
+)
+def test_the_policy_decides_any_json_body_without_raising(
+    method: str, path: str, content_type: str, document: Any, nest: int
+) -> None:
     """Writes, patches and Bundles (entries included) of arbitrary JSON: a Decision or look-ups, never an exception."""
     if nest:
-        document = {"resourceType": "Bundle", "type": "batch",
-                    "entry": [{"request": {"method": "POST", "url": "Observation"}, "resource": document}] * nest}
-    http = HttpRequest(method=method, path=BASE_PATH + path, headers={"content-type": content_type},
-                       body=json.dumps(document).encode())
+        document = {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"request": {"method": "POST", "url": "Observation"}, "resource": document}] * nest,
+        }
+    http = HttpRequest(
+        method=method, path=BASE_PATH + path, headers={"content-type": content_type}, body=json.dumps(document).encode()
+    )
     parsed = parse_fhir_request(http, BASE_PATH)
     if isinstance(parsed, FhirRequest):
         decide(parsed, ALICE, SETTINGS)

@@ -13,8 +13,12 @@ from fuzz.check_world import BASE_PATH, CheckWorld, check_request
 pytestmark = pytest.mark.fuzz
 
 FUZZ_DIR = Path(__file__).resolve().parents[2] / "fuzz"
-FILES = sorted(path for folder in ("corpus", "regressions") for path in (FUZZ_DIR / folder).iterdir()
-               if path.is_file() and not path.name.startswith("."))
+FILES = sorted(
+    path
+    for folder in ("corpus", "regressions")
+    for path in (FUZZ_DIR / folder).iterdir()
+    if path.is_file() and not path.name.startswith(".")
+)
 
 
 def test_the_corpus_and_the_regressions_are_there() -> None:
@@ -42,8 +46,9 @@ def test_seeds_named_allow_are_allowed_and_deny_are_denied(target: CheckTarget) 
 def test_post_everything_with_a_parameters_body_is_denied(target: CheckTarget, world: CheckWorld) -> None:
     """Found by the fuzzer: the body of POST Patient/[ctx]/$everything was never looked at, so a
     Parameters body could carry _type (or anything) past the scope check. Now: query only."""
-    body = json.dumps({"resourceType": "Parameters",
-                       "parameter": [{"name": "_type", "valueString": "Condition"}]}).encode()
+    body = json.dumps(
+        {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Condition"}]}
+    ).encode()
     headers = {"authorization": f"Bearer {world.tokens['bob-obs']}", "content-type": "application/fhir+json"}
     request = check_request(f"{BASE_PATH}/Patient/bob9/$everything?_type=Observation", "POST", headers, body)
     response = target.judge(request)

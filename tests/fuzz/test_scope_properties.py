@@ -41,24 +41,34 @@ def test_permission_letters_out_of_order_grant_nothing(context: str, resource_ty
 
 
 @PROPERTY
-@given(context=st.sampled_from(CONTEXTS), resource_type=st.sampled_from(TYPES), letters=LETTERS,
-       asked_context=st.sampled_from(CONTEXTS), asked_type=st.sampled_from(TYPES[:-1]),
-       permission=st.sampled_from(CANONICAL))
-def test_a_scope_grants_only_its_context_type_and_letters(context: str, resource_type: str, letters: list[str],
-                                                           asked_context: str, asked_type: str,
-                                                           permission: str) -> None:
+@given(
+    context=st.sampled_from(CONTEXTS),
+    resource_type=st.sampled_from(TYPES),
+    letters=LETTERS,
+    asked_context=st.sampled_from(CONTEXTS),
+    asked_type=st.sampled_from(TYPES[:-1]),
+    permission=st.sampled_from(CANONICAL),
+)
+def test_a_scope_grants_only_its_context_type_and_letters(
+    context: str, resource_type: str, letters: list[str], asked_context: str, asked_type: str, permission: str
+) -> None:
     grants = parse_scopes([f"{context}/{resource_type}.{_canonical(letters)}"])
-    expected = (asked_context == context and resource_type in (asked_type, "*") and permission in letters)
+    expected = asked_context == context and resource_type in (asked_type, "*") and permission in letters
     assert grants.permits(asked_context, asked_type, permission) is expected
 
 
 @PROPERTY
-@given(context=st.sampled_from(CONTEXTS), resource_type=st.sampled_from(TYPES), letters=LETTERS,
-       constraint=st.sampled_from(["category=laboratory", "code=http://loinc.org|1234", "status=final&category=x"]),
-       asked_type=st.sampled_from(TYPES[:-1]), permission=st.sampled_from(CANONICAL))
+@given(
+    context=st.sampled_from(CONTEXTS),
+    resource_type=st.sampled_from(TYPES),
+    letters=LETTERS,
+    constraint=st.sampled_from(["category=laboratory", "code=http://loinc.org|1234", "status=final&category=x"]),
+    asked_type=st.sampled_from(TYPES[:-1]),
+    permission=st.sampled_from(CANONICAL),
+)
 def test_a_granular_scope_grants_no_more_than_its_plain_form(
-        context: str, resource_type: str, letters: list[str], constraint: str, asked_type: str,
-        permission: str) -> None:
+    context: str, resource_type: str, letters: list[str], constraint: str, asked_type: str, permission: str
+) -> None:
     plain = f"{context}/{resource_type}.{_canonical(letters)}"
     granular = parse_scopes([f"{plain}?{constraint}"])
     plain_grants = parse_scopes([plain])
@@ -69,10 +79,26 @@ def test_a_granular_scope_grants_no_more_than_its_plain_form(
 
 
 @PROPERTY
-@given(scopes=st.lists(st.sampled_from([
-    "patient/Observation.rs", "patient/*.read", "user/Patient.cud", "system/*.s", "patient/Condition.write",
-    "launch/patient", "openid", "patient/Observation.sr", "user/Foo.rs", "patient/Observation.rs?category=lab",
-]), max_size=5), asked=st.tuples(st.sampled_from(CONTEXTS), st.sampled_from(TYPES[:-1]), st.sampled_from(CANONICAL)))
+@given(
+    scopes=st.lists(
+        st.sampled_from(
+            [
+                "patient/Observation.rs",
+                "patient/*.read",
+                "user/Patient.cud",
+                "system/*.s",
+                "patient/Condition.write",
+                "launch/patient",
+                "openid",
+                "patient/Observation.sr",
+                "user/Foo.rs",
+                "patient/Observation.rs?category=lab",
+            ]
+        ),
+        max_size=5,
+    ),
+    asked=st.tuples(st.sampled_from(CONTEXTS), st.sampled_from(TYPES[:-1]), st.sampled_from(CANONICAL)),
+)
 def test_the_grants_are_exactly_the_union_of_the_scopes(scopes: list[str], asked: tuple[str, str, str]) -> None:
     union = parse_scopes([" ".join(scopes)])
     assert union.permits(*asked) is any(parse_scopes([scope]).permits(*asked) for scope in scopes)

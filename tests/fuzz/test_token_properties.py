@@ -25,8 +25,13 @@ pytestmark = pytest.mark.fuzz
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 TOKEN_CHARS = B64URL + ".~+/="
 SEARCH = f"{BASE_PATH}/Observation?patient=alice7"
-PROPERTY = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 def _b64(data: bytes) -> str:
@@ -50,7 +55,7 @@ def test_a_tampered_token_is_never_allowed(target: CheckTarget, world: CheckWorl
     token = world.tokens["alice-all"]
     where = data.draw(st.integers(0, len(token) - 1), label="where")
     replacement = data.draw(st.sampled_from(TOKEN_CHARS).filter(lambda char: char != token[where]), label="char")
-    tampered = token[:where] + replacement + token[where + 1:]
+    tampered = token[:where] + replacement + token[where + 1 :]
     if _allowed(target, tampered):
         # Only a change the decoder cannot see (the signature's spare bits, '-' for '+') may pass,
         # and the oracle has already proven the signed content and signature are the issuer's.
@@ -65,14 +70,22 @@ def test_a_random_token_is_never_allowed(target: CheckTarget, token: str) -> Non
 
 
 @PROPERTY
-@given(header=st.dictionaries(st.sampled_from(["alg", "typ", "kid", "crit", "jku", "jwk", "x5u", "cty"]),
-                              st.one_of(st.text(max_size=12), st.integers(), st.none(), st.lists(st.text(max_size=4))),
-                              max_size=5),
-       claims=st.dictionaries(st.sampled_from(["iss", "aud", "exp", "nbf", "iat", "patient", "scope", "sub"]),
-                              st.one_of(st.text(max_size=20), st.integers(), st.none(), st.booleans()), max_size=8),
-       signature=st.binary(max_size=80))
-def test_a_forged_token_is_never_allowed(target: CheckTarget, header: dict[str, object],
-                                        claims: dict[str, object], signature: bytes) -> None:
+@given(
+    header=st.dictionaries(
+        st.sampled_from(["alg", "typ", "kid", "crit", "jku", "jwk", "x5u", "cty"]),
+        st.one_of(st.text(max_size=12), st.integers(), st.none(), st.lists(st.text(max_size=4))),
+        max_size=5,
+    ),
+    claims=st.dictionaries(
+        st.sampled_from(["iss", "aud", "exp", "nbf", "iat", "patient", "scope", "sub"]),
+        st.one_of(st.text(max_size=20), st.integers(), st.none(), st.booleans()),
+        max_size=8,
+    ),
+    signature=st.binary(max_size=80),
+)
+def test_a_forged_token_is_never_allowed(
+    target: CheckTarget, header: dict[str, object], claims: dict[str, object], signature: bytes
+) -> None:
     token = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}.{_b64(signature)}"
     assert not _allowed(target, token)
 
@@ -82,10 +95,13 @@ def _public_pem() -> bytes:
 
 
 @PROPERTY
-@given(alg=st.sampled_from(["none", "None", "NONE", "HS256", "HS384", "HS512", "ES384", "ES512", "RS256", "PS256",
-                            "EdDSA", "ES256K", ""]),
-       secret=st.sampled_from(["pem", "jwk", "empty"]),
-       typ=st.sampled_from(["at+jwt", "JWT", None]))
+@given(
+    alg=st.sampled_from(
+        ["none", "None", "NONE", "HS256", "HS384", "HS512", "ES384", "ES512", "RS256", "PS256", "EdDSA", "ES256K", ""]
+    ),
+    secret=st.sampled_from(["pem", "jwk", "empty"]),
+    typ=st.sampled_from(["at+jwt", "JWT", None]),
+)
 def test_algorithm_confusion_is_never_allowed(target: CheckTarget, alg: str, secret: str, typ: str | None) -> None:
     """alg none, and HMAC keyed with the issuer's public key (PEM or JWK), over valid claims."""
     header: dict[str, object] = {"alg": alg, "kid": KID}
@@ -103,13 +119,28 @@ def test_algorithm_confusion_is_never_allowed(target: CheckTarget, alg: str, sec
 
 
 @PROPERTY
-@given(change=st.sampled_from([
-    {"exp": 1_000}, {"exp": None}, {"nbf": 1_750_000_000 + 3_600}, {"iat": 1_750_000_000 + 3_600},
-    {"aud": "https://other.example.org/r4"}, {"iss": "https://evil.example.org"}, {"exp": "later"},
-    {"patient": "../alice7"}, {"patient": 7}, {"scope": 42}, {"aud": None}, {"iss": None},
-]), header_change=st.sampled_from([{}, {"crit": ["exp"]}, {"typ": "id+jwt"}, {"kid": 5}, {"alg": "ES384"}]))
+@given(
+    change=st.sampled_from(
+        [
+            {"exp": 1_000},
+            {"exp": None},
+            {"nbf": 1_750_000_000 + 3_600},
+            {"iat": 1_750_000_000 + 3_600},
+            {"aud": "https://other.example.org/r4"},
+            {"iss": "https://evil.example.org"},
+            {"exp": "later"},
+            {"patient": "../alice7"},
+            {"patient": 7},
+            {"scope": 42},
+            {"aud": None},
+            {"iss": None},
+        ]
+    ),
+    header_change=st.sampled_from([{}, {"crit": ["exp"]}, {"typ": "id+jwt"}, {"kid": 5}, {"alg": "ES384"}]),
+)
 def test_a_token_with_invalid_claims_or_header_is_never_allowed(
-        target: CheckTarget, change: dict[str, object], header_change: dict[str, object]) -> None:
+    target: CheckTarget, change: dict[str, object], header_change: dict[str, object]
+) -> None:
     """Signed by the issuer's own key, so only the claim and header rules can refuse it."""
     header: dict[str, object] = {"alg": "ES256", "typ": "at+jwt", "kid": KID, **header_change}
     claims = claims_for("alice7", "patient/*.rs")
@@ -123,9 +154,12 @@ def test_a_token_signed_by_another_key_is_never_allowed(target: CheckTarget) -> 
 
 
 @PROPERTY
-@given(headers=st.dictionaries(st.sampled_from(["authorization", "Authorization", "x-other"]),
-                               st.text(max_size=300), max_size=3),
-       max_bytes=st.integers(1, 512))
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(["authorization", "Authorization", "x-other"]), st.text(max_size=300), max_size=3
+    ),
+    max_bytes=st.integers(1, 512),
+)
 def test_bearer_extraction_never_raises_and_returns_only_b64tokens(headers: dict[str, str], max_bytes: int) -> None:
     token = extract_bearer(headers, max_bytes)
     if isinstance(token, str):

@@ -32,9 +32,15 @@ def test_bound_search_is_allowed_with_verified_context_headers(stack: Stack) -> 
 
 def test_spoofed_context_headers_are_overwritten_or_removed(stack: Stack) -> None:
     token = stack.token()  # no fhirUser claim
-    response = stack.get("/Observation?patient=123", token, headers={
-        "x-smart-patient": "456", "x-smart-fhir-user": "Practitioner/evil", "x-smart-scope": "user/*.cruds",
-    })
+    response = stack.get(
+        "/Observation?patient=123",
+        token,
+        headers={
+            "x-smart-patient": "456",
+            "x-smart-fhir-user": "Practitioner/evil",
+            "x-smart-scope": "user/*.cruds",
+        },
+    )
     assert response.status_code == 200
     seen = received_smart_headers(dict(response.headers))
     assert seen["x-smart-patient"] == "123"
@@ -53,15 +59,18 @@ def test_rs256_token_is_accepted(stack: Stack) -> None:
     assert stack.get("/Observation?patient=123", stack.token(alg="RS256")).status_code == 200
 
 
-@pytest.mark.parametrize("path", [
-    "/Observation?patient=123",
-    "/Observation?patient=Patient/123",
-    "/Observation?subject=Patient/123",
-    "/Observation?subject:Patient=123",
-    "/Patient/123/Observation",
-    "/Patient/123",
-    "/Patient?_id=123",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/Observation?patient=123",
+        "/Observation?patient=Patient/123",
+        "/Observation?subject=Patient/123",
+        "/Observation?subject:Patient=123",
+        "/Patient/123/Observation",
+        "/Patient/123",
+        "/Patient?_id=123",
+    ],
+)
 def test_each_binding_form_for_the_context_patient_is_allowed(stack: Stack, path: str) -> None:
     assert stack.get(path, stack.token()).status_code == 200
 
@@ -88,8 +97,12 @@ def test_coverage_is_read_through_beneficiary(stack: Stack) -> None:
 
 
 def test_post_search_with_bound_form_body_is_allowed(stack: Stack) -> None:
-    response = stack.post("/Observation/_search", stack.token(), content=b"patient=123",
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+    response = stack.post(
+        "/Observation/_search",
+        stack.token(),
+        content=b"patient=123",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 200
     assert response.json()["total"] == 2
 

@@ -29,7 +29,7 @@ def test_missing_token_is_401_with_a_bare_bearer_challenge(stack: Stack) -> None
     assert response.headers["www-authenticate"] == f'Bearer realm="{stack.base_url}"'
 
 
-@pytest.mark.parametrize("credentials", ["Basic dXNlcjpwYXNz", "Digest username=\"u\"", "Negotiate abc.def.ghi"])
+@pytest.mark.parametrize("credentials", ["Basic dXNlcjpwYXNz", 'Digest username="u"', "Negotiate abc.def.ghi"])
 def test_another_authentication_scheme_is_401_with_a_bare_bearer_challenge(stack: Stack, credentials: str) -> None:
     """RFC 6750 section 3.1: no error code when the request used another authentication method."""
     response = stack.get("/Observation?patient=123", headers={"authorization": credentials})
@@ -154,42 +154,63 @@ OTHER_PATIENT_FORMS = [
 
 @pytest.mark.parametrize(("query", "body"), OTHER_PATIENT_FORMS)
 def test_patient_token_cannot_post_search_other_patients_data(stack: Stack, query: str, body: bytes) -> None:
-    response = stack.post(f"/Observation/_search{query}", stack.token(), content=body,
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+    response = stack.post(
+        f"/Observation/_search{query}",
+        stack.token(),
+        content=body,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code in (400, 403), f"{query} {body!r} -> {response.status_code}"
     assert "x-demo-received-path" not in response.headers
 
 
 def test_patient_token_cannot_post_search_another_patient_by_absolute_reference(stack: Stack) -> None:
     body = urlencode({"subject": f"{stack.base_url}/Patient/456"}).encode()
-    response = stack.post("/Observation/_search", stack.token(), content=body,
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+    response = stack.post(
+        "/Observation/_search",
+        stack.token(),
+        content=body,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert_denied(response, 403, "compartment_other_patient")
 
 
 def test_patient_token_cannot_post_search_another_patients_compartment(stack: Stack) -> None:
-    response = stack.post("/Patient/456/Observation/_search", stack.token(), content=b"code=1234",
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+    response = stack.post(
+        "/Patient/456/Observation/_search",
+        stack.token(),
+        content=b"code=1234",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert_denied(response, 403, "compartment_other_patient")
 
 
 def test_post_search_with_non_form_body_is_400(stack: Stack) -> None:
-    response = stack.post("/Observation/_search", stack.token(), content=b'{"patient":"456"}',
-                          headers={"content-type": "application/json"})
+    response = stack.post(
+        "/Observation/_search",
+        stack.token(),
+        content=b'{"patient":"456"}',
+        headers={"content-type": "application/json"},
+    )
     assert_denied(response, 400, "body_invalid")
 
 
 def test_body_larger_than_the_limit_is_refused_by_envoy(stack: Stack) -> None:
     body = b"patient=123&code=" + b"x" * (MAX_REQUEST_BYTES + 1)
-    response = stack.post("/Observation/_search", stack.token(), content=body,
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+    response = stack.post(
+        "/Observation/_search",
+        stack.token(),
+        content=body,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 413
     assert "x-demo-received-path" not in response.headers
 
 
 def test_escaped_slash_in_path_is_rejected(stack: Stack) -> None:
-    response = stack.client.get(stack.base_url + "/Observation%2Fobs-456-a",
-                                headers={"authorization": f"Bearer {stack.token()}"})
+    response = stack.client.get(
+        stack.base_url + "/Observation%2Fobs-456-a", headers={"authorization": f"Bearer {stack.token()}"}
+    )
     assert response.status_code == 400
     assert "x-demo-received-path" not in response.headers
 
@@ -212,9 +233,8 @@ def test_merged_slashes_are_decided_as_the_fhir_server_will_read_them(stack: Sta
 
 def test_dot_segments_are_normalised_before_the_decision(stack: Stack) -> None:
     path = "/Observation/../Observation/obs-456-a"
-    response = stack.client.get(stack.base_url + quote(path, safe="/?=&."),
-                                headers={"authorization": f"Bearer {stack.token()}"})
+    response = stack.client.get(
+        stack.base_url + quote(path, safe="/?=&."), headers={"authorization": f"Bearer {stack.token()}"}
+    )
     assert response.status_code == 403
     assert "x-demo-received-path" not in response.headers
-
-

@@ -52,8 +52,9 @@ class FrontDoor:
 
     def overflows(self) -> int:
         """Envoy's own count of connections it closed for the global cap (listener counters)."""
-        text = httpx.get(self.admin() + "/stats", params={"filter": r"\.downstream_global_cx_overflow$"},
-                         timeout=5).text
+        text = httpx.get(
+            self.admin() + "/stats", params={"filter": r"\.downstream_global_cx_overflow$"}, timeout=5
+        ).text
         return sum(int(line.rpartition(": ")[2]) for line in text.splitlines() if line.strip())
 
 
@@ -62,10 +63,12 @@ def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
     workdir = tmp_path_factory.mktemp("front-door")
     tls = make_tls_files(workdir)
     tls_port = free_port()
-    limits = FrontDoorLimits(request_headers_timeout_seconds=HEADER_TIMEOUT_SECONDS,
-                             max_downstream_connections=MAX_CONNECTIONS)
-    listener = DownstreamTls(port=tls_port, cert_path=str(tls.server_cert), key_path=str(tls.server_key),
-                             client_ca_path=str(tls.ca))
+    limits = FrontDoorLimits(
+        request_headers_timeout_seconds=HEADER_TIMEOUT_SECONDS, max_downstream_connections=MAX_CONNECTIONS
+    )
+    listener = DownstreamTls(
+        port=tls_port, cert_path=str(tls.server_cert), key_path=str(tls.server_key), client_ca_path=str(tls.ca)
+    )
     with start_stack(workdir, envoy_overrides={"front_door": limits, "tls": listener}) as stack:
         envoy_port = int(stack.base_url.split(":")[2].split("/")[0])
         yield FrontDoor(stack, envoy_port, tls_port, tls)
@@ -162,18 +165,24 @@ def _tls_client(front_door: FrontDoor, with_certificate: bool) -> ssl.SSLContext
 def test_the_mtls_listener_serves_a_client_with_a_certificate(front_door: FrontDoor) -> None:
     stack = front_door.stack
     with httpx.Client(verify=_tls_client(front_door, with_certificate=True), timeout=10) as client:
-        response = client.get(f"https://127.0.0.1:{front_door.tls_port}/fhir/Observation?patient=123",
-                              headers={"authorization": f"Bearer {stack.token()}"})
+        response = client.get(
+            f"https://127.0.0.1:{front_door.tls_port}/fhir/Observation?patient=123",
+            headers={"authorization": f"Bearer {stack.token()}"},
+        )
     assert response.status_code == 200
     assert {entry["resource"]["id"] for entry in response.json()["entry"]} == {"obs-123-a", "obs-123-b"}
 
 
 def test_the_mtls_listener_refuses_a_client_without_a_certificate(front_door: FrontDoor) -> None:
     stack = front_door.stack
-    with httpx.Client(verify=_tls_client(front_door, with_certificate=False), timeout=10) as client, \
-            pytest.raises(httpx.HTTPError):
-        client.get(f"https://127.0.0.1:{front_door.tls_port}/fhir/Observation?patient=123",
-                   headers={"authorization": f"Bearer {stack.token()}"})
+    with (
+        httpx.Client(verify=_tls_client(front_door, with_certificate=False), timeout=10) as client,
+        pytest.raises(httpx.HTTPError),
+    ):
+        client.get(
+            f"https://127.0.0.1:{front_door.tls_port}/fhir/Observation?patient=123",
+            headers={"authorization": f"Bearer {stack.token()}"},
+        )
 
 
 # --- the shipped config ------------------------------------------------------------------------------
@@ -185,8 +194,13 @@ def test_envoy_no_longer_warns_that_client_connections_are_unlimited(front_door:
 
 
 def test_the_shipped_envoy_config_passes_envoy_mode_validate() -> None:
-    result = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(SHIPPED), "--use-dynamic-base-id"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(SHIPPED), "--use-dynamic-base-id"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "OK" in output, output
     assert NO_LIMIT_WARNING not in output.lower()

@@ -62,15 +62,16 @@ def test_a_linked_patient_behind_dot_segments_is_denied(stack: Stack) -> None:
 
 
 def test_a_batch_entry_reading_a_linked_patient_is_denied(stack: Stack) -> None:
-    batch = {"resourceType": "Bundle", "type": "batch",
-             "entry": [{"request": {"method": "GET", "url": "Patient/789"}}]}
-    response = stack.post("", stack.token(), content=json.dumps(batch),
-                          headers={"content-type": "application/fhir+json"})
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "Patient/789"}}]}
+    response = stack.post(
+        "", stack.token(), content=json.dumps(batch), headers={"content-type": "application/fhir+json"}
+    )
     assert response.status_code == 403 and _reason(response) == "bundle_entry_denied"
 
 
-@pytest.mark.parametrize("path", ["/Patient/123/Patient", "/Patient?link=Patient/123",
-                                  "/Patient?_id=123&_revinclude=Patient:link"])
+@pytest.mark.parametrize(
+    "path", ["/Patient/123/Patient", "/Patient?link=Patient/123", "/Patient?_id=123&_revinclude=Patient:link"]
+)
 def test_searches_that_find_linked_patients_are_denied(stack: Stack, path: str) -> None:
     response = stack.get(path, stack.token())
     assert response.status_code == 403 and "Chen" not in response.text

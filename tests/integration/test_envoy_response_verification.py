@@ -18,15 +18,21 @@ LEAKY_SEARCH = f"/Observation?patient=123&_tag={MISBEHAVE_TAG}"
 
 @pytest.fixture(scope="module")
 def enforcing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with start_stack(tmp_path_factory.mktemp("enforce"), {"response_verification": {"mode": "enforce"}},
-                     {"response_verification": "enforce"}) as started:
+    with start_stack(
+        tmp_path_factory.mktemp("enforce"),
+        {"response_verification": {"mode": "enforce"}},
+        {"response_verification": "enforce"},
+    ) as started:
         yield started
 
 
 @pytest.fixture(scope="module")
 def reporting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with start_stack(tmp_path_factory.mktemp("report"), {"response_verification": {"mode": "report"}},
-                     {"response_verification": "report"}) as started:
+    with start_stack(
+        tmp_path_factory.mktemp("report"),
+        {"response_verification": {"mode": "report"}},
+        {"response_verification": "report"},
+    ) as started:
         yield started
 
 
@@ -77,8 +83,10 @@ def test_report_mode_passes_the_response_but_logs_and_counts_it(reporting: Stack
     response = reporting.get(LEAKY_SEARCH, reporting.token())
     assert response.status_code == 200 and "obs-456-a" in response.text
     entries = [json.loads(line) for line in reporting.decision_log().splitlines()]
-    assert any(e.get("stage") == "response" and e["outcome"] == "reported"
-               and e["reason"] == "response_foreign_resource" for e in entries)
+    assert any(
+        e.get("stage") == "response" and e["outcome"] == "reported" and e["reason"] == "response_foreign_resource"
+        for e in entries
+    )
     assert reporting.metric("smartgate_response_checks_total", mode="report", result="reported") >= 1
 
 
@@ -118,7 +126,8 @@ def test_enforce_mode_refuses_a_response_too_large_to_verify(tmp_path_factory: p
 
 
 def test_report_mode_passes_responses_too_large_to_check_and_counts_them(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     """Past max_body_bytes (the searchset) and past Envoy's own buffer (1 MiB here; the padded searchset is
     1.5 MB): report mode answers 200 with the whole body, and each skip is counted and logged."""
     overrides = {"response_verification": {"mode": "report", "max_body_bytes": 200}}
@@ -130,7 +139,9 @@ def test_report_mode_passes_responses_too_large_to_check_and_counts_them(
         after = small.metric("smartgate_response_checks_skipped_total", reason="too_large")
         entries = [json.loads(line) for line in small.decision_log().splitlines()]
     assert search.status_code == 200 and {e["resource"]["id"] for e in search.json()["entry"]} == {
-        "obs-123-a", "obs-123-b"}
+        "obs-123-a",
+        "obs-123-b",
+    }
     assert huge.status_code == 200 and len(huge.content) > HUGE_PADDING_BYTES
     assert huge.json()["total"] == 2  # the whole body, not a cut one
     assert after == before + 2

@@ -79,12 +79,15 @@ def test_a_search_already_bound_is_forwarded_without_a_second_patient(stack: Sta
     assert [value for name, value in received_query(response) if name.lower() == "patient"] == ["123"]
 
 
-@pytest.mark.parametrize("path", [
-    "/Observation?patient=456",
-    "/Observation?status=final&Patient=456",
-    "/Observation?status=final&Patient=123",
-    "/Observation?patient=123&Patient=123",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/Observation?patient=456",
+        "/Observation?status=final&Patient=456",
+        "/Observation?status=final&Patient=123",
+        "/Observation?patient=123&Patient=123",
+    ],
+)
 def test_a_client_sent_patient_is_never_narrowed_around(stack: Stack, path: str) -> None:
     response = stack.get(path, stack.token())
     assert response.status_code == 403

@@ -39,8 +39,16 @@ class BoundStack:
     tls: TlsFiles  # the server certificate, CA, and the client certificate the tokens are bound to
     other_client: tuple[Path, Path]  # another client's certificate and key, from another CA the listener trusts
 
-    def send(self, path: str, token: str, *, scheme: str = "DPoP", proof: str | None = None,
-             client: httpx.Client | None = None, base_url: str | None = None) -> tuple[httpx.Response, str]:
+    def send(
+        self,
+        path: str,
+        token: str,
+        *,
+        scheme: str = "DPoP",
+        proof: str | None = None,
+        client: httpx.Client | None = None,
+        base_url: str | None = None,
+    ) -> tuple[httpx.Response, str]:
         """One request with a fresh request id; returns the response and that id."""
         request_id = uuid.uuid4().hex
         headers = {"authorization": f"{scheme} {token}", "x-request-id": request_id}
@@ -77,20 +85,35 @@ def other_ca_and_client(directory: Path) -> tuple[bytes, Path, Path]:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
     ca_key, client_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("other test CA")).issuer_name(name("other test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    client = (x509.CertificateBuilder().subject_name(name("thief")).issuer_name(ca.subject)
-              .public_key(client_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-              .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-              .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("other test CA"))
+        .issuer_name(name("other test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    client = (
+        x509.CertificateBuilder()
+        .subject_name(name("thief"))
+        .issuer_name(ca.subject)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     certificate_file, key_file = directory / "thief.pem", directory / "thief.key"
     certificate_file.write_bytes(client.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
+    key_file.write_bytes(
+        client_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return ca.public_bytes(serialization.Encoding.PEM), certificate_file, key_file
 
 
@@ -103,8 +126,9 @@ def bound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoundStack]:
     trusted = workdir / "trusted-cas.pem"
     trusted.write_bytes(tls.ca.read_bytes() + other_ca)
     tls_port = free_port()
-    listener = DownstreamTls(port=tls_port, cert_path=str(tls.server_cert), key_path=str(tls.server_key),
-                             client_ca_path=str(trusted))
+    listener = DownstreamTls(
+        port=tls_port, cert_path=str(tls.server_cert), key_path=str(tls.server_key), client_ca_path=str(trusted)
+    )
     upstream = RecordingUpstream()
     try:
         with gated_fhir(workdir, upstream_url=upstream.url, envoy={"tls": listener}) as gate:
@@ -172,8 +196,9 @@ def test_a_replayed_proof_is_401_and_does_not_reach_the_fhir_server(bound: Bound
 def test_a_proof_by_another_key_is_401(bound: BoundStack) -> None:
     token = bound.gate.token(cnf={"jkt": DpopKey().thumbprint})
     thief = DpopKey()
-    response, request_id = bound.send(SEARCH, token, proof=thief.proof("GET", bound.gate.base_url + "/Observation",
-                                                                      token))
+    response, request_id = bound.send(
+        SEARCH, token, proof=thief.proof("GET", bound.gate.base_url + "/Observation", token)
+    )
     dpop_challenge(response)
     assert reason_of(response) == "dpop_binding_mismatch"
     assert not bound.reached_fhir_server(request_id)

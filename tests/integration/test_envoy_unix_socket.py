@@ -27,9 +27,14 @@ def socket_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def over_socket(tmp_path_factory: pytest.TempPathFactory, socket_dir: Path) -> Iterator[GatedFhir]:
-    with gated_fhir(tmp_path_factory.mktemp("uds"), grpc_socket=socket_dir / "grpc.sock", workers=2,
-                    smartgate_args=("--workers", "2"), response_verification={"mode": "enforce"},
-                    envoy={"response_verification": "enforce"}) as gated:
+    with gated_fhir(
+        tmp_path_factory.mktemp("uds"),
+        grpc_socket=socket_dir / "grpc.sock",
+        workers=2,
+        smartgate_args=("--workers", "2"),
+        response_verification={"mode": "enforce"},
+        envoy={"response_verification": "enforce"},
+    ) as gated:
         yield gated
 
 

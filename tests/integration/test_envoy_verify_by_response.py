@@ -50,9 +50,12 @@ class Verifying:
 def verifying(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Verifying]:
     upstream = RecordingUpstream(answers="demo")
     try:
-        with gated_fhir(tmp_path_factory.mktemp("verify-by-response"), upstream_url=upstream.url,
-                        envoy={"response_verification": "enforce"},
-                        response_verification={"mode": "enforce"}) as gate:
+        with gated_fhir(
+            tmp_path_factory.mktemp("verify-by-response"),
+            upstream_url=upstream.url,
+            envoy={"response_verification": "enforce"},
+            response_verification={"mode": "enforce"},
+        ) as gate:
             yield Verifying(gate, upstream)
     finally:
         upstream.server.shutdown()
@@ -60,8 +63,13 @@ def verifying(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Verifying]:
 
 
 def observation(resource_id: str, patient: str) -> dict[str, Any]:
-    return {"resourceType": "Observation", "id": resource_id, "status": "final",
-            "code": {"text": "glucose"}, "subject": {"reference": f"Patient/{patient}"}}
+    return {
+        "resourceType": "Observation",
+        "id": resource_id,
+        "status": "final",
+        "code": {"text": "glucose"},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
 
 
 def reason_of(response: httpx.Response) -> str:
@@ -71,16 +79,21 @@ def reason_of(response: httpx.Response) -> str:
 
 def test_a_read_of_the_patients_own_resource_is_served_without_a_look_up(verifying: Verifying) -> None:
     verifying.seed(observation("own-new-1", "123"))
-    response = verifying.gate.get("/Observation/own-new-1", verifying.gate.token(),
-                                  headers={"x-request-id": "verified-own-1"})
+    response = verifying.gate.get(
+        "/Observation/own-new-1", verifying.gate.token(), headers={"x-request-id": "verified-own-1"}
+    )
     assert response.status_code == 200 and response.json()["id"] == "own-new-1"
     assert not verifying.looked_up("own-new-1")  # one FHIR round trip: the read itself
 
 
 def test_the_decision_log_says_the_read_was_proven_by_its_response(verifying: Verifying) -> None:
     verifying.seed(observation("own-new-2", "123"))
-    assert verifying.gate.get("/Observation/own-new-2", verifying.gate.token(),
-                              headers={"x-request-id": "verified-own-2"}).status_code == 200
+    assert (
+        verifying.gate.get(
+            "/Observation/own-new-2", verifying.gate.token(), headers={"x-request-id": "verified-own-2"}
+        ).status_code
+        == 200
+    )
     entries = verifying.decisions("verified-own-2")
     assert any(entry.get("reason") == "allowed_verified_by_response" for entry in entries)
     assert any(entry.get("stage") == "response" and entry["reason"] == "response_clean" for entry in entries)
@@ -129,8 +142,11 @@ def test_a_missing_id_answers_exactly_as_another_patients(verifying: Verifying) 
 
 def test_a_conditional_read_gets_the_resource_for_the_response_stage_to_check(verifying: Verifying) -> None:
     verifying.seed(observation("own-new-4", "123"))
-    response = verifying.gate.get("/Observation/own-new-4", verifying.gate.token(),
-                                  headers={"if-none-match": 'W/"1"', "x-request-id": "verified-conditional"})
+    response = verifying.gate.get(
+        "/Observation/own-new-4",
+        verifying.gate.token(),
+        headers={"if-none-match": 'W/"1"', "x-request-id": "verified-conditional"},
+    )
     assert response.status_code == 200
     [received] = verifying.upstream.forwarded("verified-conditional")
     assert "if-none-match" not in received.headers
@@ -140,8 +156,9 @@ def test_a_write_still_looks_up_first(verifying: Verifying) -> None:
     verifying.seed(observation("own-write-1", "123"))
     body = json.dumps(observation("own-write-1", "123")).encode()
     response = verifying.gate.client.put(
-        f"{verifying.gate.base_url}/Observation/own-write-1", content=body,
-        headers={"authorization": f"Bearer {verifying.gate.token(WRITER)}",
-                 "content-type": "application/fhir+json"})
+        f"{verifying.gate.base_url}/Observation/own-write-1",
+        content=body,
+        headers={"authorization": f"Bearer {verifying.gate.token(WRITER)}", "content-type": "application/fhir+json"},
+    )
     assert response.status_code in (200, 201)
     assert verifying.looked_up("own-write-1")

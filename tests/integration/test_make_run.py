@@ -76,7 +76,7 @@ def process_group_members(pgid: int) -> dict[int, str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
+        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp ...
         if int(fields[2]) == pgid:
             members[int(entry.name)] = cmdline
     return members
@@ -98,6 +98,7 @@ class Demo:
                     self.lines.append(line)
                     self._queue.put(line)
             self._queue.put(None)
+
         threading.Thread(target=pump, name="demo-stdout", daemon=True).start()
 
     def diagnostics(self) -> str:
@@ -113,8 +114,9 @@ class Demo:
             except queue.Empty:
                 continue
             if line is None:
-                pytest.fail(f"smartgate demo exited ({self.process.wait()}) before printing a curl line\n"
-                            + self.diagnostics())
+                pytest.fail(
+                    f"smartgate demo exited ({self.process.wait()}) before printing a curl line\n" + self.diagnostics()
+                )
             if line.strip().startswith("curl "):
                 return line.strip()
         pytest.fail(f"smartgate demo printed no curl line within {START_SECONDS} s\n" + self.diagnostics())
@@ -122,7 +124,10 @@ class Demo:
     def dev_token(self, patient: str, scope: str = "launch/patient patient/Observation.rs") -> str:
         result = subprocess.run(
             [SMARTGATE, "dev-token", "--key-dir", str(self.state_dir), "--patient", patient, "--scope", scope],
-            capture_output=True, text=True, check=True, timeout=60,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
         )
         assert "NOT FOR PRODUCTION" in result.stderr
         return result.stdout.strip()
@@ -165,7 +170,11 @@ def start_demo(workdir: Path) -> Demo:
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
             [SMARTGATE, "demo", "--state-dir", str(workdir / "state")],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=workdir, start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=workdir,
+            start_new_session=True,
         )
     running = Demo(process, workdir / "state", stderr_path)
     running.start_reading()
@@ -254,8 +263,9 @@ def test_a_dev_token_for_patient_123_works_through_the_stack(demo: Demo, client:
 
 def test_a_dev_token_for_patient_456_is_denied_patient_123s_data(demo: Demo, client: httpx.Client) -> None:
     token = demo.dev_token("456")
-    own = client.get(PATIENT_123_OBSERVATIONS.replace("patient=123", "patient=456"),
-                     headers={"Authorization": f"Bearer {token}"})
+    own = client.get(
+        PATIENT_123_OBSERVATIONS.replace("patient=123", "patient=456"), headers={"Authorization": f"Bearer {token}"}
+    )
     assert own.status_code == 200  # the token itself is good
     response = client.get(PATIENT_123_OBSERVATIONS, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 403

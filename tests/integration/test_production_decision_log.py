@@ -33,8 +33,21 @@ from tests.support.waits import wait_for, wait_until
 pytestmark = pytest.mark.integration
 
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
-LOG_FIELDS = {"time", "request_id", "method", "resource_type", "interaction", "outcome", "reason", "status",
-              "client_id", "subject", "issuer", "patient", "latency_ms"}
+LOG_FIELDS = {
+    "time",
+    "request_id",
+    "method",
+    "resource_type",
+    "interaction",
+    "outcome",
+    "reason",
+    "status",
+    "client_id",
+    "subject",
+    "issuer",
+    "patient",
+    "latency_ms",
+}
 SECRET_CODE, SECRET_CATEGORY = "query-secret-code-8841", "query-secret-cat-5521"
 
 # request id -> (path, token name, expected status)
@@ -76,20 +89,34 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
     echo = RecordingUpstream()  # Envoy's upstream: shows which x-request-id Envoy forwarded
     audit = workdir / "audit.jsonl"
     try:
-        with gated_fhir(workdir, upstream_url=echo.url, lookup_url=f"http://127.0.0.1:{demo_port}/fhir",
-                        audit={"destination": str(audit), "source_observer": "smartgate-test"}) as gated:
-            claims = {**base_claims(gated.idp.issuer, gated.base_url), "sub": "user-1", "client_id": "app-1",
-                      "scope": "launch/patient patient/*.rs", "patient": "123"}
+        with gated_fhir(
+            workdir,
+            upstream_url=echo.url,
+            lookup_url=f"http://127.0.0.1:{demo_port}/fhir",
+            audit={"destination": str(audit), "source_observer": "smartgate-test"},
+        ) as gated:
+            claims = {
+                **base_claims(gated.idp.issuer, gated.base_url),
+                "sub": "user-1",
+                "client_id": "app-1",
+                "scope": "launch/patient patient/*.rs",
+                "patient": "123",
+            }
             tokens = {
                 "valid": gated.token(fhirUser=f"{gated.base_url}/Patient/123"),
-                "forged": jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256",
-                                     headers={"kid": "ec-1", "typ": "at+jwt"}),
+                "forged": jwt.encode(
+                    claims,
+                    ec.generate_private_key(ec.SECP256R1()),
+                    algorithm="ES256",
+                    headers={"kid": "ec-1", "typ": "at+jwt"},
+                ),
             }
             started = time.time()
             statuses = {}
             for request_id, (path, token_name, _) in REQUESTS.items():
-                response = gated.get(path, tokens[token_name] if token_name else None,
-                                     headers={"x-request-id": request_id})
+                response = gated.get(
+                    path, tokens[token_name] if token_name else None, headers={"x-request-id": request_id}
+                )
                 statuses[request_id] = response.status_code
             gated.get("/Observation?patient=123&marker=no-request-id", tokens["valid"])
             window = (started, time.time())
@@ -100,8 +127,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
             decision_log = gated.smartgate.decision_log_path
             assert decision_log is not None  # smartgate_config logs decisions to a file by default
             raw = decision_log.read_text() + audit.read_text()
-            yield Logged(gated, echo, tokens, statuses, decisions, audits, forwarded[0]["x-request-id"], window,
-                         raw)
+            yield Logged(gated, echo, tokens, statuses, decisions, audits, forwarded[0]["x-request-id"], window, raw)
     finally:
         echo.close()
         demo.shutdown()
@@ -124,28 +150,87 @@ def test_an_allowed_search_is_logged_with_every_field(logged: Logged) -> None:
     entry = logged.decisions["rid-search"]
     assert set(entry) == LOG_FIELDS
     assert {k: v for k, v in entry.items() if k not in ("time", "latency_ms")} == {
-        "request_id": "rid-search", "method": "GET", "resource_type": "Observation", "interaction": "search-type",
-        "outcome": "allow", "reason": "allowed_compartment_search", "status": 200, "client_id": "app-1",
-        "subject": "user-1", "issuer": logged.gated.idp.issuer, "patient": "123",
+        "request_id": "rid-search",
+        "method": "GET",
+        "resource_type": "Observation",
+        "interaction": "search-type",
+        "outcome": "allow",
+        "reason": "allowed_compartment_search",
+        "status": 200,
+        "client_id": "app-1",
+        "subject": "user-1",
+        "issuer": logged.gated.idp.issuer,
+        "patient": "123",
     }
     assert logged.window[0] - 1 <= entry["time"] <= logged.window[1] + 1
     assert isinstance(entry["latency_ms"], float) and 0 < entry["latency_ms"] < 1000
 
 
-@pytest.mark.parametrize(("request_id", "expected"), [
-    ("rid-other", {"outcome": "deny", "reason": "compartment_other_patient", "status": 403, "patient": "123",
-                   "interaction": "search-type", "resource_type": "Observation", "client_id": "app-1"}),
-    ("rid-missing", {"outcome": "deny", "reason": "token_missing", "status": 401, "patient": "", "client_id": "",
-                     "subject": "", "issuer": ""}),
-    ("rid-forged", {"outcome": "deny", "reason": "token_bad_signature", "status": 401, "patient": "",
-                    "client_id": "", "subject": ""}),
-    ("rid-read", {"outcome": "allow", "reason": "allowed_compartment_member", "status": 200, "patient": "123",
-                  "interaction": "read", "resource_type": "Observation"}),
-    ("rid-fault", {"outcome": "error", "reason": "lookup_failed", "status": 503, "patient": "123",
-                   "interaction": "read", "resource_type": "Observation"}),
-])
-def test_denials_and_errors_are_logged_with_their_reason(logged: Logged, request_id: str,
-                                                         expected: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("request_id", "expected"),
+    [
+        (
+            "rid-other",
+            {
+                "outcome": "deny",
+                "reason": "compartment_other_patient",
+                "status": 403,
+                "patient": "123",
+                "interaction": "search-type",
+                "resource_type": "Observation",
+                "client_id": "app-1",
+            },
+        ),
+        (
+            "rid-missing",
+            {
+                "outcome": "deny",
+                "reason": "token_missing",
+                "status": 401,
+                "patient": "",
+                "client_id": "",
+                "subject": "",
+                "issuer": "",
+            },
+        ),
+        (
+            "rid-forged",
+            {
+                "outcome": "deny",
+                "reason": "token_bad_signature",
+                "status": 401,
+                "patient": "",
+                "client_id": "",
+                "subject": "",
+            },
+        ),
+        (
+            "rid-read",
+            {
+                "outcome": "allow",
+                "reason": "allowed_compartment_member",
+                "status": 200,
+                "patient": "123",
+                "interaction": "read",
+                "resource_type": "Observation",
+            },
+        ),
+        (
+            "rid-fault",
+            {
+                "outcome": "error",
+                "reason": "lookup_failed",
+                "status": 503,
+                "patient": "123",
+                "interaction": "read",
+                "resource_type": "Observation",
+            },
+        ),
+    ],
+)
+def test_denials_and_errors_are_logged_with_their_reason(
+    logged: Logged, request_id: str, expected: dict[str, Any]
+) -> None:
     entry = logged.decisions[request_id]
     assert set(entry) == LOG_FIELDS
     assert {key: entry[key] for key in expected} == expected
@@ -191,23 +276,33 @@ def test_a_patient_context_search_is_a_balp_patient_query(logged: Logged) -> Non
     assert agents["110153"]["who"] == {"identifier": {"value": "app-1"}}  # the client application
     assert agents["110152"]["network"]["address"] == logged.gated.base_url  # the FHIR server
     assert agents["IRCP"]["requestor"] is True
-    assert agents["IRCP"]["who"] == {"identifier": {"system": logged.gated.idp.issuer, "value": "user-1"},
-                                     "reference": "Patient/123"}
+    assert agents["IRCP"]["who"] == {
+        "identifier": {"system": logged.gated.idp.issuer, "value": "user-1"},
+        "reference": "Patient/123",
+    }
     patients = [e for e in event["entity"] if e.get("what", {}).get("reference", "").startswith("Patient/")]
-    assert patients == [{"what": {"reference": "Patient/123"},
-                         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
-                         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}}]
+    assert patients == [
+        {
+            "what": {"reference": "Patient/123"},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+        }
+    ]
     queried = [e for e in event["entity"] if e.get("what", {}).get("display") == "Observation"]
     assert [e["role"]["code"] for e in queried] == ["24"]
 
 
-@pytest.mark.parametrize(("request_id", "profile", "outcome", "action"), [
-    ("rid-read", "PatientRead", "0", "R"),
-    ("rid-other", "PatientQuery", "4", "E"),
-    ("rid-fault", "PatientRead", "8", "R"),
-])
-def test_audit_event_profile_and_outcome_follow_the_decision(logged: Logged, request_id: str, profile: str,
-                                                             outcome: str, action: str) -> None:
+@pytest.mark.parametrize(
+    ("request_id", "profile", "outcome", "action"),
+    [
+        ("rid-read", "PatientRead", "0", "R"),
+        ("rid-other", "PatientQuery", "4", "E"),
+        ("rid-fault", "PatientRead", "8", "R"),
+    ],
+)
+def test_audit_event_profile_and_outcome_follow_the_decision(
+    logged: Logged, request_id: str, profile: str, outcome: str, action: str
+) -> None:
     event = logged.audits[request_id]
     assert event["meta"]["profile"] == [BALP + profile]
     assert (event["outcome"], event["action"]) == (outcome, action)
@@ -260,8 +355,14 @@ def _streams(workdir: Path, decision_log: str | None) -> Iterator[Streams]:
     demo_port, grpc_port, http_port, envoy_port, admin_port = (free_port() for _ in range(5))
     demo = start_upstream("127.0.0.1", demo_port)
     base_url, upstream_url = f"http://127.0.0.1:{envoy_port}/fhir", f"http://127.0.0.1:{demo_port}/fhir"
-    config = smartgate_config(grpc_port=grpc_port, http_port=http_port, base_url=base_url,
-                              upstream_url=upstream_url, issuers=[{"issuer": idp.issuer}], workdir=workdir)
+    config = smartgate_config(
+        grpc_port=grpc_port,
+        http_port=http_port,
+        base_url=base_url,
+        upstream_url=upstream_url,
+        issuers=[{"issuer": idp.issuer}],
+        workdir=workdir,
+    )
     del config["decision_log"]
     if decision_log is not None:
         config["decision_log"] = decision_log
@@ -271,14 +372,31 @@ def _streams(workdir: Path, decision_log: str | None) -> Iterator[Streams]:
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "smartgate", "serve", "--config", str(config_path)],
-            stdout=stdout, stderr=stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         wait_for(f"http://127.0.0.1:{http_port}/readyz", process=process)
-        settings = EnvoySettings(listen_host="127.0.0.1", listen_port=envoy_port, admin_port=admin_port,
-                                 authz_port=grpc_port, upstream_url=upstream_url, smartgate_http_port=http_port)
+        settings = EnvoySettings(
+            listen_host="127.0.0.1",
+            listen_port=envoy_port,
+            admin_port=admin_port,
+            authz_port=grpc_port,
+            upstream_url=upstream_url,
+            smartgate_http_port=http_port,
+        )
         with running_envoy(render(settings), workdir), httpx.Client(timeout=10) as client:
-            token = sign(keys, {**base_claims(idp.issuer, base_url), "sub": "user-1", "client_id": "app-1",
-                                "scope": "launch/patient patient/*.rs", "patient": "123"})
+            token = sign(
+                keys,
+                {
+                    **base_claims(idp.issuer, base_url),
+                    "sub": "user-1",
+                    "client_id": "app-1",
+                    "scope": "launch/patient patient/*.rs",
+                    "patient": "123",
+                },
+            )
             statuses = {}
             for request_id, (path, with_token, _) in PLAIN_REQUESTS.items():
                 headers = {"x-request-id": request_id}
@@ -289,8 +407,7 @@ def _streams(workdir: Path, decision_log: str | None) -> Iterator[Streams]:
             wait_until(lambda: len(_decision_lines(stdout_path.read_text())) >= len(PLAIN_REQUESTS), seconds=5)
         else:
             time.sleep(0.5)  # time enough for a line that should not come
-        yield Streams(statuses, token, stdout_path.read_text(encoding="utf-8"),
-                      stderr_path.read_text(encoding="utf-8"))
+        yield Streams(statuses, token, stdout_path.read_text(encoding="utf-8"), stderr_path.read_text(encoding="utf-8"))
     finally:
         stop(process)
         demo.shutdown()
@@ -304,8 +421,7 @@ def default_destination(tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
         yield streams
 
 
-def test_without_a_decision_log_key_each_decision_is_one_json_line_on_stdout(
-        default_destination: Streams) -> None:
+def test_without_a_decision_log_key_each_decision_is_one_json_line_on_stdout(default_destination: Streams) -> None:
     expected = {request_id: status for request_id, (_, _, status) in PLAIN_REQUESTS.items()}
     assert default_destination.statuses == expected
     lines = default_destination.stdout.splitlines()

@@ -75,10 +75,10 @@ def test_reloading_into_enforce_mode_denies_the_same_request(dry_run: DryRun) ->
     smartgate.write_config({**smartgate.read_config(), "mode": "enforce"})
     smartgate.signal(signal.SIGHUP)
     assert wait_until(lambda: "config reloaded" in smartgate.output(), seconds=5)
-    response = dry_run.gated.get("/Observation?patient=456", dry_run.token,
-                                 headers={**SPOOFED, "x-request-id": "enforced-other"})
+    response = dry_run.gated.get(
+        "/Observation?patient=456", dry_run.token, headers={**SPOOFED, "x-request-id": "enforced-other"}
+    )
     assert response.status_code == 403
     assert "x-demo-received-path" not in response.headers
     entry = [e for e in smartgate.decisions() if e["request_id"] == "enforced-other"]
     assert len(entry) == 1 and "dry_run" not in entry[0] and entry[0]["reason"] == "compartment_other_patient"
-

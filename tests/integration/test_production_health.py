@@ -48,12 +48,24 @@ def test_idp_down_at_start_up_means_alive_not_ready_until_backoff_finds_it(tmp_p
     upstream_port, grpc_port, http_port, envoy_port, admin_port = (free_port() for _ in range(5))
     upstream = start_upstream("127.0.0.1", upstream_port)
     base_url = f"http://127.0.0.1:{envoy_port}/fhir"
-    config = smartgate_config(grpc_port=grpc_port, http_port=http_port, base_url=base_url,
-                              upstream_url=f"http://127.0.0.1:{upstream_port}/fhir",
-                              issuers=[{"issuer": issuer}], workdir=tmp_path)
-    envoy = render(EnvoySettings(listen_host="127.0.0.1", listen_port=envoy_port, admin_port=admin_port,
-                                 authz_port=grpc_port, upstream_url=f"http://127.0.0.1:{upstream_port}/fhir",
-                                 smartgate_http_port=http_port))
+    config = smartgate_config(
+        grpc_port=grpc_port,
+        http_port=http_port,
+        base_url=base_url,
+        upstream_url=f"http://127.0.0.1:{upstream_port}/fhir",
+        issuers=[{"issuer": issuer}],
+        workdir=tmp_path,
+    )
+    envoy = render(
+        EnvoySettings(
+            listen_host="127.0.0.1",
+            listen_port=envoy_port,
+            admin_port=admin_port,
+            authz_port=grpc_port,
+            upstream_url=f"http://127.0.0.1:{upstream_port}/fhir",
+            smartgate_http_port=http_port,
+        )
+    )
     token = sign(keys, {**base_claims(issuer, base_url), "scope": "launch/patient patient/*.rs", "patient": "123"})
     smartgate = launch_smartgate(config, tmp_path, wait="alive")
     idp: IdentityProvider | None = None

@@ -33,21 +33,21 @@ SCRIPT: list[tuple[str, str | None, int]] = [
     ("/metadata", None, 200),
     ("/Observation?patient=123", None, 401),
     ("/Observation?patient=123", None, 401),
-    ("/Observation?patient=123", "valid", 200),                  # token cache miss
-    ("/Observation?subject=Patient/123", "valid", 200),          # hit
-    ("/Observation?patient=Patient/123", "valid", 200),          # hit
-    ("/Observation?patient=456", "valid", 403),                  # hit
-    ("/Observation/obs-123-a", "valid", 200),                    # hit; look-up: member, cache miss
-    ("/Observation/obs-123-a", "valid", 200),                    # hit; look-up: member, cache hit
-    ("/Observation/obs-456-a", "valid", 403),                    # hit; look-up: not_member
-    ("/Observation/fault-injection", "valid", 503),              # hit; look-up: error
-    ("/Observation?patient=123", "forged", 401),                 # miss (failures are not cached)
-    ("/Observation?patient=123", "forged", 401),                 # miss
-    ("/Observation?patient=123", "unknown_kid_1", 401),          # miss; JWKS refetched: success
-    ("/Observation?patient=123", "unknown_kid_2", 401),          # miss; JWKS refetched: failure (IdP 500)
-    ("/Observation?patient=123", "opaque_active", 200),          # miss; introspection: active
-    ("/Observation?patient=123", "opaque_active", 200),          # miss; introspection: cache_hit
-    ("/Observation?patient=123", "opaque_inactive", 401),        # miss; introspection: inactive
+    ("/Observation?patient=123", "valid", 200),  # token cache miss
+    ("/Observation?subject=Patient/123", "valid", 200),  # hit
+    ("/Observation?patient=Patient/123", "valid", 200),  # hit
+    ("/Observation?patient=456", "valid", 403),  # hit
+    ("/Observation/obs-123-a", "valid", 200),  # hit; look-up: member, cache miss
+    ("/Observation/obs-123-a", "valid", 200),  # hit; look-up: member, cache hit
+    ("/Observation/obs-456-a", "valid", 403),  # hit; look-up: not_member
+    ("/Observation/fault-injection", "valid", 503),  # hit; look-up: error
+    ("/Observation?patient=123", "forged", 401),  # miss (failures are not cached)
+    ("/Observation?patient=123", "forged", 401),  # miss
+    ("/Observation?patient=123", "unknown_kid_1", 401),  # miss; JWKS refetched: success
+    ("/Observation?patient=123", "unknown_kid_2", 401),  # miss; JWKS refetched: failure (IdP 500)
+    ("/Observation?patient=123", "opaque_active", 200),  # miss; introspection: active
+    ("/Observation?patient=123", "opaque_active", 200),  # miss; introspection: cache_hit
+    ("/Observation?patient=123", "opaque_inactive", 401),  # miss; introspection: inactive
 ]
 
 EXPECTED_DECISIONS = {
@@ -76,15 +76,25 @@ class Run:
 def _issuers(idp: IdentityProvider) -> list[dict[str, Any]]:
     return [
         {"issuer": idp.issuer},
-        {"issuer": OPAQUE_ISSUER, "introspection": {
-            "endpoint": f"{idp.issuer}/introspect", "client_id": "smartgate",
-            "client_secret_env": "SMARTGATE_TEST_INTROSPECTION_SECRET"}},
+        {
+            "issuer": OPAQUE_ISSUER,
+            "introspection": {
+                "endpoint": f"{idp.issuer}/introspect",
+                "client_id": "smartgate",
+                "client_secret_env": "SMARTGATE_TEST_INTROSPECTION_SECRET",
+            },
+        },
     ]
 
 
 def _tokens(gated: GatedFhir) -> dict[str, str]:
-    claims = {**base_claims(gated.idp.issuer, gated.base_url), "sub": "user-1", "client_id": "app-1",
-              "scope": "launch/patient patient/*.rs", "patient": "123"}
+    claims = {
+        **base_claims(gated.idp.issuer, gated.base_url),
+        "sub": "user-1",
+        "client_id": "app-1",
+        "scope": "launch/patient patient/*.rs",
+        "patient": "123",
+    }
     intruder = ec.generate_private_key(ec.SECP256R1())
     return {
         "valid": gated.token(),
@@ -99,13 +109,24 @@ def _tokens(gated: GatedFhir) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     workdir = tmp_path_factory.mktemp("metrics")
-    introspection = {ACTIVE_OPAQUE: {"active": True, "scope": "launch/patient patient/Observation.rs",
-                                     "patient": "123", "client_id": "opaque-app", "sub": "user-2",
-                                     "exp": int(time.time()) + 600}}
+    introspection = {
+        ACTIVE_OPAQUE: {
+            "active": True,
+            "scope": "launch/patient patient/Observation.rs",
+            "patient": "123",
+            "client_id": "opaque-app",
+            "sub": "user-2",
+            "exp": int(time.time()) + 600,
+        }
+    }
     started = time.monotonic()
-    with gated_fhir(workdir, issuers=_issuers, introspection=introspection,
-                    smartgate_env={"SMARTGATE_TEST_INTROSPECTION_SECRET": "s3cret"},
-                    jwks={"min_refresh_interval_seconds": 0.001}) as gated:
+    with gated_fhir(
+        workdir,
+        issuers=_issuers,
+        introspection=introspection,
+        smartgate_env={"SMARTGATE_TEST_INTROSPECTION_SECRET": "s3cret"},
+        jwks={"min_refresh_interval_seconds": 0.001},
+    ) as gated:
         tokens = _tokens(gated)
         statuses = []
         for path, token_name, _ in SCRIPT:
@@ -120,17 +141,31 @@ def test_the_scripted_traffic_got_the_expected_answers_through_envoy(run: Run) -
 
 
 def test_every_family_is_exposed_with_its_type(run: Run) -> None:
-    assert {name: run.metrics.types.get(name) for name in (
-        "smartgate_decisions", "smartgate_decision_duration_seconds", "smartgate_token_cache_requests",
-        "smartgate_jwks_fetches", "smartgate_jwks_age_seconds", "smartgate_lookups",
-        "smartgate_lookup_duration_seconds", "smartgate_introspection_requests", "smartgate_ready",
-        "smartgate_build_info",
-    )} == {
-        "smartgate_decisions": "counter", "smartgate_decision_duration_seconds": "histogram",
-        "smartgate_token_cache_requests": "counter", "smartgate_jwks_fetches": "counter",
-        "smartgate_jwks_age_seconds": "gauge", "smartgate_lookups": "counter",
-        "smartgate_lookup_duration_seconds": "histogram", "smartgate_introspection_requests": "counter",
-        "smartgate_ready": "gauge", "smartgate_build_info": "gauge",
+    assert {
+        name: run.metrics.types.get(name)
+        for name in (
+            "smartgate_decisions",
+            "smartgate_decision_duration_seconds",
+            "smartgate_token_cache_requests",
+            "smartgate_jwks_fetches",
+            "smartgate_jwks_age_seconds",
+            "smartgate_lookups",
+            "smartgate_lookup_duration_seconds",
+            "smartgate_introspection_requests",
+            "smartgate_ready",
+            "smartgate_build_info",
+        )
+    } == {
+        "smartgate_decisions": "counter",
+        "smartgate_decision_duration_seconds": "histogram",
+        "smartgate_token_cache_requests": "counter",
+        "smartgate_jwks_fetches": "counter",
+        "smartgate_jwks_age_seconds": "gauge",
+        "smartgate_lookups": "counter",
+        "smartgate_lookup_duration_seconds": "histogram",
+        "smartgate_introspection_requests": "counter",
+        "smartgate_ready": "gauge",
+        "smartgate_build_info": "gauge",
     }
 
 
@@ -160,7 +195,8 @@ def test_decision_latency_histogram_has_sub_millisecond_buckets(run: Run) -> Non
 
 def test_token_cache_hits_and_misses(run: Run) -> None:
     assert run.metrics.series("smartgate_token_cache_requests_total") == {
-        frozenset({("result", "hit")}): 7, frozenset({("result", "miss")}): 8,
+        frozenset({("result", "hit")}): 7,
+        frozenset({("result", "miss")}): 8,
     }
 
 
@@ -217,8 +253,18 @@ def test_label_values_are_bounded_never_a_patient_token_or_path(run: Run) -> Non
         "outcome": {"allow", "deny", "error"},
         "status": re.compile(r"^[1-5][0-9][0-9]\Z"),
         "reason": reasons,
-        "result": {"hit", "miss", "success", "failure", "member", "not_member", "error", "active", "inactive",
-                   "cache_hit"},
+        "result": {
+            "hit",
+            "miss",
+            "success",
+            "failure",
+            "member",
+            "not_member",
+            "error",
+            "active",
+            "inactive",
+            "cache_hit",
+        },
         "cache": {"hit", "miss"},
         "log": {"decision", "audit"},  # smartgate_decision_log_dropped_total (issue 16)
         "issuer": {run.gated.idp.issuer, OPAQUE_ISSUER},
@@ -237,16 +283,27 @@ def test_label_values_are_bounded_never_a_patient_token_or_path(run: Run) -> Non
     smartgate_text = "\n".join(line for line in run.metrics.raw.splitlines() if "smartgate_" in line)
     for secret in [*run.tokens.values(), "s3cret"]:
         assert secret not in smartgate_text
-    for fragment in ("obs-123", "obs-456", "fault-injection", "Patient/", "/fhir", "Observation", "patient=",
-                     '"123"', '"456"'):
+    for fragment in (
+        "obs-123",
+        "obs-456",
+        "fault-injection",
+        "Patient/",
+        "/fhir",
+        "Observation",
+        "patient=",
+        '"123"',
+        '"456"',
+    ):
         assert fragment not in smartgate_text
 
 
 def test_the_readme_documents_every_family_exposed_and_every_reason_code(run: Run) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    exposed = {f"{name}_total" if kind == "counter" else name
-               for name, kind in run.metrics.types.items() if name.startswith("smartgate_")
-               and not name.endswith("_created")}
+    exposed = {
+        f"{name}_total" if kind == "counter" else name
+        for name, kind in run.metrics.types.items()
+        if name.startswith("smartgate_") and not name.endswith("_created")
+    }
     assert len(exposed) >= 10
     assert sorted(name for name in exposed if f"`{name}`" not in readme) == []
     assert sorted(reason.code for reason in Reason if f"`{reason.code}`" not in readme) == []

@@ -72,8 +72,10 @@ def test_an_invalid_config_is_rejected_and_the_current_one_stays(reloading: Relo
     smartgate = reloading.gated.smartgate
     if name == "bad value":
         smartgate.write_config({**current, "issuers": [{**current["issuers"][0], "algorithms": ["HS256"]}]})
-        expected = "ERROR smartgate.server: config reload rejected, keeping the current config: " \
-                   "issuers[0].algorithms[0]: 'HS256' is not an allowed algorithm"
+        expected = (
+            "ERROR smartgate.server: config reload rejected, keeping the current config: "
+            "issuers[0].algorithms[0]: 'HS256' is not an allowed algorithm"
+        )
     elif name == "bad yaml":
         smartgate.config_path.write_text("fhir: [unclosed\n", encoding="utf-8")
         expected = "ERROR smartgate.server: config reload rejected, keeping the current config: (file): not valid YAML"
@@ -89,9 +91,14 @@ def test_an_invalid_config_is_rejected_and_the_current_one_stays(reloading: Relo
 
 def test_a_hangup_during_start_up_does_not_kill_smartgate(tmp_path: Path) -> None:
     idp = IdentityProvider(new_keys())
-    config = smartgate_config(grpc_port=free_port(), http_port=free_port(), base_url="http://127.0.0.1:1/fhir",
-                              upstream_url="http://127.0.0.1:1/fhir", issuers=[{"issuer": idp.issuer}],
-                              workdir=tmp_path)
+    config = smartgate_config(
+        grpc_port=free_port(),
+        http_port=free_port(),
+        base_url="http://127.0.0.1:1/fhir",
+        upstream_url="http://127.0.0.1:1/fhir",
+        issuers=[{"issuer": idp.issuer}],
+        workdir=tmp_path,
+    )
     smartgate = launch_smartgate(config, tmp_path, wait="none")
     try:
         time.sleep(0.25)  # past interpreter start-up, still importing (imports alone take about 0.6 s)
@@ -136,16 +143,19 @@ class ReloadingWorkers:
         """SIGHUP to the supervisor; wait until each worker has logged ``marker`` once more."""
         before = self.gated.smartgate.output().count(marker)
         self.gated.smartgate.signal(signal.SIGHUP)
-        assert wait_until(lambda: self.gated.smartgate.output().count(marker) >= before + workers, seconds=10), \
-            marker
+        assert wait_until(lambda: self.gated.smartgate.output().count(marker) >= before + workers, seconds=10), marker
         time.sleep(0.3)  # no further line comes
         assert self.gated.smartgate.output().count(marker) == before + workers, marker
 
 
 @pytest.fixture(scope="module")
 def reloading_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReloadingWorkers]:
-    with gated_fhir(tmp_path_factory.mktemp("reload-workers"), workers=2, smartgate_args=("--workers", "2"),
-                    shutdown_grace_seconds=1) as gated:
+    with gated_fhir(
+        tmp_path_factory.mktemp("reload-workers"),
+        workers=2,
+        smartgate_args=("--workers", "2"),
+        shutdown_grace_seconds=1,
+    ) as gated:
         yield ReloadingWorkers(gated, gated.smartgate.read_config())
 
 
@@ -153,8 +163,7 @@ def _both_workers_checked(sent: dict[str, int]) -> bool:
     return len(sent) == 2 and all(count >= ROUNDS // 2 for count in sent.values())
 
 
-def test_sighup_to_the_supervisor_reloads_a_valid_config_in_every_worker(
-        reloading_workers: ReloadingWorkers) -> None:
+def test_sighup_to_the_supervisor_reloads_a_valid_config_in_every_worker(reloading_workers: ReloadingWorkers) -> None:
     smartgate = reloading_workers.gated.smartgate
     smartgate.write_config(reloading_workers.original)
     reloading_workers.hang_up("config reloaded")  # start from the original config in every worker
@@ -182,14 +191,20 @@ def test_the_supervisor_serves_the_reloaded_smart_configuration(reloading_worker
         smartgate.write_config(current)
 
 
-REJECTED = ("ERROR smartgate.supervisor: config reload rejected, keeping the current config: "
-            "issuers[0].algorithms[0]: 'HS256' is not an allowed algorithm")
+REJECTED = (
+    "ERROR smartgate.supervisor: config reload rejected, keeping the current config: "
+    "issuers[0].algorithms[0]: 'HS256' is not an allowed algorithm"
+)
 
 
 def _bad_config(current: dict[str, Any]) -> dict[str, Any]:
     """Invalid (an HMAC algorithm), and it would also change both observable settings if it were taken."""
-    return {**current, "public_routes": [], "patient_closed_types": ["Practitioner"],
-            "issuers": [{**current["issuers"][0], "algorithms": ["HS256"]}]}
+    return {
+        **current,
+        "public_routes": [],
+        "patient_closed_types": ["Practitioner"],
+        "issuers": [{**current["issuers"][0], "algorithms": ["HS256"]}],
+    }
 
 
 def _worker_pids(supervisor_pid: int) -> list[int]:
@@ -214,7 +229,8 @@ def _after_a_rejected_reload(reloading_workers: ReloadingWorkers) -> Iterator[No
 
 
 def test_an_invalid_config_is_rejected_naming_the_key_and_every_worker_keeps_the_old_one(
-        reloading_workers: ReloadingWorkers) -> None:
+    reloading_workers: ReloadingWorkers,
+) -> None:
     with _after_a_rejected_reload(reloading_workers):
         organization, practitioner, sent = reloading_workers.statuses()
         assert _both_workers_checked(sent), sent
@@ -223,14 +239,21 @@ def test_an_invalid_config_is_rejected_naming_the_key_and_every_worker_keeps_the
 
 
 def test_a_worker_restarted_after_a_rejected_reload_runs_the_accepted_config(
-        reloading_workers: ReloadingWorkers) -> None:
+    reloading_workers: ReloadingWorkers,
+) -> None:
     smartgate = reloading_workers.gated.smartgate
     with _after_a_rejected_reload(reloading_workers):  # the bad file is still on disk when the worker comes back
         victim = _worker_pids(smartgate.process.pid)[0]
         os.kill(victim, signal.SIGKILL)
         readyz = smartgate.url("/readyz")
-        assert wait_until(lambda: victim not in (pids := _worker_pids(smartgate.process.pid)) and len(pids) == 2
-                          and httpx.get(readyz).status_code == 200, seconds=20), "the worker did not come back"
+        assert wait_until(
+            lambda: (
+                victim not in (pids := _worker_pids(smartgate.process.pid))
+                and len(pids) == 2
+                and httpx.get(readyz).status_code == 200
+            ),
+            seconds=20,
+        ), "the worker did not come back"
         rounds: list[tuple[set[int], set[int], dict[str, int]]] = []
 
         def both_workers_answered() -> bool:

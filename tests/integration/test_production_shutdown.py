@@ -32,8 +32,15 @@ IN_FLIGHT = 4
 def test_sigterm_finishes_in_flight_checks_and_exits_within_the_grace_period(tmp_path: Path) -> None:
     slow = RecordingUpstream(delay=LOOKUP_SECONDS, slow_marker="_summary=count")
     try:
-        with gated_fhir(tmp_path, upstream_url=slow.url, shutdown_grace_seconds=GRACE_SECONDS,
-                        envoy={"authz_timeout_seconds": 5.0}) as gated, ThreadPoolExecutor(IN_FLIGHT) as pool:
+        with (
+            gated_fhir(
+                tmp_path,
+                upstream_url=slow.url,
+                shutdown_grace_seconds=GRACE_SECONDS,
+                envoy={"authz_timeout_seconds": 5.0},
+            ) as gated,
+            ThreadPoolExecutor(IN_FLIGHT) as pool,
+        ):
             token = gated.token()
             process = gated.smartgate.process
 
@@ -100,8 +107,12 @@ def cut_off(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CutOff]:
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(support_stack, "smartgate_config", with_long_lookup_timeout)
-            stack = gated_fhir(tmp_path_factory.mktemp("shutdown-grace"), upstream_url=stalled.url,
-                               shutdown_grace_seconds=SHORT_GRACE_SECONDS, envoy={"authz_timeout_seconds": 30.0})
+            stack = gated_fhir(
+                tmp_path_factory.mktemp("shutdown-grace"),
+                upstream_url=stalled.url,
+                shutdown_grace_seconds=SHORT_GRACE_SECONDS,
+                envoy={"authz_timeout_seconds": 30.0},
+            )
             with stack as gated, ThreadPoolExecutor(1) as pool:
                 process = gated.smartgate.process
                 pending = pool.submit(gated.get, "/Observation/stalled-1", gated.token())
@@ -115,10 +126,13 @@ def cut_off(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CutOff]:
                     pytest.fail(f"smartgate still running {STALLED_LOOKUP_SECONDS}s after SIGTERM")
                 exited_after = time.monotonic() - signalled
                 answer = pending.result(timeout=30)
-                print(f"shutdown: exited {exited_after:.2f}s after SIGTERM (grace {SHORT_GRACE_SECONDS}s, "
-                      f"look-up stalled {STALLED_LOOKUP_SECONDS}s); client got {answer.status_code}")
-                yield CutOff(answer, stalled.headers_for("/fhir/Observation/stalled-1"), exited_after,
-                             process.returncode)
+                print(
+                    f"shutdown: exited {exited_after:.2f}s after SIGTERM (grace {SHORT_GRACE_SECONDS}s, "
+                    f"look-up stalled {STALLED_LOOKUP_SECONDS}s); client got {answer.status_code}"
+                )
+                yield CutOff(
+                    answer, stalled.headers_for("/fhir/Observation/stalled-1"), exited_after, process.returncode
+                )
     finally:
         stalled.close()
 

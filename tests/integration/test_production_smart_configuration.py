@@ -40,9 +40,18 @@ def test_served_by_smartgate_through_envoy_without_a_token(gated: GatedFhir, res
 def test_required_smart_2_fields_come_from_the_idp_discovery(gated: GatedFhir, response: httpx.Response) -> None:
     document = response.json()
     discovery = gated.idp.discovery
-    for field in ("issuer", "jwks_uri", "authorization_endpoint", "token_endpoint", "grant_types_supported",
-                  "token_endpoint_auth_methods_supported", "scopes_supported", "response_types_supported",
-                  "introspection_endpoint", "revocation_endpoint"):
+    for field in (
+        "issuer",
+        "jwks_uri",
+        "authorization_endpoint",
+        "token_endpoint",
+        "grant_types_supported",
+        "token_endpoint_auth_methods_supported",
+        "scopes_supported",
+        "response_types_supported",
+        "introspection_endpoint",
+        "revocation_endpoint",
+    ):
         assert document[field] == discovery[field], field
     assert document["capabilities"] == list(DEFAULT_CAPABILITIES)
     assert "sso-openid-connect" in document["capabilities"]  # which makes issuer and jwks_uri required
@@ -57,8 +66,9 @@ def test_an_invalid_token_does_not_matter_on_the_public_document(gated: GatedFhi
 
 
 def test_cors_preflight_is_answered_through_envoy(gated: GatedFhir) -> None:
-    response = gated.client.options(gated.base_url + PATH, headers={
-        "origin": "https://app.example", "access-control-request-method": "GET"})
+    response = gated.client.options(
+        gated.base_url + PATH, headers={"origin": "https://app.example", "access-control-request-method": "GET"}
+    )
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == "*"
     assert "GET" in response.headers["access-control-allow-methods"]
@@ -66,14 +76,21 @@ def test_cors_preflight_is_answered_through_envoy(gated: GatedFhir) -> None:
 
 # --- capabilities from the config ----------------------------------------------------------------------
 
-CONFIGURED_CAPABILITIES = ["launch-standalone", "client-public", "context-standalone-patient", "permission-v2",
-                           "sso-openid-connect"]
+CONFIGURED_CAPABILITIES = [
+    "launch-standalone",
+    "client-public",
+    "context-standalone-patient",
+    "permission-v2",
+    "sso-openid-connect",
+]
 
 
 @pytest.fixture(scope="module")
 def configured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatedFhir, httpx.Response]]:
-    with gated_fhir(tmp_path_factory.mktemp("smart-configuration-capabilities"),
-                    smart_configuration={"capabilities": CONFIGURED_CAPABILITIES}) as running:
+    with gated_fhir(
+        tmp_path_factory.mktemp("smart-configuration-capabilities"),
+        smart_configuration={"capabilities": CONFIGURED_CAPABILITIES},
+    ) as running:
         yield running, running.get(PATH)
 
 

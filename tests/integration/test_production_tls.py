@@ -26,27 +26,34 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 def _credentials(tls: TlsFiles, client_cert: bool) -> grpc.ChannelCredentials:
     if not client_cert:
         return grpc.ssl_channel_credentials(root_certificates=tls.ca.read_bytes())
-    return grpc.ssl_channel_credentials(root_certificates=tls.ca.read_bytes(),
-                                        private_key=tls.client_key.read_bytes(),
-                                        certificate_chain=tls.client_cert.read_bytes())
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.ca.read_bytes(),
+        private_key=tls.client_key.read_bytes(),
+        certificate_chain=tls.client_cert.read_bytes(),
+    )
 
 
 @pytest.fixture(scope="module")
 def tls_only(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -> Iterator[GatedFhir]:
-    with gated_fhir(tmp_path_factory.mktemp("tls"),
-                    tls={"cert_file": str(tls_files.server_cert), "key_file": str(tls_files.server_key)},
-                    edit_envoy=lambda config: with_upstream_tls(config, "smartgate", tls_files, client_cert=False)
-                    ) as gated:
+    with gated_fhir(
+        tmp_path_factory.mktemp("tls"),
+        tls={"cert_file": str(tls_files.server_cert), "key_file": str(tls_files.server_key)},
+        edit_envoy=lambda config: with_upstream_tls(config, "smartgate", tls_files, client_cert=False),
+    ) as gated:
         yield gated
 
 
 @pytest.fixture(scope="module")
 def mutual(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -> Iterator[GatedFhir]:
-    with gated_fhir(tmp_path_factory.mktemp("mtls"),
-                    tls={"cert_file": str(tls_files.server_cert), "key_file": str(tls_files.server_key),
-                         "client_ca_file": str(tls_files.ca)},
-                    edit_envoy=lambda config: with_upstream_tls(config, "smartgate", tls_files, client_cert=True)
-                    ) as gated:
+    with gated_fhir(
+        tmp_path_factory.mktemp("mtls"),
+        tls={
+            "cert_file": str(tls_files.server_cert),
+            "key_file": str(tls_files.server_key),
+            "client_ca_file": str(tls_files.ca),
+        },
+        edit_envoy=lambda config: with_upstream_tls(config, "smartgate", tls_files, client_cert=True),
+    ) as gated:
         yield gated
 
 
@@ -54,8 +61,11 @@ def test_checks_are_authorized_over_tls(tls_only: GatedFhir) -> None:
     allowed = tls_only.get("/Observation?patient=123", tls_only.token())
     assert allowed.status_code == 200
     assert received_smart_headers(allowed) == {
-        "x-smart-patient": "123", "x-smart-scope": "launch/patient patient/*.rs", "x-smart-client-id": "app-1",
-        "x-smart-subject": "user-1", "x-smart-issuer": tls_only.idp.issuer,
+        "x-smart-patient": "123",
+        "x-smart-scope": "launch/patient patient/*.rs",
+        "x-smart-client-id": "app-1",
+        "x-smart-subject": "user-1",
+        "x-smart-issuer": tls_only.idp.issuer,
     }
     denied = tls_only.get("/Observation?patient=456", tls_only.token())
     assert denied.status_code == 403 and "compartment_other_patient" in denied.text
@@ -89,11 +99,12 @@ def test_a_client_without_a_certificate_is_refused(mutual: GatedFhir, tls_files:
     config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listen_port
     before = len(mutual.smartgate.decisions())
     with running_envoy(config, tmp_path, name="envoy-no-client-cert") as envoy:
-        response = mutual.client.get(f"http://127.0.0.1:{listen_port}/fhir/Observation?patient=123",
-                                     headers={"authorization": f"Bearer {mutual.token()}"})
+        response = mutual.client.get(
+            f"http://127.0.0.1:{listen_port}/fhir/Observation?patient=123",
+            headers={"authorization": f"Bearer {mutual.token()}"},
+        )
         assert response.status_code == 503
         assert "x-demo-received-path" not in response.headers
         assert envoy.stat("cluster.smartgate.ssl.handshake") == 0
         assert envoy.stat("cluster.smartgate.upstream_cx_connect_fail") >= 1
     assert len(mutual.smartgate.decisions()) == before  # smartgate never saw the check
-

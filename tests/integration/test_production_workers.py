@@ -43,8 +43,9 @@ def worker_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerRun]:
     workdir = tmp_path_factory.mktemp("workers")
     tmpdir = workdir / "tmp"  # the supervisor makes its PROMETHEUS_MULTIPROC_DIR here
     tmpdir.mkdir()
-    with gated_fhir(workdir, workers=2, smartgate_args=("--workers", "2"),
-                    smartgate_env={"TMPDIR": str(tmpdir)}) as gated:
+    with gated_fhir(
+        workdir, workers=2, smartgate_args=("--workers", "2"), smartgate_env={"TMPDIR": str(tmpdir)}
+    ) as gated:
         token = gated.token()
         plan = [(f"w-{i}-{uuid.uuid4().hex[:8]}", "123" if i % 4 else "456") for i in range(ALLOWED + DENIED)]
 
@@ -59,8 +60,14 @@ def worker_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerRun]:
         seconds = time.monotonic() - started
         directories = list(tmpdir.glob("smartgate-metrics-*"))
         assert len(directories) == 1, directories
-        yield WorkerRun(gated, gated.smartgate.metrics(), statuses, directories[0],
-                        gated.envoy.cluster_requests("smartgate"), seconds)
+        yield WorkerRun(
+            gated,
+            gated.smartgate.metrics(),
+            statuses,
+            directories[0],
+            gated.envoy.cluster_requests("smartgate"),
+            seconds,
+        )
 
 
 def _decisions_by_pid(metrics_dir: Path) -> dict[int, int]:
@@ -98,8 +105,7 @@ def test_metrics_add_up_across_both_workers(worker_run: WorkerRun) -> None:
     assert metrics.value("smartgate_token_cache_requests_total", result="miss") == 2
     assert metrics.value("smartgate_token_cache_requests_total", result="hit") == ALLOWED + DENIED - 2
     issuer = worker_run.gated.idp.issuer
-    assert metrics.series("smartgate_jwks_fetches_total") == {
-        frozenset({("issuer", issuer), ("result", "success")}): 2}
+    assert metrics.series("smartgate_jwks_fetches_total") == {frozenset({("issuer", issuer), ("result", "success")}): 2}
     assert worker_run.gated.idp.jwks_requests == 2
     assert metrics.series("smartgate_ready") == {frozenset(): 1}
     assert list(metrics.series("smartgate_build_info").values()) == [1]
@@ -115,9 +121,12 @@ def test_envoy_spreads_checks_over_both_workers(worker_run: WorkerRun) -> None:
     assert sorted(by_pid.values()) == sorted(per_endpoint.values())  # both views of the spread agree
     shares = sorted(count / (ALLOWED + DENIED) for count in by_pid.values())
     (worker_run.metrics_dir.parent.parent / "spread.json").write_text(
-        json.dumps({"per_endpoint": per_endpoint, "per_pid": by_pid}), encoding="utf-8")
-    print(f"worker spread: Envoy per endpoint {per_endpoint}; per worker pid {by_pid}; shares {shares}; "
-          f"{ALLOWED + DENIED} requests at concurrency {CONCURRENCY} in {worker_run.seconds:.2f}s")
+        json.dumps({"per_endpoint": per_endpoint, "per_pid": by_pid}), encoding="utf-8"
+    )
+    print(
+        f"worker spread: Envoy per endpoint {per_endpoint}; per worker pid {by_pid}; shares {shares}; "
+        f"{ALLOWED + DENIED} requests at concurrency {CONCURRENCY} in {worker_run.seconds:.2f}s"
+    )
     assert shares[0] >= 0.4, f"uneven spread: {per_endpoint}"
 
 
@@ -147,8 +156,9 @@ def _worker_addresses(worker_run: WorkerRun) -> list[str]:
 def _pid_listening_on(address: str) -> int:
     """The pid of the process listening on this address (gRPC listens on an IPv4-mapped IPv6 socket)."""
     port = int(address.rpartition(":")[2])
-    entries = [line.split() for table in ("tcp", "tcp6")
-               for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+    entries = [
+        line.split() for table in ("tcp", "tcp6") for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+    ]
     inodes = [fields[9] for fields in entries if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == "0A"]
     if not inodes:
         raise LookupError(address)
@@ -170,8 +180,13 @@ def _kill_worker_zero(worker_run: WorkerRun) -> str:
 
 
 def _recovered(worker_run: WorkerRun) -> bool:
-    return wait_until(lambda: all(grpc_health(a) == "SERVING" for a in _worker_addresses(worker_run))
-                      and httpx.get(worker_run.gated.smartgate.url("/readyz")).status_code == 200, seconds=10)
+    return wait_until(
+        lambda: (
+            all(grpc_health(a) == "SERVING" for a in _worker_addresses(worker_run))
+            and httpx.get(worker_run.gated.smartgate.url("/readyz")).status_code == 200
+        ),
+        seconds=10,
+    )
 
 
 def test_a_killed_worker_is_restarted_and_its_counts_are_kept(worker_run: WorkerRun) -> None:

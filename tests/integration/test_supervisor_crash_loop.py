@@ -22,9 +22,11 @@ from smartgate.runtime.supervisor import EXIT_CRASH_LOOP
 
 pytestmark = pytest.mark.integration
 
-RUNNER = ("import sys; from smartgate.runtime.restart_policy import RestartPolicy; "
-          "from smartgate.runtime.supervisor import run_supervisor; "
-          "run_supervisor(sys.argv[1], 2, RestartPolicy(first_delay_seconds=0.2, max_quick_crashes=3))")
+RUNNER = (
+    "import sys; from smartgate.runtime.restart_policy import RestartPolicy; "
+    "from smartgate.runtime.supervisor import run_supervisor; "
+    "run_supervisor(sys.argv[1], 2, RestartPolicy(first_delay_seconds=0.2, max_quick_crashes=3))"
+)
 BOUND_SECONDS = 20
 
 
@@ -79,8 +81,11 @@ def test_a_crash_looping_worker_makes_the_supervisor_exit_non_zero(tmp_path: Pat
     started = time.monotonic()
     with holder, log_path.open("wb") as log:
         supervisor = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "TMPDIR": str(temp), "PYTHONUNBUFFERED": "1"})
+            [sys.executable, "-c", RUNNER, str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TMPDIR": str(temp), "PYTHONUNBUFFERED": "1"},
+        )
         try:
             status = supervisor.wait(timeout=BOUND_SECONDS)
         finally:

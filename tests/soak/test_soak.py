@@ -109,9 +109,17 @@ class Run:
 
     def claims(self, lifetime: int = 600, issued_ago: int = 0) -> dict[str, Any]:
         now = int(time.time()) - issued_ago
-        return {"iss": self.issuer, "aud": self.base_url, "iat": now, "exp": now + lifetime,
-                "jti": uuid.uuid4().hex, "sub": "user-1", "client_id": "soak-app", "scope": SESSION_SCOPE,
-                "patient": CONTEXT_PATIENT}
+        return {
+            "iss": self.issuer,
+            "aud": self.base_url,
+            "iat": now,
+            "exp": now + lifetime,
+            "jti": uuid.uuid4().hex,
+            "sub": "user-1",
+            "client_id": "soak-app",
+            "scope": SESSION_SCOPE,
+            "patient": CONTEXT_PATIENT,
+        }
 
 
 def smartgate_reason(response: httpx.Response) -> str | None:
@@ -173,15 +181,20 @@ def client_loop(run: Run, index: int) -> None:
             if sent_token is not None:
                 headers["authorization"] = f"Bearer {sent_token}"
             try:
-                response = client.request(probe.method, run.base_url + probe.path, headers=headers,
-                                          content=probe.body)
+                response = client.request(probe.method, run.base_url + probe.path, headers=headers, content=probe.body)
             except httpx.HTTPError as exc:
                 with run.lock:
                     run.errors.append(f"{probe.name}: {type(exc).__name__}: {exc}")
                 continue
             echoed = response.headers.get("x-demo-received-smart")
-            outcome = Outcome(probe, response.status_code, smartgate_reason(response), marker,
-                              None if echoed is None else dict(json.loads(echoed)), kid)
+            outcome = Outcome(
+                probe,
+                response.status_code,
+                smartgate_reason(response),
+                marker,
+                None if echoed is None else dict(json.loads(echoed)),
+                kid,
+            )
             with run.lock:
                 run.outcomes.append(outcome)
 
@@ -212,16 +225,22 @@ def judge(outcomes: list[Outcome], upstream: RecordingUpstream) -> Verdicts:
             verdicts.unexpected_5xx[f"{outcome.status} {outcome.reason or 'envoy'}"] += 1
             continue
         if outcome.status != expected.status or outcome.reason != expected.reason:
-            verdicts.wrong.append(f"{where}: got {outcome.status} {outcome.reason}, "
-                                  f"expected {expected.status} {expected.reason}")
+            verdicts.wrong.append(
+                f"{where}: got {outcome.status} {outcome.reason}, expected {expected.status} {expected.reason}"
+            )
             continue
         if probe.injected_fault:
             verdicts.injected_faults += 1
         if expected.reaches_upstream and not reached:
             verdicts.wrong.append(f"{where}: answered {outcome.status} but the FHIR server never saw it")
-        if probe.name.startswith("search_own") and outcome.received_smart is not None and (
+        if (
+            probe.name.startswith("search_own")
+            and outcome.received_smart is not None
+            and (
                 outcome.received_smart.get("x-smart-patient") != CONTEXT_PATIENT
-                or outcome.received_smart.get("x-smart-scope") != SESSION_SCOPE):
+                or outcome.received_smart.get("x-smart-scope") != SESSION_SCOPE
+            )
+        ):
             verdicts.wrong.append(f"{where}: the FHIR server received context headers {outcome.received_smart}")
     return verdicts
 
@@ -230,8 +249,13 @@ def rss_figures(samples: list[tuple[float, float]]) -> tuple[float, float, float
     """(first sample, first after warm-up, mean of the last quarter, max, last) in MB."""
     after_warm_up = [mb for at, mb in samples if at >= WARM_UP]
     last_quarter = [mb for at, mb in samples if at >= 0.75 * SOAK_SECONDS] or after_warm_up[-1:]
-    return (samples[0][1], after_warm_up[0], statistics.fmean(last_quarter), max(mb for _, mb in samples),
-            samples[-1][1])
+    return (
+        samples[0][1],
+        after_warm_up[0],
+        statistics.fmean(last_quarter),
+        max(mb for _, mb in samples),
+        samples[-1][1],
+    )
 
 
 def test_mixed_traffic_with_token_churn_and_key_rotation_never_decides_wrong(tmp_path: Path) -> None:
@@ -240,18 +264,26 @@ def test_mixed_traffic_with_token_churn_and_key_rotation_never_decides_wrong(tmp
     upstream = RecordingUpstream(answers="demo")
     try:
         with gated_fhir(
-            tmp_path, keys=keys, upstream_url=upstream.url, workers=2, smartgate_args=("--workers", "2"),
+            tmp_path,
+            keys=keys,
+            upstream_url=upstream.url,
+            workers=2,
+            smartgate_args=("--workers", "2"),
             envoy={"response_verification": "enforce"},
             response_verification={"mode": "enforce"},
             tokens={"cache_size": TOKEN_CACHE_SIZE},
-            jwks={"refresh_interval_seconds": REFRESH_INTERVAL,
-                  "min_refresh_interval_seconds": MIN_REFRESH_INTERVAL},
+            jwks={"refresh_interval_seconds": REFRESH_INTERVAL, "min_refresh_interval_seconds": MIN_REFRESH_INTERVAL},
         ) as fhir:
             sampler = RssSampler(fhir.smartgate.process.pid, RSS_INTERVAL)
             started = time.monotonic()
-            run = Run(fhir.base_url, fhir.idp.issuer, keys, started,
-                      retire_from=started + 2 * SOAK_SECONDS / 3 + RETIRE_SETTLE,
-                      stop_at=started + SOAK_SECONDS)
+            run = Run(
+                fhir.base_url,
+                fhir.idp.issuer,
+                keys,
+                started,
+                retire_from=started + 2 * SOAK_SECONDS / 3 + RETIRE_SETTLE,
+                stop_at=started + SOAK_SECONDS,
+            )
             sampler.start()
             clients = [threading.Thread(target=client_loop, args=(run, i), daemon=True) for i in range(CLIENTS)]
             for thread in clients:
@@ -272,14 +304,18 @@ def test_mixed_traffic_with_token_churn_and_key_rotation_never_decides_wrong(tmp
 
     verdicts = judge(run.outcomes, upstream)
     first, warm, last_quarter, peak, end = rss_figures(sampler.samples)
-    print(f"\nSOAK: seconds={elapsed:.0f} requests={len(run.outcomes)} rate={len(run.outcomes) / elapsed:.1f}/s "
-          f"by_outcome={dict(sorted(verdicts.by_status.items()))} wrong={len(verdicts.wrong)} "
-          f"unexpected_5xx={sum(verdicts.unexpected_5xx.values())} injected_faults={verdicts.injected_faults} "
-          f"rss_mb start/after-warmup/max/end={first:.1f}/{warm:.1f}/{peak:.1f}/{end:.1f} "
-          f"(last-quarter mean {last_quarter:.1f})")
-    print(f"SOAK detail: by_probe={dict(sorted(verdicts.by_probe.items()))} "
-          f"unexpected_5xx={dict(verdicts.unexpected_5xx)} client_errors={len(run.errors)} lagged={run.lagged} "
-          f"key_2_requests={verdicts.key_2_requests} jwks_fetches={jwks_fetches}")
+    print(
+        f"\nSOAK: seconds={elapsed:.0f} requests={len(run.outcomes)} rate={len(run.outcomes) / elapsed:.1f}/s "
+        f"by_outcome={dict(sorted(verdicts.by_status.items()))} wrong={len(verdicts.wrong)} "
+        f"unexpected_5xx={sum(verdicts.unexpected_5xx.values())} injected_faults={verdicts.injected_faults} "
+        f"rss_mb start/after-warmup/max/end={first:.1f}/{warm:.1f}/{peak:.1f}/{end:.1f} "
+        f"(last-quarter mean {last_quarter:.1f})"
+    )
+    print(
+        f"SOAK detail: by_probe={dict(sorted(verdicts.by_probe.items()))} "
+        f"unexpected_5xx={dict(verdicts.unexpected_5xx)} client_errors={len(run.errors)} lagged={run.lagged} "
+        f"key_2_requests={verdicts.key_2_requests} jwks_fetches={jwks_fetches}"
+    )
 
     assert not run.errors, run.errors[:10]
     assert verdicts.wrong == [], verdicts.wrong[:20]

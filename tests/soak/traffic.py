@@ -19,8 +19,10 @@ CONTEXT_PATIENT = "123"
 OTHER_PATIENT = "456"
 # Condition.cr, not .c: with response verification enforced, the created Condition the FHIR server
 # returns is withheld (403 response_foreign_resource) from a token that cannot read Conditions.
-SESSION_SCOPE = ("launch/patient patient/Patient.r patient/Observation.rs patient/Observation.u "
-                 "patient/Coverage.rs patient/Condition.cr")
+SESSION_SCOPE = (
+    "launch/patient patient/Patient.r patient/Observation.rs patient/Observation.u "
+    "patient/Coverage.rs patient/Condition.cr"
+)
 
 # How a probe authenticates.
 SESSION = "session"  # the client's current token (churned every few requests)
@@ -62,13 +64,19 @@ def _json(document: object) -> bytes:
 
 
 def _condition(patient: str) -> bytes:
-    return _json({"resourceType": "Condition", "subject": {"reference": f"Patient/{patient}"},
-                  "code": {"text": "soak"}})
+    return _json(
+        {"resourceType": "Condition", "subject": {"reference": f"Patient/{patient}"}, "code": {"text": "soak"}}
+    )
 
 
 def _batch(*urls: str) -> bytes:
-    return _json({"resourceType": "Bundle", "type": "batch",
-                  "entry": [{"request": {"method": "GET", "url": url}} for url in urls]})
+    return _json(
+        {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": url}} for url in urls],
+        }
+    )
 
 
 FHIR_JSON = {"content-type": "application/fhir+json"}
@@ -76,40 +84,103 @@ OWN_SEARCH = f"/Observation?patient={CONTEXT_PATIENT}"
 
 MIX: tuple[Probe, ...] = (
     Probe("search_own", "GET", OWN_SEARCH, _allowed()),
-    Probe("search_own_spoofed_headers", "GET", OWN_SEARCH, _allowed(),
-          headers={"x-smart-patient": OTHER_PATIENT, "x-smart-scope": "patient/*.cruds"}),
-    Probe("search_other_patient", "GET", f"/Observation?patient={OTHER_PATIENT}",
-          _denied(403, "compartment_other_patient")),
+    Probe(
+        "search_own_spoofed_headers",
+        "GET",
+        OWN_SEARCH,
+        _allowed(),
+        headers={"x-smart-patient": OTHER_PATIENT, "x-smart-scope": "patient/*.cruds"},
+    ),
+    Probe(
+        "search_other_patient",
+        "GET",
+        f"/Observation?patient={OTHER_PATIENT}",
+        _denied(403, "compartment_other_patient"),
+    ),
     Probe("read_context_patient", "GET", f"/Patient/{CONTEXT_PATIENT}", _allowed()),
     Probe("read_own_by_id", "GET", "/Observation/obs-123-a", _allowed()),
     Probe("read_other_by_id", "GET", "/Observation/obs-456-a", _denied(403, "not_in_compartment")),
     Probe("read_other_coverage_by_id", "GET", "/Coverage/cov-456", _denied(403, "not_in_compartment")),
     Probe("no_token", "GET", OWN_SEARCH, _denied(401, "token_missing"), auth=NO_TOKEN),
     Probe("expired_token", "GET", OWN_SEARCH, _denied(401, "token_expired"), auth=EXPIRED),
-    Probe("tampered_token", "GET", f"/Observation?patient={OTHER_PATIENT}", _denied(401, "token_bad_signature"),
-          auth=TAMPERED),
-    Probe("type_out_of_scope", "GET", f"/MedicationRequest?patient={CONTEXT_PATIENT}",
-          _denied(403, "scope_insufficient")),
+    Probe(
+        "tampered_token",
+        "GET",
+        f"/Observation?patient={OTHER_PATIENT}",
+        _denied(401, "token_bad_signature"),
+        auth=TAMPERED,
+    ),
+    Probe(
+        "type_out_of_scope", "GET", f"/MedicationRequest?patient={CONTEXT_PATIENT}", _denied(403, "scope_insufficient")
+    ),
     Probe("create_own", "POST", "/Condition", _allowed(201), body=_condition(CONTEXT_PATIENT), headers=FHIR_JSON),
-    Probe("create_for_other_patient", "POST", "/Condition", _denied(403, "compartment_other_patient"),
-          body=_condition(OTHER_PATIENT), headers=FHIR_JSON),
-    Probe("update_own", "PUT", "/Observation/obs-123-b", _allowed(200), headers=FHIR_JSON, body=_json({
-        "resourceType": "Observation", "id": "obs-123-b", "status": "final",
-        "subject": {"reference": f"Patient/{CONTEXT_PATIENT}"}, "code": {"text": "Heart rate"}})),
-    Probe("update_other_patient", "PUT", "/Observation/obs-456-a", _denied(403, "not_in_compartment"),
-          headers=FHIR_JSON, body=_json({
-              "resourceType": "Observation", "id": "obs-456-a", "status": "final",
-              "subject": {"reference": f"Patient/{CONTEXT_PATIENT}"}, "code": {"text": "HbA1c"}})),
-    Probe("batch_own", "POST", "", _allowed(), headers=FHIR_JSON,
-          body=_batch(f"Observation?patient={CONTEXT_PATIENT}", "Observation/obs-123-a")),
-    Probe("batch_with_other_patient_entry", "POST", "", _denied(403, "bundle_entry_denied"), headers=FHIR_JSON,
-          body=_batch(f"Observation?patient={CONTEXT_PATIENT}", f"Observation?patient={OTHER_PATIENT}")),
+    Probe(
+        "create_for_other_patient",
+        "POST",
+        "/Condition",
+        _denied(403, "compartment_other_patient"),
+        body=_condition(OTHER_PATIENT),
+        headers=FHIR_JSON,
+    ),
+    Probe(
+        "update_own",
+        "PUT",
+        "/Observation/obs-123-b",
+        _allowed(200),
+        headers=FHIR_JSON,
+        body=_json(
+            {
+                "resourceType": "Observation",
+                "id": "obs-123-b",
+                "status": "final",
+                "subject": {"reference": f"Patient/{CONTEXT_PATIENT}"},
+                "code": {"text": "Heart rate"},
+            }
+        ),
+    ),
+    Probe(
+        "update_other_patient",
+        "PUT",
+        "/Observation/obs-456-a",
+        _denied(403, "not_in_compartment"),
+        headers=FHIR_JSON,
+        body=_json(
+            {
+                "resourceType": "Observation",
+                "id": "obs-456-a",
+                "status": "final",
+                "subject": {"reference": f"Patient/{CONTEXT_PATIENT}"},
+                "code": {"text": "HbA1c"},
+            }
+        ),
+    ),
+    Probe(
+        "batch_own",
+        "POST",
+        "",
+        _allowed(),
+        headers=FHIR_JSON,
+        body=_batch(f"Observation?patient={CONTEXT_PATIENT}", "Observation/obs-123-a"),
+    ),
+    Probe(
+        "batch_with_other_patient_entry",
+        "POST",
+        "",
+        _denied(403, "bundle_entry_denied"),
+        headers=FHIR_JSON,
+        body=_batch(f"Observation?patient={CONTEXT_PATIENT}", f"Observation?patient={OTHER_PATIENT}"),
+    ),
     Probe("metadata_public", "GET", "/metadata", _allowed(), auth=NO_TOKEN),
     Probe("upstream_fault", "GET", f"{OWN_SEARCH}&_id={FAULT_ID}", _allowed(500), injected_fault=True),
-    Probe("upstream_returns_other_patient", "GET", f"{OWN_SEARCH}&_tag={MISBEHAVE_TAG}",
-          Expected(403, "response_foreign_resource", True)),
+    Probe(
+        "upstream_returns_other_patient",
+        "GET",
+        f"{OWN_SEARCH}&_tag={MISBEHAVE_TAG}",
+        Expected(403, "response_foreign_resource", True),
+    ),
 )
 
 # Sent only once the withdrawn key has left smartgate's cached key set (see test_soak).
-RETIRED_KEY_PROBE = Probe("token_signed_with_withdrawn_key", "GET", OWN_SEARCH,
-                          _denied(401, "token_unknown_key"), auth=RETIRED_KEY)
+RETIRED_KEY_PROBE = Probe(
+    "token_signed_with_withdrawn_key", "GET", OWN_SEARCH, _denied(401, "token_unknown_key"), auth=RETIRED_KEY
+)

@@ -66,15 +66,28 @@ class DpopKey:
         r, s = decode_dss_signature(self.private_key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
-    def proof(self, method: str, url: str, token: str | None, *, iat: float | None = None,
-              header: dict[str, Any] | None = None, claims: dict[str, Any] | None = None,
-              signature: bytes | None = None, hmac_key: bytes | None = None) -> str:
+    def proof(
+        self,
+        method: str,
+        url: str,
+        token: str | None,
+        *,
+        iat: float | None = None,
+        header: dict[str, Any] | None = None,
+        claims: dict[str, Any] | None = None,
+        signature: bytes | None = None,
+        hmac_key: bytes | None = None,
+    ) -> str:
         """A proof for ``method`` ``url`` and ``token`` (``ath``); ``header``/``claims`` override members
         (``DROP`` removes one); ``signature`` replaces the signature, ``hmac_key`` signs with HMAC-SHA256."""
         head: dict[str, Any] = {"typ": "dpop+jwt", "alg": "ES256", "jwk": self.public_jwk}
         head.update(header or {})
-        body: dict[str, Any] = {"jti": uuid.uuid4().hex, "htm": method, "htu": url,
-                                "iat": int(time.time() if iat is None else iat)}
+        body: dict[str, Any] = {
+            "jti": uuid.uuid4().hex,
+            "htm": method,
+            "htu": url,
+            "iat": int(time.time() if iat is None else iat),
+        }
         if token is not None:
             body["ath"] = access_token_hash(token)
         body.update(claims or {})
@@ -82,8 +95,11 @@ class DpopKey:
         body = {name: value for name, value in body.items() if value is not DROP}
         signing_input = f"{_b64url_json(head)}.{_b64url_json(body)}".encode("ascii")
         if signature is None:
-            signature = (hmac.new(hmac_key, signing_input, hashlib.sha256).digest() if hmac_key is not None
-                         else self.sign(signing_input))
+            signature = (
+                hmac.new(hmac_key, signing_input, hashlib.sha256).digest()
+                if hmac_key is not None
+                else self.sign(signing_input)
+            )
         return f"{signing_input.decode('ascii')}.{b64url(signature)}"
 
 
@@ -98,9 +114,14 @@ class ClientCertificate:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.common_name)])
         now = datetime.datetime.now(datetime.UTC)
         self.certificate = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(self.key, hashes.SHA256())
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(self.key, hashes.SHA256())
         )
 
     @property
@@ -109,8 +130,9 @@ class ClientCertificate:
 
     @property
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     @property
     def thumbprint(self) -> str:

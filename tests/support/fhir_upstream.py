@@ -41,13 +41,20 @@ class Received:
 class RecordingUpstream:
     """A FHIR server on a free loopback port that records every request of every method."""
 
-    def __init__(self, delay: float = 0.0, slow_marker: str = "", *,
-                 answers: Literal["search_totals", "demo"] = "search_totals", base_path: str = "/fhir") -> None:
+    def __init__(
+        self,
+        delay: float = 0.0,
+        slow_marker: str = "",
+        *,
+        answers: Literal["search_totals", "demo"] = "search_totals",
+        base_path: str = "/fhir",
+    ) -> None:
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._header_values: dict[str, tuple[int, frozenset[str]]] = {}  # name -> (requests seen, values)
-        handler = (_demo_handler(self, base_path) if answers == "demo"
-                   else _search_totals_handler(self, delay, slow_marker))
+        handler = (
+            _demo_handler(self, base_path) if answers == "demo" else _search_totals_handler(self, delay, slow_marker)
+        )
         self.server = DemoHTTPServer(("127.0.0.1", 0), handler)
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}{base_path}"
@@ -87,8 +94,7 @@ class RecordingUpstream:
         self.server.server_close()
 
 
-def _search_totals_handler(upstream: RecordingUpstream, delay: float,
-                           slow_marker: str) -> type[BaseHTTPRequestHandler]:
+def _search_totals_handler(upstream: RecordingUpstream, delay: float, slow_marker: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 

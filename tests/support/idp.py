@@ -49,8 +49,13 @@ class IdentityProvider:
     ``introspection`` maps opaque tokens to RFC 7662 answers at ``{issuer}/introspect``.
     """
 
-    def __init__(self, keys: SigningKeys, port: int | None = None, name: str = "idp",
-                 introspection: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        keys: SigningKeys,
+        port: int | None = None,
+        name: str = "idp",
+        introspection: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.issuer = f"http://127.0.0.1:{self.port}/{name}"
         self.jwks_requests = 0
@@ -106,8 +111,7 @@ class IdentityProvider:
                     return
                 length = int(self.headers.get("content-length") or 0)
                 form = dict(parse_qsl(self.rfile.read(length).decode()))
-                provider.introspection_requests.append(
-                    {**form, "authorization": self.headers.get("authorization", "")})
+                provider.introspection_requests.append({**form, "authorization": self.headers.get("authorization", "")})
                 self._json(200, answers.get(form.get("token", ""), {"active": False}))
 
         self.server = DemoHTTPServer(("127.0.0.1", self.port), Handler)
@@ -143,8 +147,9 @@ class RotatingKeys(SigningKeys):
         return document
 
 
-def sign(keys: SigningKeys, claims: dict[str, Any], alg: str = "ES256", typ: str | None = "at+jwt",
-         kid: str | None = None) -> str:
+def sign(
+    keys: SigningKeys, claims: dict[str, Any], alg: str = "ES256", typ: str | None = "at+jwt", kid: str | None = None
+) -> str:
     """A JWT over ``claims`` with the EC key (ES*) or the RSA key (otherwise), kid ec-1 / rsa-1 by default."""
     key, default_kid = (keys.ec_key, "ec-1") if alg.startswith("ES") else (keys.rsa_key, "rsa-1")
     headers: dict[str, Any] = {"kid": kid or default_kid}

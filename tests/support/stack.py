@@ -91,8 +91,16 @@ def _json_lines(path: Path | None) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def smartgate_config(*, grpc_port: int, http_port: int, base_url: str, upstream_url: str,
-                     issuers: list[dict[str, Any]], workdir: Path, **extra: Any) -> dict[str, Any]:
+def smartgate_config(
+    *,
+    grpc_port: int,
+    http_port: int,
+    base_url: str,
+    upstream_url: str,
+    issuers: list[dict[str, Any]],
+    workdir: Path,
+    **extra: Any,
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "listen": {"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{http_port}"},
         "fhir": {"base_url": base_url, "upstream_url": upstream_url},
@@ -103,8 +111,14 @@ def smartgate_config(*, grpc_port: int, http_port: int, base_url: str, upstream_
     return config
 
 
-def launch_smartgate(config: dict[str, Any], workdir: Path, *, args: tuple[str, ...] = (),
-                     wait: str = "ready", env: Mapping[str, str] | None = None) -> Smartgate:
+def launch_smartgate(
+    config: dict[str, Any],
+    workdir: Path,
+    *,
+    args: tuple[str, ...] = (),
+    wait: str = "ready",
+    env: Mapping[str, str] | None = None,
+) -> Smartgate:
     """Start ``smartgate serve``; ``wait`` is ``ready`` (/readyz 200), ``alive`` (/healthz 200) or ``none``."""
     config_path = workdir / "smartgate.yaml"
     config_path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
@@ -113,7 +127,11 @@ def launch_smartgate(config: dict[str, Any], workdir: Path, *, args: tuple[str, 
     decision_log = config.get("decision_log", "stdout")
     audit = config.get("audit", {}).get("destination", "off")
     handle = Smartgate(
-        process, config_path, config["listen"]["http"], config["listen"]["grpc"], log_path,
+        process,
+        config_path,
+        config["listen"]["http"],
+        config["listen"]["grpc"],
+        log_path,
         Path(decision_log) if decision_log.startswith("/") else None,
         Path(audit) if audit.startswith("/") else None,
     )
@@ -142,16 +160,19 @@ def running_smartgate(config: dict[str, Any], workdir: Path, **kwargs: Any) -> I
         stop(handle.process)
 
 
-def grpc_health(address: str, service: str = "", credentials: grpc.ChannelCredentials | None = None,
-                server_name: str | None = None) -> str:
+def grpc_health(
+    address: str, service: str = "", credentials: grpc.ChannelCredentials | None = None, server_name: str | None = None
+) -> str:
     """grpc.health.v1 Check: SERVING / NOT_SERVING / ..., or the gRPC status code name on failure."""
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    channel = (grpc.secure_channel(address, credentials, options=options) if credentials
-               else grpc.insecure_channel(address))
+    channel = (
+        grpc.secure_channel(address, credentials, options=options) if credentials else grpc.insecure_channel(address)
+    )
     with channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=3)
+                health_pb2.HealthCheckRequest(service=service), timeout=3
+            )
         except grpc.RpcError as exc:
             return str(exc.code().name)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
@@ -238,10 +259,17 @@ class LoopbackPorts:
 
     def envoy_settings(self, upstream_url: str, **overrides: Any) -> EnvoySettings:
         """EnvoySettings wiring Envoy to these ports and ``upstream_url``; ``overrides`` win."""
-        return EnvoySettings(**{
-            "listen_host": "127.0.0.1", "listen_port": self.envoy, "admin_port": self.admin,
-            "authz_port": self.grpc, "upstream_url": upstream_url, "smartgate_http_port": self.http,
-            **overrides})
+        return EnvoySettings(
+            **{
+                "listen_host": "127.0.0.1",
+                "listen_port": self.envoy,
+                "admin_port": self.admin,
+                "authz_port": self.grpc,
+                "upstream_url": upstream_url,
+                "smartgate_http_port": self.http,
+                **overrides,
+            }
+        )
 
 
 @dataclass
@@ -252,13 +280,22 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def gateway(workdir: Path, config: dict[str, Any], envoy_config: dict[str, Any], *,
-            args: tuple[str, ...] = (), env: Mapping[str, str] | None = None,
-            wait: str = "ready") -> Iterator[Gateway]:
+def gateway(
+    workdir: Path,
+    config: dict[str, Any],
+    envoy_config: dict[str, Any],
+    *,
+    args: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
+    wait: str = "ready",
+) -> Iterator[Gateway]:
     """smartgate on ``config`` (started first, waited for per ``wait``), Envoy on ``envoy_config``,
     and a client; all stopped, Envoy before smartgate, however the block ends."""
-    with running_smartgate(config, workdir, args=args, env=env, wait=wait) as smartgate, \
-            running_envoy(envoy_config, workdir) as proxy, httpx.Client(timeout=10) as client:
+    with (
+        running_smartgate(config, workdir, args=args, env=env, wait=wait) as smartgate,
+        running_envoy(envoy_config, workdir) as proxy,
+        httpx.Client(timeout=10) as client,
+    ):
         yield Gateway(smartgate, proxy, client)
 
 
@@ -289,12 +326,23 @@ class Stack:
     client: httpx.Client
     smartgate_http: str  # smartgate's own HTTP listener (metrics, health), not through Envoy
 
-    def token(self, scope: str = "launch/patient patient/*.rs", patient: str | None = "123",
-              alg: str = "ES256", **overrides: Any) -> str:
+    def token(
+        self,
+        scope: str = "launch/patient patient/*.rs",
+        patient: str | None = "123",
+        alg: str = "ES256",
+        **overrides: Any,
+    ) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
-            "iss": self.issuer, "aud": self.audience, "sub": "user-1", "client_id": "app-1",
-            "scope": scope, "iat": now, "exp": now + 600, "jti": uuid.uuid4().hex,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": "user-1",
+            "client_id": "app-1",
+            "scope": scope,
+            "iat": now,
+            "exp": now + 600,
+            "jti": uuid.uuid4().hex,
         }
         if patient is not None:
             claims["patient"] = patient
@@ -329,8 +377,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def start_stack(workdir: Path, config_overrides: dict[str, Any] | None = None,
-                envoy_overrides: dict[str, Any] | None = None) -> Iterator[Stack]:
+def start_stack(
+    workdir: Path, config_overrides: dict[str, Any] | None = None, envoy_overrides: dict[str, Any] | None = None
+) -> Iterator[Stack]:
     """IdP stand-in + demo FHIR server + smartgate + Envoy on free loopback ports."""
     keys = new_keys()
     idp = IdentityProvider(keys)
@@ -339,17 +388,30 @@ def start_stack(workdir: Path, config_overrides: dict[str, Any] | None = None,
     try:
         with demo_fhir_server() as upstream_url:
             config: dict[str, Any] = {
-                **smartgate_config(grpc_port=ports.grpc, http_port=ports.http, base_url=ports.base_url,
-                                   upstream_url=upstream_url, workdir=workdir,
-                                   issuers=[{"issuer": idp.issuer, "audiences": [audience, ports.base_url]}]),
+                **smartgate_config(
+                    grpc_port=ports.grpc,
+                    http_port=ports.http,
+                    base_url=ports.base_url,
+                    upstream_url=upstream_url,
+                    workdir=workdir,
+                    issuers=[{"issuer": idp.issuer, "audiences": [audience, ports.base_url]}],
+                ),
                 "max_request_bytes": MAX_REQUEST_BYTES,
                 **(config_overrides or {}),
             }
-            settings = ports.envoy_settings(upstream_url, base_path="/fhir", max_request_bytes=MAX_REQUEST_BYTES,
-                                            **(envoy_overrides or {}))
+            settings = ports.envoy_settings(
+                upstream_url, base_path="/fhir", max_request_bytes=MAX_REQUEST_BYTES, **(envoy_overrides or {})
+            )
             with gateway(workdir, config, render(settings)) as running:
-                yield Stack(ports.base_url, keys, idp.issuer, audience, workdir, running.client,
-                            f"http://127.0.0.1:{ports.http}")
+                yield Stack(
+                    ports.base_url,
+                    keys,
+                    idp.issuer,
+                    audience,
+                    workdir,
+                    running.client,
+                    f"http://127.0.0.1:{ports.http}",
+                )
     finally:
         idp.close()
 
@@ -370,8 +432,13 @@ class GatedFhir:
     envoy_config: dict[str, Any]  # what Envoy runs, as rendered (and edited)
 
     def token(self, scope: str = "launch/patient patient/*.rs", patient: str | None = "123", **claims: Any) -> str:
-        body = {**base_claims(self.idp.issuer, self.base_url), "sub": "user-1", "client_id": "app-1",
-                "scope": scope, **claims}
+        body = {
+            **base_claims(self.idp.issuer, self.base_url),
+            "sub": "user-1",
+            "client_id": "app-1",
+            "scope": scope,
+            **claims,
+        }
         if patient is not None:
             body["patient"] = patient
         return sign(self.keys, {k: v for k, v in body.items() if v is not None})
@@ -390,14 +457,22 @@ def received_smart_headers(response: httpx.Response) -> dict[str, str] | None:
 
 
 @contextlib.contextmanager
-def gated_fhir(workdir: Path, *, issuers: Callable[[IdentityProvider], list[dict[str, Any]]] | None = None,
-               introspection: dict[str, dict[str, Any]] | None = None, keys: SigningKeys | None = None,
-               upstream_url: str | None = None, lookup_url: str | None = None, workers: int = 1,
-               smartgate_args: tuple[str, ...] = (), smartgate_env: Mapping[str, str] | None = None,
-               envoy: Mapping[str, Any] | None = None,
-               edit_envoy: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-               grpc_socket: Path | None = None,
-               **config: Any) -> Iterator[GatedFhir]:
+def gated_fhir(
+    workdir: Path,
+    *,
+    issuers: Callable[[IdentityProvider], list[dict[str, Any]]] | None = None,
+    introspection: dict[str, dict[str, Any]] | None = None,
+    keys: SigningKeys | None = None,
+    upstream_url: str | None = None,
+    lookup_url: str | None = None,
+    workers: int = 1,
+    smartgate_args: tuple[str, ...] = (),
+    smartgate_env: Mapping[str, str] | None = None,
+    envoy: Mapping[str, Any] | None = None,
+    edit_envoy: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    grpc_socket: Path | None = None,
+    **config: Any,
+) -> Iterator[GatedFhir]:
     """Start the demo FHIR server (unless ``upstream_url``), an IdP stand-in, smartgate and Envoy.
 
     ``issuers`` builds the issuer list from the IdP stand-in (default: that IdP through discovery,
@@ -414,21 +489,24 @@ def gated_fhir(workdir: Path, *, issuers: Callable[[IdentityProvider], list[dict
                 upstream_url = started.enter_context(demo_fhir_server())
             ports = LoopbackPorts.allocate(workers)
             settings = smartgate_config(
-                grpc_port=ports.grpc, http_port=ports.http, base_url=ports.base_url,
+                grpc_port=ports.grpc,
+                http_port=ports.http,
+                base_url=ports.base_url,
                 upstream_url=lookup_url or upstream_url,
-                issuers=issuers(idp) if issuers is not None else [{"issuer": idp.issuer}], workdir=workdir,
-                **config)
+                issuers=issuers(idp) if issuers is not None else [{"issuer": idp.issuer}],
+                workdir=workdir,
+                **config,
+            )
             socket = {"authz_socket": str(grpc_socket)} if grpc_socket else {}
             if grpc_socket:
                 settings["listen"]["grpc"] = f"unix:{grpc_socket}"
-            envoy_config = render(ports.envoy_settings(upstream_url, authz_workers=workers, **socket,
-                                                       **(envoy or {})))
+            envoy_config = render(ports.envoy_settings(upstream_url, authz_workers=workers, **socket, **(envoy or {})))
             if edit_envoy is not None:
                 envoy_config = edit_envoy(envoy_config)
-            running = started.enter_context(gateway(workdir, settings, envoy_config, args=smartgate_args,
-                                                    env=smartgate_env))
-            yield GatedFhir(ports.base_url, keys, idp, running.smartgate, running.envoy, running.client,
-                            envoy_config)
+            running = started.enter_context(
+                gateway(workdir, settings, envoy_config, args=smartgate_args, env=smartgate_env)
+            )
+            yield GatedFhir(ports.base_url, keys, idp, running.smartgate, running.envoy, running.client, envoy_config)
     finally:
         idp.close()
 
@@ -449,16 +527,36 @@ class FaultStack:
     client: httpx.Client
     config: dict[str, Any]  # the smartgate config as started
 
-    def token(self, patient: str = "123", *, kid: str | None = None,
-              signing_key: ec.EllipticCurvePrivateKey | None = None, issuer: str | None = None) -> str:
-        claims = {**base_claims(issuer or self.issuer, self.base_url), "sub": "user-1", "client_id": "app-1",
-                  "scope": PATIENT_SCOPE, "patient": patient}
-        return jwt.encode(claims, signing_key or self.keys.ec_key, algorithm="ES256",
-                          headers={"kid": kid or "ec-1", "typ": "at+jwt"})
+    def token(
+        self,
+        patient: str = "123",
+        *,
+        kid: str | None = None,
+        signing_key: ec.EllipticCurvePrivateKey | None = None,
+        issuer: str | None = None,
+    ) -> str:
+        claims = {
+            **base_claims(issuer or self.issuer, self.base_url),
+            "sub": "user-1",
+            "client_id": "app-1",
+            "scope": PATIENT_SCOPE,
+            "patient": patient,
+        }
+        return jwt.encode(
+            claims, signing_key or self.keys.ec_key, algorithm="ES256", headers={"kid": kid or "ec-1", "typ": "at+jwt"}
+        )
 
-    def send(self, method: str, path: str, token: str | None = None, *, request_id: str = "",
-             headers: Mapping[str, str] | None = None, content: bytes | None = None,
-             timeout: float = 10.0) -> httpx.Response:
+    def send(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        *,
+        request_id: str = "",
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        timeout: float = 10.0,
+    ) -> httpx.Response:
         sent = dict(headers or {})
         if token is not None:
             sent["authorization"] = f"Bearer {token}"
@@ -483,26 +581,52 @@ class FaultStack:
 
 
 @contextlib.contextmanager
-def fault_stack(workdir: Path, *, keys: SigningKeys, issuers: list[dict[str, Any]],
-                upstream: RecordingUpstream, lookup_url: str | None = None, lookup: Mapping[str, Any] | None = None,
-                wait: str = "ready",
-                env: Mapping[str, str] | None = None, envoy: Mapping[str, Any] | None = None,
-                **config: Any) -> Iterator[FaultStack]:
+def fault_stack(
+    workdir: Path,
+    *,
+    keys: SigningKeys,
+    issuers: list[dict[str, Any]],
+    upstream: RecordingUpstream,
+    lookup_url: str | None = None,
+    lookup: Mapping[str, Any] | None = None,
+    wait: str = "ready",
+    env: Mapping[str, str] | None = None,
+    envoy: Mapping[str, Any] | None = None,
+    **config: Any,
+) -> Iterator[FaultStack]:
     """Start smartgate (waiting for ``wait``: ready, alive) and Envoy in front of ``upstream``.
     ``lookup_url`` and ``lookup`` (``fhir.lookup``) set the compartment look-ups; ``config`` entries
     are added to the smartgate config, ``envoy`` entries to EnvoySettings."""
     ports = LoopbackPorts.allocate()
-    settings = smartgate_config(grpc_port=ports.grpc, http_port=ports.http, base_url=ports.base_url,
-                                upstream_url=lookup_url or upstream.url, issuers=issuers, workdir=workdir, **config)
+    settings = smartgate_config(
+        grpc_port=ports.grpc,
+        http_port=ports.http,
+        base_url=ports.base_url,
+        upstream_url=lookup_url or upstream.url,
+        issuers=issuers,
+        workdir=workdir,
+        **config,
+    )
     if lookup is not None:
         settings["fhir"]["lookup"] = dict(lookup)
-    envoy_config = render(ports.envoy_settings(
-        upstream.url, max_request_bytes=settings.get("max_request_bytes", 1_048_576), **(envoy or {})))
+    envoy_config = render(
+        ports.envoy_settings(
+            upstream.url, max_request_bytes=settings.get("max_request_bytes", 1_048_576), **(envoy or {})
+        )
+    )
     stack: FaultStack | None = None
     try:
         with gateway(workdir, settings, envoy_config, env=env, wait=wait) as running:
-            stack = FaultStack(ports.base_url, issuers[0]["issuer"], keys, running.smartgate, running.envoy,
-                               upstream, running.client, settings)
+            stack = FaultStack(
+                ports.base_url,
+                issuers[0]["issuer"],
+                keys,
+                running.smartgate,
+                running.envoy,
+                upstream,
+                running.client,
+                settings,
+            )
             yield stack
     finally:
         if stack is not None:

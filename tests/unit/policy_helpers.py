@@ -69,8 +69,7 @@ def http(
     body: bytes | None = None,
     body_truncated: bool = False,
 ) -> HttpRequest:
-    return HttpRequest(method=method, path=path, headers=dict(headers or {}), body=body,
-                       body_truncated=body_truncated)
+    return HttpRequest(method=method, path=path, headers=dict(headers or {}), body=body, body_truncated=body_truncated)
 
 
 def form_post(path: str, body: bytes, **extra_headers: str) -> HttpRequest:
@@ -156,8 +155,14 @@ class SigningKey:
     ) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
-            "iss": ISSUER, "aud": FHIR_BASE_URL, "sub": "user-1", "client_id": "app-1",
-            "scope": scope, "iat": now, "exp": now + lifetime, "jti": uuid.uuid4().hex,
+            "iss": ISSUER,
+            "aud": FHIR_BASE_URL,
+            "sub": "user-1",
+            "client_id": "app-1",
+            "scope": scope,
+            "iat": now,
+            "exp": now + lifetime,
+            "jti": uuid.uuid4().hex,
         }
         if patient is not None:
             claims["patient"] = patient
@@ -176,8 +181,9 @@ def offline_client() -> httpx.AsyncClient:
 
 def file_verifier(key: SigningKey, client: httpx.AsyncClient) -> TokenVerifier:
     """A TokenVerifier trusting one issuer whose keys come from ``key``'s JWKS file."""
-    issuer = IssuerConfig(issuer=ISSUER, audiences=(FHIR_BASE_URL,), jwks_file=str(key.jwks_file),
-                          algorithms=("ES256",))
+    issuer = IssuerConfig(
+        issuer=ISSUER, audiences=(FHIR_BASE_URL,), jwks_file=str(key.jwks_file), algorithms=("ES256",)
+    )
     cache = JwksCache(issuer, JwksPolicy(), client)
     return TokenVerifier({ISSUER: (issuer, cache)}, TokenPolicy(), FHIR_BASE_URL)
 

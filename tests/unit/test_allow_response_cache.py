@@ -17,8 +17,7 @@ REALM = "https://fhir.example.org/r4"
 
 
 def allow(context: TokenContext | None, **extra: object) -> Decision:
-    return Decision(Reason.ALLOWED_COMPARTMENT_SEARCH, "ok", context, "search-type", "Observation",
-                    **extra)  # type: ignore[arg-type]
+    return Decision(Reason.ALLOWED_COMPARTMENT_SEARCH, "ok", context, "search-type", "Observation", **extra)  # type: ignore[arg-type]
 
 
 def headers(response: object) -> dict[str, str]:
@@ -77,11 +76,21 @@ def test_the_response_stage_metadata_is_per_request_on_top_of_the_tokens_part() 
     first = builder.build(allow(context), "rid-1")
     second = builder.build(Decision(Reason.ALLOWED_VERIFIED_BY_RESPONSE, "ok", context, "read", "Condition"), "rid-2")
     assert dict(first.dynamic_metadata) == {
-        "patient": "123", "scope": "launch/patient patient/*.rs", "interaction": "search-type",
-        "resource_type": "Observation", "request_id": "rid-1", "reason": "allowed_compartment_search"}
+        "patient": "123",
+        "scope": "launch/patient patient/*.rs",
+        "interaction": "search-type",
+        "resource_type": "Observation",
+        "request_id": "rid-1",
+        "reason": "allowed_compartment_search",
+    }
     assert dict(second.dynamic_metadata) == {
-        "patient": "123", "scope": "launch/patient patient/*.rs", "interaction": "read",
-        "resource_type": "Condition", "request_id": "rid-2", "reason": "allowed_verified_by_response"}
+        "patient": "123",
+        "scope": "launch/patient patient/*.rs",
+        "interaction": "read",
+        "resource_type": "Condition",
+        "request_id": "rid-2",
+        "reason": "allowed_verified_by_response",
+    }
     assert {"if-none-match", "if-modified-since"} <= set(second.ok_response.headers_to_remove)
     assert "if-none-match" not in list(first.ok_response.headers_to_remove)
     assert "if-none-match" not in list(builder.build(allow(context), "rid-3").ok_response.headers_to_remove)

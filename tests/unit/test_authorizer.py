@@ -64,8 +64,9 @@ class Harness:
     authorizer: Authorizer
     tokens: dict[str, str] = field(default_factory=dict)
 
-    async def decide(self, path: str, token: str | None = None, method: str = "GET",
-                     headers: dict[str, str] | None = None) -> Decision:
+    async def decide(
+        self, path: str, token: str | None = None, method: str = "GET", headers: dict[str, str] | None = None
+    ) -> Decision:
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["authorization"] = f"Bearer {token}"
@@ -77,8 +78,9 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     key = SigningKey(tmp_path)
     lookup = FakeLookup()
     async with offline_client() as client:
-        authorizer = Authorizer(BASE_PATH, PublicRoutes(BASE_PATH, ()), file_verifier(key, client), SETTINGS,
-                                lookup, 16_384)
+        authorizer = Authorizer(
+            BASE_PATH, PublicRoutes(BASE_PATH, ()), file_verifier(key, client), SETTINGS, lookup, 16_384
+        )
         yield Harness(key, lookup, authorizer)
 
 
@@ -125,7 +127,10 @@ async def test_bound_search_is_allowed_end_to_end(harness: Harness) -> None:
     assert decision.reason is Reason.ALLOWED_COMPARTMENT_SEARCH
     assert decision.context is not None
     assert (decision.context.patient, decision.context.client_id, decision.context.issuer) == (
-        "123", "app-1", "https://issuer.example.org")
+        "123",
+        "app-1",
+        "https://issuer.example.org",
+    )
     assert harness.lookup.checks == []
 
 
@@ -151,8 +156,9 @@ async def test_unknown_type_is_400_after_authentication(harness: Harness) -> Non
 
 
 async def test_path_outside_base_is_403(harness: Harness) -> None:
-    decision = await harness.authorizer.authorize(http("/admin", "GET",
-                                                       {"authorization": f"Bearer {harness.key.token()}"}))
+    decision = await harness.authorizer.authorize(
+        http("/admin", "GET", {"authorization": f"Bearer {harness.key.token()}"})
+    )
     assert decision.reason is Reason.PATH_OUTSIDE_BASE
 
 
@@ -222,10 +228,12 @@ async def test_binary_of_a_linked_patient_follows_the_link_when_configured(tmp_p
     settings = dataclasses.replace(SETTINGS, follow_patient_links=True)
     lookup.binary_targets["b1"] = ("Patient", "789")
     async with offline_client() as client:
-        authorizer = Authorizer(BASE_PATH, PublicRoutes(BASE_PATH, ()), file_verifier(key, client), settings,
-                                lookup, 16_384)
-        decision = await authorizer.authorize(http(f"{BASE_PATH}/Binary/b1", "GET",
-                                                   {"authorization": f"Bearer {key.token()}"}))
+        authorizer = Authorizer(
+            BASE_PATH, PublicRoutes(BASE_PATH, ()), file_verifier(key, client), settings, lookup, 16_384
+        )
+        decision = await authorizer.authorize(
+            http(f"{BASE_PATH}/Binary/b1", "GET", {"authorization": f"Bearer {key.token()}"})
+        )
     assert decision.reason is Reason.ALLOWED_COMPARTMENT_MEMBER
     assert lookup.checks == [compartment_check("Patient", "789", "123", ("link",))]
 
@@ -255,8 +263,9 @@ async def test_own_patient_read_needs_no_lookup(harness: Harness) -> None:
 
 
 async def test_post_search_body_is_checked_end_to_end(harness: Harness) -> None:
-    request = form_post(f"{BASE_PATH}/Observation/_search", b"subject=Patient%2F456",
-                        authorization=f"Bearer {harness.key.token()}")
+    request = form_post(
+        f"{BASE_PATH}/Observation/_search", b"subject=Patient%2F456", authorization=f"Bearer {harness.key.token()}"
+    )
     assert (await harness.authorizer.authorize(request)).reason is Reason.COMPARTMENT_OTHER_PATIENT
 
 
@@ -336,8 +345,9 @@ async def client_for() -> AsyncIterator[Callable[[FhirServer], httpx.AsyncClient
         await client.aclose()
 
 
-def make_lookup(server: FhirServer, client_for: Callable[[FhirServer], httpx.AsyncClient],
-                clock: Clock | None = None, **config: Any) -> MembershipLookup:
+def make_lookup(
+    server: FhirServer, client_for: Callable[[FhirServer], httpx.AsyncClient], clock: Clock | None = None, **config: Any
+) -> MembershipLookup:
     return MembershipLookup(UPSTREAM_URL + "/", lookup_config(**config), client_for(server), clock or Clock())
 
 
@@ -354,7 +364,8 @@ async def test_lookup_query_shape(client_for: Callable[[FhirServer], httpx.Async
 
 
 async def test_lookup_member_is_probed_once_with_an_impossible_patient(
-        client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
+    client_for: Callable[[FhirServer], httpx.AsyncClient],
+) -> None:
     server = FhirServer()
     assert (await make_lookup(server, client_for).is_member(CHECK)).member
     queries = server.queries()
@@ -364,11 +375,14 @@ async def test_lookup_member_is_probed_once_with_an_impossible_patient(
 
 
 async def test_lookup_tries_each_param_until_one_finds_it(
-        client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
+    client_for: Callable[[FhirServer], httpx.AsyncClient],
+) -> None:
     server = FhirServer({("performer", "abc"): {"Patient/123"}})
     assert (await make_lookup(server, client_for).is_member(CHECK)).member
     assert [(q.get("subject"), q.get("performer")) for q in server.queries()[:2]] == [
-        ("Patient/123", None), (None, "Patient/123")]
+        ("Patient/123", None),
+        (None, "Patient/123"),
+    ]
 
 
 async def test_lookup_non_member(client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
@@ -414,7 +428,8 @@ async def test_lookup_cache_is_per_patient_and_resource(client_for: Callable[[Fh
 
 
 async def test_concurrent_identical_lookups_share_one_request(
-        client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
+    client_for: Callable[[FhirServer], httpx.AsyncClient],
+) -> None:
     server = FhirServer({})
     server.gate = asyncio.Event()
     lookup = make_lookup(server, client_for)
@@ -450,17 +465,22 @@ async def test_failures_are_not_cached(client_for: Callable[[FhirServer], httpx.
     assert await lookup.is_member(CHECK) == LookupResult(True, False)
 
 
-@pytest.mark.parametrize("response", [
-    httpx.Response(404, json={"resourceType": "OperationOutcome"}),
-    httpx.Response(500),
-    httpx.Response(302, headers={"location": "http://elsewhere/"}),
-    httpx.Response(200, text="<html>not json</html>"),
-    httpx.Response(200, json={"resourceType": "OperationOutcome"}),
-    httpx.Response(200, json=[{"resourceType": "Bundle"}]),
-    httpx.Response(200, json={"resourceType": "Bundle", "entry": {"not": "a list"}}),
-], ids=["404", "500", "redirect", "not-json", "not-bundle", "json-list", "bad-entries"])
-async def test_bad_answers_are_lookup_errors(client_for: Callable[[FhirServer], httpx.AsyncClient],
-                                             response: httpx.Response) -> None:
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(404, json={"resourceType": "OperationOutcome"}),
+        httpx.Response(500),
+        httpx.Response(302, headers={"location": "http://elsewhere/"}),
+        httpx.Response(200, text="<html>not json</html>"),
+        httpx.Response(200, json={"resourceType": "OperationOutcome"}),
+        httpx.Response(200, json=[{"resourceType": "Bundle"}]),
+        httpx.Response(200, json={"resourceType": "Bundle", "entry": {"not": "a list"}}),
+    ],
+    ids=["404", "500", "redirect", "not-json", "not-bundle", "json-list", "bad-entries"],
+)
+async def test_bad_answers_are_lookup_errors(
+    client_for: Callable[[FhirServer], httpx.AsyncClient], response: httpx.Response
+) -> None:
     server = FhirServer()
     server.override = lambda request: response
     with pytest.raises(FhirLookupError):
@@ -481,8 +501,9 @@ async def test_transport_errors_are_lookup_errors(client_for: Callable[[FhirServ
 async def test_bundle_without_total_counts_entries(client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
     server = FhirServer()
     calls = iter([1, 0])
-    server.override = lambda request: httpx.Response(200, content=json.dumps(
-        {"resourceType": "Bundle", "entry": [{}] * next(calls)}).encode())
+    server.override = lambda request: httpx.Response(
+        200, content=json.dumps({"resourceType": "Bundle", "entry": [{}] * next(calls)}).encode()
+    )
     assert (await make_lookup(server, client_for).is_member(CHECK)).member
 
 
@@ -493,14 +514,16 @@ async def test_boolean_total_is_not_a_count(client_for: Callable[[FhirServer], h
 
 
 async def test_lenient_server_that_ignores_the_param_is_a_lookup_error(
-        client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
+    client_for: Callable[[FhirServer], httpx.AsyncClient],
+) -> None:
     server = FhirServer(honours_params=False)
     with pytest.raises(FhirLookupError):
         await make_lookup(server, client_for).is_member(CHECK)
 
 
 async def test_lenient_server_that_ignores_a_granular_constraint_is_a_lookup_error(
-        client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
+    client_for: Callable[[FhirServer], httpx.AsyncClient],
+) -> None:
     lab = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
     server = FhirServer()  # honours subject, knows nothing of category (so ignores it)
     check = MembershipCheck("Observation", "abc", ((("subject", "Patient/123"), ("category", lab)),))
@@ -511,7 +534,8 @@ async def test_lenient_server_that_ignores_a_granular_constraint_is_a_lookup_err
 
 
 async def test_lenient_server_failure_is_not_cached_as_member(
-        client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
+    client_for: Callable[[FhirServer], httpx.AsyncClient],
+) -> None:
     server = FhirServer(honours_params=False)
     lookup = make_lookup(server, client_for)
     for _ in range(2):
@@ -520,27 +544,44 @@ async def test_lenient_server_failure_is_not_cached_as_member(
 
 
 async def test_lookup_error_through_the_authorizer_is_503(
-        tmp_path: Path, client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
+    tmp_path: Path, client_for: Callable[[FhirServer], httpx.AsyncClient]
+) -> None:
     key = SigningKey(tmp_path)
     server = FhirServer(honours_params=False)
     async with offline_client() as offline:
-        authorizer = Authorizer(BASE_PATH, PublicRoutes(BASE_PATH, ()), file_verifier(key, offline), SETTINGS,
-                                make_lookup(server, client_for), 16_384)
-        decision = await authorizer.authorize(http(f"{BASE_PATH}/Observation/abc", "GET",
-                                                   {"authorization": f"Bearer {key.token()}"}))
+        authorizer = Authorizer(
+            BASE_PATH,
+            PublicRoutes(BASE_PATH, ()),
+            file_verifier(key, offline),
+            SETTINGS,
+            make_lookup(server, client_for),
+            16_384,
+        )
+        decision = await authorizer.authorize(
+            http(f"{BASE_PATH}/Observation/abc", "GET", {"authorization": f"Bearer {key.token()}"})
+        )
     assert decision.reason is Reason.LOOKUP_FAILED
 
 
 async def test_real_lookup_member_through_the_authorizer(
-        tmp_path: Path, client_for: Callable[[FhirServer], httpx.AsyncClient]) -> None:
+    tmp_path: Path, client_for: Callable[[FhirServer], httpx.AsyncClient]
+) -> None:
     key = SigningKey(tmp_path)
     server = FhirServer()
     async with offline_client() as offline:
-        authorizer = Authorizer(BASE_PATH, PublicRoutes(BASE_PATH, ()), file_verifier(key, offline), SETTINGS,
-                                make_lookup(server, client_for), 16_384)
-        member = await authorizer.authorize(http(f"{BASE_PATH}/Observation/abc", "GET",
-                                                 {"authorization": f"Bearer {key.token()}"}))
-        other = await authorizer.authorize(http(f"{BASE_PATH}/Observation/xyz", "GET",
-                                                {"authorization": f"Bearer {key.token()}"}))
+        authorizer = Authorizer(
+            BASE_PATH,
+            PublicRoutes(BASE_PATH, ()),
+            file_verifier(key, offline),
+            SETTINGS,
+            make_lookup(server, client_for),
+            16_384,
+        )
+        member = await authorizer.authorize(
+            http(f"{BASE_PATH}/Observation/abc", "GET", {"authorization": f"Bearer {key.token()}"})
+        )
+        other = await authorizer.authorize(
+            http(f"{BASE_PATH}/Observation/xyz", "GET", {"authorization": f"Bearer {key.token()}"})
+        )
     assert member.reason is Reason.ALLOWED_COMPARTMENT_MEMBER
     assert other.reason is Reason.NOT_IN_COMPARTMENT

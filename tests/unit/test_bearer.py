@@ -44,7 +44,7 @@ def test_b64token_alphabet_with_padding_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [f"Basic {JWT_LIKE}", f"DPoP {JWT_LIKE}", f"Token {JWT_LIKE}", "Digest username=\"a\", realm=\"b\"", "basic abc"],
+    [f"Basic {JWT_LIKE}", f"DPoP {JWT_LIKE}", f"Token {JWT_LIKE}", 'Digest username="a", realm="b"', "basic abc"],
     ids=["basic", "dpop", "token", "digest", "lower-case"],
 )
 def test_another_authentication_scheme_gets_the_bare_challenge(value: str) -> None:
@@ -52,8 +52,10 @@ def test_another_authentication_scheme_gets_the_bare_challenge(value: str) -> No
     challenge carries no error code (the README's interaction with Basic was a 400 before)."""
     result = extract_bearer({"authorization": value}, MAX)
     assert _reason(result) is Reason.AUTHENTICATION_SCHEME_UNSUPPORTED
-    assert (Reason.AUTHENTICATION_SCHEME_UNSUPPORTED.http_status,
-            Reason.AUTHENTICATION_SCHEME_UNSUPPORTED.bearer_error) == (401, None)
+    assert (
+        Reason.AUTHENTICATION_SCHEME_UNSUPPORTED.http_status,
+        Reason.AUTHENTICATION_SCHEME_UNSUPPORTED.bearer_error,
+    ) == (401, None)
 
 
 @pytest.mark.parametrize(
@@ -97,13 +99,21 @@ def test_duplicate_authorization_headers_joined_with_comma_are_malformed_header(
         "t\u00f6ken",
         "abc\u2028",
     ],
-    ids=["space", "crlf", "nul", "percent", "quote", "semicolon", "inner-padding", "only-padding-first",
-         "non-ascii", "unicode-separator"],
+    ids=[
+        "space",
+        "crlf",
+        "nul",
+        "percent",
+        "quote",
+        "semicolon",
+        "inner-padding",
+        "only-padding-first",
+        "non-ascii",
+        "unicode-separator",
+    ],
 )
 def test_illegal_characters_in_token_are_malformed_header(token: str) -> None:
-    assert _reason(extract_bearer({"authorization": f"Bearer {token}"}, MAX)) is (
-        Reason.AUTHORIZATION_HEADER_MALFORMED
-    )
+    assert _reason(extract_bearer({"authorization": f"Bearer {token}"}, MAX)) is (Reason.AUTHORIZATION_HEADER_MALFORMED)
 
 
 def test_token_with_trailing_newline_is_malformed_header() -> None:

@@ -17,8 +17,12 @@ from smartgate.policy.decision import Decision
 from smartgate.policy.plan import MembershipCheck, Pending, VersionCheck
 from tests.unit.policy_helpers import FHIR_BASE_URL, SETTINGS, body_request, decide_body
 
-OWN_OBSERVATION = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                   "subject": {"reference": "Patient/123"}}
+OWN_OBSERVATION = {
+    "resourceType": "Observation",
+    "status": "final",
+    "code": {"text": "x"},
+    "subject": {"reference": "Patient/123"},
+}
 FOREIGN_OBSERVATION = {**OWN_OBSERVATION, "subject": {"reference": "Patient/456"}}
 OWN_SEARCH = {"request": {"method": "GET", "url": "Observation?patient=123"}}
 
@@ -78,7 +82,9 @@ def test_entries_needing_lookups_make_the_bundle_wait_for_all_of_them_labelled_b
     assert isinstance(outcome, Pending), outcome
     assert outcome.allow.reason is Reason.ALLOWED_BUNDLE
     assert [(type(check), check.resource_id, check.label) for check in outcome.checks] == [
-        (MembershipCheck, "abc", "entry 1"), (MembershipCheck, "c1", "entry 2")]
+        (MembershipCheck, "abc", "entry 1"),
+        (MembershipCheck, "c1", "entry 2"),
+    ]
 
 
 def test_vread_entry_carries_its_version_check() -> None:
@@ -102,22 +108,41 @@ def test_bundle_under_user_scopes_is_allowed_by_its_entries_scopes() -> None:
 # --- one denied entry denies the whole Bundle, naming the entry ------------------------------------------
 
 
-@pytest.mark.parametrize(("denied", "inner"), [
-    (entry("GET", "Observation?patient=456"), Reason.COMPARTMENT_OTHER_PATIENT),
-    (entry("HEAD", "Observation?code=x"), Reason.COMPARTMENT_UNBOUND),
-    (entry("GET", "Patient/456/$everything"), Reason.COMPARTMENT_OTHER_PATIENT),
-    (entry("GET", "_history"), Reason.INTERACTION_NOT_SUPPORTED),
-    (entry("POST", "Observation", FOREIGN_OBSERVATION), Reason.COMPARTMENT_OTHER_PATIENT),
-    (entry("PUT", "Observation/abc", {**FOREIGN_OBSERVATION, "id": "abc"}), Reason.COMPARTMENT_OTHER_PATIENT),
-    (entry("PATCH", "Observation/abc", {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
-        {"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Observation.subject"}]}]}),
-     Reason.COMPARTMENT_AMBIGUOUS),
-    (entry("DELETE", "Patient/456"), Reason.COMPARTMENT_OTHER_PATIENT),
-    (entry("DELETE", "Observation?identifier=x|1"), Reason.CONDITIONAL_NOT_PERMITTED),
-    (entry("PUT", "Observation?identifier=x|1", OWN_OBSERVATION), Reason.CONDITIONAL_NOT_PERMITTED),
-    (entry("POST", "Observation", OWN_OBSERVATION, ifNoneExist="identifier=x|1"), Reason.CONDITIONAL_NOT_PERMITTED),
-    (entry("POST", "Task", {"resourceType": "Task"}), Reason.SCOPE_INSUFFICIENT),
-])
+@pytest.mark.parametrize(
+    ("denied", "inner"),
+    [
+        (entry("GET", "Observation?patient=456"), Reason.COMPARTMENT_OTHER_PATIENT),
+        (entry("HEAD", "Observation?code=x"), Reason.COMPARTMENT_UNBOUND),
+        (entry("GET", "Patient/456/$everything"), Reason.COMPARTMENT_OTHER_PATIENT),
+        (entry("GET", "_history"), Reason.INTERACTION_NOT_SUPPORTED),
+        (entry("POST", "Observation", FOREIGN_OBSERVATION), Reason.COMPARTMENT_OTHER_PATIENT),
+        (entry("PUT", "Observation/abc", {**FOREIGN_OBSERVATION, "id": "abc"}), Reason.COMPARTMENT_OTHER_PATIENT),
+        (
+            entry(
+                "PATCH",
+                "Observation/abc",
+                {
+                    "resourceType": "Parameters",
+                    "parameter": [
+                        {
+                            "name": "operation",
+                            "part": [
+                                {"name": "type", "valueCode": "delete"},
+                                {"name": "path", "valueString": "Observation.subject"},
+                            ],
+                        }
+                    ],
+                },
+            ),
+            Reason.COMPARTMENT_AMBIGUOUS,
+        ),
+        (entry("DELETE", "Patient/456"), Reason.COMPARTMENT_OTHER_PATIENT),
+        (entry("DELETE", "Observation?identifier=x|1"), Reason.CONDITIONAL_NOT_PERMITTED),
+        (entry("PUT", "Observation?identifier=x|1", OWN_OBSERVATION), Reason.CONDITIONAL_NOT_PERMITTED),
+        (entry("POST", "Observation", OWN_OBSERVATION, ifNoneExist="identifier=x|1"), Reason.CONDITIONAL_NOT_PERMITTED),
+        (entry("POST", "Task", {"resourceType": "Task"}), Reason.SCOPE_INSUFFICIENT),
+    ],
+)
 def test_each_entry_is_checked_as_its_own_request_and_one_denial_denies_the_bundle(
     denied: dict[str, Any], inner: Reason
 ) -> None:
@@ -160,8 +185,9 @@ def test_a_post_to_the_base_that_is_not_a_bundle_is_invalid() -> None:
     assert decided(OWN_OBSERVATION).reason is Reason.BODY_INVALID
 
 
-@pytest.mark.parametrize("kind", ["collection", "searchset", "document", "message", "history", "transaction-response",
-                                  None])
+@pytest.mark.parametrize(
+    "kind", ["collection", "searchset", "document", "message", "history", "transaction-response", None]
+)
 def test_only_batch_and_transaction_bundles_are_processed(kind: str | None) -> None:
     assert decided({"resourceType": "Bundle", "type": kind, "entry": [OWN_SEARCH]}).reason is Reason.BODY_INVALID
 
@@ -202,16 +228,28 @@ def test_an_entry_without_a_request_is_invalid() -> None:
     assert (outcome.reason, outcome.message.split(":")[0]) == (Reason.BODY_INVALID, "entry 1")
 
 
-@pytest.mark.parametrize("request_part", [
-    {"method": "GET"}, {"url": "Observation?patient=123"}, {"method": "TRACE", "url": "Observation?patient=123"},
-    {"method": "GET", "url": ""}, {"method": "get", "url": "Observation?patient=123"},
-])
+@pytest.mark.parametrize(
+    "request_part",
+    [
+        {"method": "GET"},
+        {"url": "Observation?patient=123"},
+        {"method": "TRACE", "url": "Observation?patient=123"},
+        {"method": "GET", "url": ""},
+        {"method": "get", "url": "Observation?patient=123"},
+    ],
+)
 def test_an_entry_request_needs_a_known_method_and_a_url(request_part: dict[str, Any]) -> None:
     assert decided(bundle({"request": request_part})).reason is Reason.BODY_INVALID
 
 
-@pytest.mark.parametrize("url", ["https://other.example.org/r4/Observation?patient=123", "/r4/Observation?patient=123",
-                                 "http://fhir.example.org/r4/Observation?patient=123"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://other.example.org/r4/Observation?patient=123",
+        "/r4/Observation?patient=123",
+        "http://fhir.example.org/r4/Observation?patient=123",
+    ],
+)
 def test_an_entry_url_must_be_relative_to_this_fhir_server(url: str) -> None:
     assert decided(bundle(entry("GET", url))).reason is Reason.BODY_INVALID
 

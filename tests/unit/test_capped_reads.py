@@ -37,6 +37,7 @@ def endless_client(seen: list[httpx.Request], body: EndlessBody) -> httpx.AsyncC
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return httpx.Response(200, stream=body)
+
     return httpx.AsyncClient(transport=httpx.MockTransport(answer))
 
 
@@ -62,8 +63,9 @@ async def test_the_binary_lookup_asks_for_the_security_context_alone() -> None:
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json={"resourceType": "Binary", "id": "b1",
-                                         "securityContext": {"reference": "Patient/123"}})
+        return httpx.Response(
+            200, json={"resourceType": "Binary", "id": "b1", "securityContext": {"reference": "Patient/123"}}
+        )
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
         found = await MembershipLookup(UPSTREAM, LookupConfig(), client).binary_security_context("b1", PUBLIC)
@@ -74,8 +76,15 @@ async def test_the_binary_lookup_asks_for_the_security_context_alone() -> None:
 
 async def test_a_binary_answer_with_its_content_is_refused_past_a_small_cap() -> None:
     def answer(request: httpx.Request) -> httpx.Response:  # a server that ignores _elements
-        return httpx.Response(200, json={"resourceType": "Binary", "id": "b1", "data": "QUJD" * 100_000,
-                                         "securityContext": {"reference": "Patient/123"}})
+        return httpx.Response(
+            200,
+            json={
+                "resourceType": "Binary",
+                "id": "b1",
+                "data": "QUJD" * 100_000,
+                "securityContext": {"reference": "Patient/123"},
+            },
+        )
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
         with pytest.raises(FhirLookupError, match="more than"):
@@ -84,9 +93,13 @@ async def test_a_binary_answer_with_its_content_is_refused_past_a_small_cap() ->
 
 async def test_an_endless_introspection_answer_is_introspection_failed() -> None:
     body, seen = EndlessBody(), list[httpx.Request]()
-    issuer = IssuerConfig(issuer="https://issuer.example.org", audiences=(PUBLIC,),
-                          introspection=IntrospectionConfig("https://issuer.example.org/introspect", "c", "s",
-                                                            "client_secret_basic", 60.0, 2.0))
+    issuer = IssuerConfig(
+        issuer="https://issuer.example.org",
+        audiences=(PUBLIC,),
+        introspection=IntrospectionConfig(
+            "https://issuer.example.org/introspect", "c", "s", "client_secret_basic", 60.0, 2.0
+        ),
+    )
     async with endless_client(seen, body) as client:
         result = await Introspector([issuer], client, PUBLIC).introspect("opaque-token-0123456789")
     assert isinstance(result, Refusal) and result.reason is Reason.INTROSPECTION_FAILED

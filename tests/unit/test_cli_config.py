@@ -74,7 +74,11 @@ def run_serve(args: list[str], env_config: Path | None) -> subprocess.CompletedP
     if env_config is not None:
         env["SMARTGATE_CONFIG"] = str(env_config)
     process = subprocess.Popen(
-        [SMARTGATE, "serve", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [SMARTGATE, "serve", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     try:

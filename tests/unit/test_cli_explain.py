@@ -41,8 +41,15 @@ class ExplainWorld:
     def token(self, patient: str = "123", scope: str = "launch/patient patient/*.rs") -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
-            "iss": ISSUER, "aud": BASE_URL, "sub": "user-1", "client_id": "app-1", "scope": scope,
-            "patient": patient, "iat": now, "exp": now + 600, "jti": uuid.uuid4().hex,
+            "iss": ISSUER,
+            "aud": BASE_URL,
+            "sub": "user-1",
+            "client_id": "app-1",
+            "scope": scope,
+            "patient": patient,
+            "iat": now,
+            "exp": now + 600,
+            "jti": uuid.uuid4().hex,
         }
         return jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": KID, "typ": "at+jwt"})
 
@@ -70,11 +77,16 @@ def write_config(directory: Path, upstream_url: str, key: ec.EllipticCurvePrivat
     jwks_file = directory / "jwks.json"
     jwks_file.write_text(json.dumps({"keys": [public_jwk]}), encoding="utf-8")
     config = directory / "smartgate.yaml"
-    config.write_text(yaml.safe_dump({
-        "fhir": {"base_url": BASE_URL, "upstream_url": upstream_url},
-        "issuers": [{"issuer": ISSUER, "jwks_file": str(jwks_file)}],
-        "decision_log": "off",
-    }), encoding="utf-8")
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "fhir": {"base_url": BASE_URL, "upstream_url": upstream_url},
+                "issuers": [{"issuer": ISSUER, "jwks_file": str(jwks_file)}],
+                "decision_log": "off",
+            }
+        ),
+        encoding="utf-8",
+    )
     return config
 
 
@@ -93,6 +105,7 @@ def explain(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
         code = main(argv)
         captured = capsys.readouterr()
         return Explained(code, json.loads(captured.out), captured.out + captured.err + caplog.text)
+
     return run
 
 
@@ -121,9 +134,7 @@ def test_an_allowed_search_prints_allow_its_reason_and_the_headers_to_inject(wor
     assert "x-smart-fhir-user" in outcome.result["headers_removed"]
 
 
-def test_another_patient_prints_deny_with_the_compartment_reason_and_exits_1(
-    world: ExplainWorld, explain: Any
-) -> None:
+def test_another_patient_prints_deny_with_the_compartment_reason_and_exits_1(world: ExplainWorld, explain: Any) -> None:
     outcome = explain(world.config, "/fhir/Observation?patient=456", world.token(patient="123"))
     assert outcome.code == 1
     assert outcome.result["decision"] == "deny"
@@ -146,11 +157,15 @@ def test_no_token_prints_token_missing(world: ExplainWorld, explain: Any) -> Non
     assert (outcome.code, outcome.result["reason"], outcome.result["status"]) == (1, "token_missing", 401)
 
 
-@pytest.mark.parametrize(("url", "tamper"), [
-    ("/fhir/Observation?patient=123", False),
-    ("/fhir/Observation?patient=456", False),
-    ("/fhir/Observation?patient=123", True),
-], ids=["allowed", "denied", "tampered"])
+@pytest.mark.parametrize(
+    ("url", "tamper"),
+    [
+        ("/fhir/Observation?patient=123", False),
+        ("/fhir/Observation?patient=456", False),
+        ("/fhir/Observation?patient=123", True),
+    ],
+    ids=["allowed", "denied", "tampered"],
+)
 def test_the_token_never_appears_in_the_output(world: ExplainWorld, explain: Any, url: str, tamper: bool) -> None:
     token = tampered(world.token()) if tamper else world.token()
     outcome = explain(world.config, url, token)
@@ -164,14 +179,21 @@ def test_a_read_by_id_is_allowed_when_the_fhir_server_finds_it_in_the_compartmen
 ) -> None:
     outcome = explain(world.config, "/fhir/Observation/obs-123-a", world.token())
     assert (outcome.code, outcome.result["decision"], outcome.result["reason"]) == (
-        0, "allow", "allowed_compartment_member")
+        0,
+        "allow",
+        "allowed_compartment_member",
+    )
     assert outcome.result["headers_set"]["x-smart-patient"] == "123"
 
 
 def test_a_read_by_id_of_another_patients_resource_is_not_in_compartment(world: ExplainWorld, explain: Any) -> None:
     outcome = explain(world.config, "/fhir/Observation/obs-456-a", world.token())
     assert (outcome.code, outcome.result["decision"], outcome.result["reason"], outcome.result["status"]) == (
-        1, "deny", "not_in_compartment", 403)
+        1,
+        "deny",
+        "not_in_compartment",
+        403,
+    )
 
 
 def test_a_read_by_id_with_the_fhir_server_down_is_lookup_failed(tmp_path: Path, explain: Any) -> None:
@@ -179,4 +201,8 @@ def test_a_read_by_id_with_the_fhir_server_down_is_lookup_failed(tmp_path: Path,
     config = write_config(tmp_path, f"http://127.0.0.1:{free_port()}/fhir", key)  # nothing listens there
     outcome = explain(config, "/fhir/Observation/obs-123-a", ExplainWorld(config, key).token())
     assert (outcome.code, outcome.result["decision"], outcome.result["reason"], outcome.result["status"]) == (
-        1, "deny", "lookup_failed", 503)
+        1,
+        "deny",
+        "lookup_failed",
+        503,
+    )

@@ -196,17 +196,24 @@ def test_public_route_path_must_start_with_a_slash_and_hold_no_query(path: str) 
 
 def test_public_route_method_must_be_http() -> None:
     assert error_key(minimal(public_routes=[{"path": "/x", "methods": ["GET", "FETCH"]}])) == (
-        "public_routes[0].methods[1]")
+        "public_routes[0].methods[1]"
+    )
 
 
 def test_unknown_closed_type() -> None:
     assert error_key(minimal(patient_closed_types=["Binary", "Nope"])) == "patient_closed_types[1]"
 
 
-@pytest.mark.parametrize(("section", "key", "value"), [
-    ("tokens", "clock_skew_seconds", -1), ("tokens", "clock_skew_seconds", "60"),
-    ("tokens", "clock_skew_seconds", True), ("tokens", "max_token_bytes", 0), ("jwks", "fetch_timeout_seconds", 0),
-])
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("tokens", "clock_skew_seconds", -1),
+        ("tokens", "clock_skew_seconds", "60"),
+        ("tokens", "clock_skew_seconds", True),
+        ("tokens", "max_token_bytes", 0),
+        ("jwks", "fetch_timeout_seconds", 0),
+    ],
+)
 def test_numbers_are_validated(section: str, key: str, value: Any) -> None:
     assert error_key(minimal(**{section: {key: value}})) == f"{section}.{key}"
 
@@ -215,15 +222,22 @@ def test_operation_rules_are_parsed() -> None:
     config = parse_config(minimal(operations=[{"name": "$validate", "levels": ["type", "instance"]}]))
     (rule,) = config.operations
     assert (rule.name, rule.levels, rule.permission, rule.patient_context) == (
-        "$validate", frozenset({"type", "instance"}), "r", False)
+        "$validate",
+        frozenset({"type", "instance"}),
+        "r",
+        False,
+    )
 
 
-@pytest.mark.parametrize(("rule", "key"), [
-    ({"name": "validate"}, "operations[0].name"),
-    ({"name": "$validate", "levels": ["type", "resource"]}, "operations[0].levels[1]"),
-    ({"name": "$validate", "permission": "rs"}, "operations[0].permission"),
-    ({"name": "$validate", "scope": "x"}, "operations[0].scope"),
-])
+@pytest.mark.parametrize(
+    ("rule", "key"),
+    [
+        ({"name": "validate"}, "operations[0].name"),
+        ({"name": "$validate", "levels": ["type", "resource"]}, "operations[0].levels[1]"),
+        ({"name": "$validate", "permission": "rs"}, "operations[0].permission"),
+        ({"name": "$validate", "scope": "x"}, "operations[0].scope"),
+    ],
+)
 def test_bad_operation_rule(rule: dict[str, Any], key: str) -> None:
     assert error_key(minimal(operations=[rule])) == key
 

@@ -27,7 +27,10 @@ MINIMAL: dict[str, Any] = {
     "issuers": [{"issuer": "https://idp.example.org"}],
 }
 SECTIONS: list[tuple[str, Any]] = [
-    ("listen", ListenConfig), ("tokens", TokenPolicy), ("jwks", JwksPolicy), ("audit", AuditConfig),
+    ("listen", ListenConfig),
+    ("tokens", TokenPolicy),
+    ("jwks", JwksPolicy),
+    ("audit", AuditConfig),
     ("response_verification", ResponseVerificationConfig),
 ]
 
@@ -56,8 +59,16 @@ def test_every_field_of_a_section_is_a_key_the_file_may_set(key: str, model: Any
 
 def test_top_level_scalars_default_to_the_models_field_defaults() -> None:
     config = parse_config(minimal())
-    for name in ("max_request_bytes", "decision_log", "mode", "workers", "shutdown_grace_seconds",
-                 "patient_closed_types", "public_routes", "operations"):
+    for name in (
+        "max_request_bytes",
+        "decision_log",
+        "mode",
+        "workers",
+        "shutdown_grace_seconds",
+        "patient_closed_types",
+        "public_routes",
+        "operations",
+    ):
         [item] = [f for f in fields(Config) if f.name == name]
         assert getattr(config, name) == item.default, name
     assert config.fhir.lookup == LookupConfig()
@@ -68,20 +79,42 @@ def test_a_key_read_by_a_parser_step_must_be_given_to_the_builder() -> None:
         build(Config, Section(minimal(), "", Config))
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (minimal(mode="dryrun"), "mode: must be enforce or dry_run"),
-    (minimal(response_verification={"mode": "on"}), "response_verification.mode: must be off, report or enforce"),
-    (minimal(issuers=[{"issuer": "https://idp.example.org", "profile": "ping"}]),
-     "issuers[0].profile: 'ping' is not one of generic, okta, auth0, keycloak, entra"),
-    (minimal(operations=[{"name": "$x", "permission": "w"}]), "operations[0].permission: must be one of c, r, u, d, s"),
-    (minimal(operations=[{"name": "$x", "levels": "server"}]),
-     "operations[0].levels[0]: must be system, type or instance"),
-    (minimal(issuers=[{"issuer": "https://idp.example.org", "introspection": {
-        "endpoint": "https://idp.example.org/i", "client_id": "c", "client_secret_env": "X", "auth_method": "jwt"}}]),
-     "issuers[0].introspection.auth_method: must be client_secret_basic or client_secret_post"),
-    (minimal(fhir={"base_url": "https://f.example/r4", "upstream_url": "http://f/r4", "lookup": []}),
-     None),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (minimal(mode="dryrun"), "mode: must be enforce or dry_run"),
+        (minimal(response_verification={"mode": "on"}), "response_verification.mode: must be off, report or enforce"),
+        (
+            minimal(issuers=[{"issuer": "https://idp.example.org", "profile": "ping"}]),
+            "issuers[0].profile: 'ping' is not one of generic, okta, auth0, keycloak, entra",
+        ),
+        (
+            minimal(operations=[{"name": "$x", "permission": "w"}]),
+            "operations[0].permission: must be one of c, r, u, d, s",
+        ),
+        (
+            minimal(operations=[{"name": "$x", "levels": "server"}]),
+            "operations[0].levels[0]: must be system, type or instance",
+        ),
+        (
+            minimal(
+                issuers=[
+                    {
+                        "issuer": "https://idp.example.org",
+                        "introspection": {
+                            "endpoint": "https://idp.example.org/i",
+                            "client_id": "c",
+                            "client_secret_env": "X",
+                            "auth_method": "jwt",
+                        },
+                    }
+                ]
+            ),
+            "issuers[0].introspection.auth_method: must be client_secret_basic or client_secret_post",
+        ),
+        (minimal(fhir={"base_url": "https://f.example/r4", "upstream_url": "http://f/r4", "lookup": []}), None),
+    ],
+)
 def test_a_mode_outside_its_literal_is_refused_with_todays_message(data: dict[str, Any], message: str | None) -> None:
     if message is None:  # an empty section stands for its defaults, as before
         assert parse_config(data).fhir.lookup == LookupConfig()
@@ -112,7 +145,8 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
     key = str(tmp_path / "key.pem")
     assert refusal(minimal(tls={"cert_file": str(cert), "key_file": key})).key == "tls.key_file"
     assert refusal(minimal(tls={"cert_file": str(cert), "key_file": str(cert), "client_ca_file": key})).key == (
-        "tls.client_ca_file")
+        "tls.client_ca_file"
+    )
     tls = parse_config(minimal(tls={"cert_file": str(cert), "key_file": str(cert)})).tls
     assert tls is not None and tls.client_ca_file is None
     assert parse_config(minimal(tls={})).tls is None
@@ -123,7 +157,8 @@ def test_smart_configuration_defaults_and_rules(tmp_path: Path) -> None:
     assert served is not None and served.issuer == "https://idp.example.org" and served.scopes_supported == ()
     assert parse_config(minimal(smart_configuration={"enabled": False})).smart_configuration is None
     assert refusal(minimal(smart_configuration={"issuer": "https://other.example"})).key == (
-        "smart_configuration.issuer")
+        "smart_configuration.issuer"
+    )
     assert refusal(minimal(smart_configuration={"overrides": []})).key == "smart_configuration.overrides"
     jwks = tmp_path / "jwks.json"
     jwks.write_text('{"keys": []}', encoding="utf-8")

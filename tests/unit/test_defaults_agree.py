@@ -37,9 +37,23 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "smartgate"
 
 # The top-level values that become smartgate's config (templates/_helpers.tpl, "smartgate.config"); the rest
 # of values.yaml is about Kubernetes objects.
-CONFIG_SECTIONS = ("fhir", "issuers", "publicRoutes", "tokens", "dpop", "jwks", "limits", "mode",
-                   "responseVerification", "searchNarrowing", "compartment", "workers", "decisionLog", "audit",
-                   "smartConfiguration")
+CONFIG_SECTIONS = (
+    "fhir",
+    "issuers",
+    "publicRoutes",
+    "tokens",
+    "dpop",
+    "jwks",
+    "limits",
+    "mode",
+    "responseVerification",
+    "searchNarrowing",
+    "compartment",
+    "workers",
+    "decisionLog",
+    "audit",
+    "smartConfiguration",
+)
 # Values that are maps in both places, compared whole.
 MAP_VALUES = {"compartment.extraBindingParams"}
 # Values whose config key is not the snake_case of their path.
@@ -52,7 +66,8 @@ CHART_ONLY_DEFAULTS: dict[str, tuple[Any, str]] = {
         "enforce",
         "the chart renders Envoy's ext_proc filter together with smartgate's mode, so responses are verified "
         "as smartgate assumes; smartgate alone cannot know that the Envoy in front of it verifies, so its own "
-        "default stays off (README, Performance: the default mode)"),
+        "default stays off (README, Performance: the default mode)",
+    ),
 }
 # Values left empty in the chart: required (the chart's schema makes the operator set them), or passed to
 # smartgate only when set, so that the config model's default applies.
@@ -71,8 +86,12 @@ def chart_schema() -> dict[str, Any]:
 
 def default_config() -> Config:
     """The config smartgate runs with when only the required keys are set."""
-    return parse_config({"fhir": {"base_url": "https://fhir.example.org/r4", "upstream_url": "http://fhir:8080/fhir"},
-                         "issuers": [{"issuer": "https://idp.example.org"}]})
+    return parse_config(
+        {
+            "fhir": {"base_url": "https://fhir.example.org/r4", "upstream_url": "http://fhir:8080/fhir"},
+            "issuers": [{"issuer": "https://idp.example.org"}],
+        }
+    )
 
 
 def leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -117,12 +136,14 @@ def test_each_chart_value_defaults_to_what_smartgate_and_envoy_default_to(path: 
     elif path in CHART_ONLY_DEFAULTS:
         assert value == CHART_ONLY_DEFAULTS[path][0], f"values.yaml {path}: the intended chart-only default"
         assert value != config_value(default_config(), RENAMED.get(path, snake(path))), (
-            f"values.yaml {path} now agrees with smartgate's default: remove it from CHART_ONLY_DEFAULTS")
+            f"values.yaml {path} now agrees with smartgate's default: remove it from CHART_ONLY_DEFAULTS"
+        )
     else:
         key = RENAMED.get(path, snake(path))
         assert comparable(value) == comparable(config_value(default_config(), key)), (
             f"values.yaml {path} = {value!r}, but smartgate's config {key} defaults to "
-            f"{config_value(default_config(), key)!r}")
+            f"{config_value(default_config(), key)!r}"
+        )
 
 
 def test_every_config_section_of_the_chart_is_compared() -> None:
@@ -147,7 +168,10 @@ def test_the_chart_ports_are_smartgates_and_envoys_default_ports() -> None:
     words = match.group(1).split()
     ports = {name.strip('"'): int(port) for name, port in zip(words[::2], words[1::2], strict=True)}
     assert (ports["grpc"], ports["http"], ports["admin"]) == (
-        DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, EnvoySettings().admin_port)
+        DEFAULT_GRPC_PORT,
+        DEFAULT_HTTP_PORT,
+        EnvoySettings().admin_port,
+    )
 
 
 # --- values.schema.json ----------------------------------------------------------------------------------
@@ -188,11 +212,16 @@ def test_the_schema_allows_what_the_config_model_allows(path: str, allowed: tupl
     assert tuple(nodes[path]["enum"]) == allowed
 
 
-@pytest.mark.parametrize(("path", "key"), [("decisionLog", "decision_log"), ("audit.destination", "audit")],
-                         ids=["decisionLog", "audit.destination"])
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [("decisionLog", "decision_log"), ("audit.destination", "audit")],
+    ids=["decisionLog", "audit.destination"],
+)
 def test_every_destination_the_schema_allows_is_one_smartgate_accepts(path: str, key: str) -> None:
-    data: dict[str, Any] = {"fhir": {"base_url": "https://f.example/r4", "upstream_url": "http://f:8080/r4"},
-                            "issuers": [{"issuer": "https://idp.example.org"}]}
+    data: dict[str, Any] = {
+        "fhir": {"base_url": "https://f.example/r4", "upstream_url": "http://f:8080/r4"},
+        "issuers": [{"issuer": "https://idp.example.org"}],
+    }
     for destination in dict(schema_nodes(chart_schema()))[path]["enum"]:
         data[key] = {"destination": destination} if key == "audit" else destination
         try:
@@ -216,8 +245,13 @@ def test_envoys_defaults_are_the_config_models() -> None:
 
 def test_the_default_envoy_rendering_carries_the_config_models_limits() -> None:
     rendered = render(EnvoySettings())
-    [ext_authz] = [f for f in rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-                   ["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
+    [ext_authz] = [
+        f
+        for f in rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+            "http_filters"
+        ]
+        if f["name"] == "envoy.filters.http.ext_authz"
+    ]
     typed = ext_authz["typed_config"]
     assert typed["with_request_body"]["max_request_bytes"] == default_config().max_request_bytes
     assert typed["grpc_service"]["timeout"] == f"{chart_values()['limits']['authzTimeoutSeconds']:g}s"

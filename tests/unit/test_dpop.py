@@ -26,8 +26,16 @@ def verifier() -> DpopVerifier:
     return DpopVerifier(DpopConfig(algorithms=("ES256", "PS256")), SKEW, ManualClock(NOW))
 
 
-def check(verifier: DpopVerifier, key: DpopKey, proof: str | None, *, method: str = "GET", url: str = URL,
-          token: str = TOKEN, jkt: str | None = None) -> Refusal | None:
+def check(
+    verifier: DpopVerifier,
+    key: DpopKey,
+    proof: str | None,
+    *,
+    method: str = "GET",
+    url: str = URL,
+    token: str = TOKEN,
+    jkt: str | None = None,
+) -> Refusal | None:
     return verifier.check(proof, method, url, token, jkt or key.thumbprint)
 
 
@@ -82,8 +90,11 @@ def test_a_proof_whose_jwk_holds_private_key_material_is_invalid(
     assert reason_of(check(verifier, key, proof(key, header={"jwk": jwk}))) is Reason.DPOP_PROOF_INVALID
 
 
-@pytest.mark.parametrize("jwk", [DROP, "a string", {"kty": "oct", "kid": "x"}, {"kty": "EC", "crv": "P-256"}],
-                         ids=["absent", "string", "symmetric", "incomplete"])
+@pytest.mark.parametrize(
+    "jwk",
+    [DROP, "a string", {"kty": "oct", "kid": "x"}, {"kty": "EC", "crv": "P-256"}],
+    ids=["absent", "string", "symmetric", "incomplete"],
+)
 def test_a_proof_without_a_usable_public_jwk_is_invalid(verifier: DpopVerifier, key: DpopKey, jwk: object) -> None:
     assert reason_of(check(verifier, key, proof(key, header={"jwk": jwk}))) is Reason.DPOP_PROOF_INVALID
 
@@ -112,31 +123,49 @@ def test_a_proof_for_another_method_is_invalid(verifier: DpopVerifier, key: Dpop
     assert reason_of(check(verifier, key, proof(key, claims={"htm": htm}))) is Reason.DPOP_PROOF_INVALID
 
 
-@pytest.mark.parametrize("htu", [
-    "https://evil.example.org/r4/Observation",
-    "https://fhir.example.org/r4/Patient",
-    "https://fhir.example.org/r4/Observation/123",
-    "https://fhir.example.org/Observation",
-    "https://fhir.example.org/r4/Observation?patient=123",
-    "https://fhir.example.org/r4/Observation#top",
-    "http://fhir.example.org/r4/Observation",
-    "https://fhir.example.org:8443/r4/Observation",
-    "https://user@fhir.example.org/r4/Observation",
-    "/r4/Observation",
-    DROP,
-], ids=["other-host", "other-type", "other-path", "no-base-path", "query-included", "fragment", "other-scheme",
-        "other-port", "user-info", "relative", "absent"])
+@pytest.mark.parametrize(
+    "htu",
+    [
+        "https://evil.example.org/r4/Observation",
+        "https://fhir.example.org/r4/Patient",
+        "https://fhir.example.org/r4/Observation/123",
+        "https://fhir.example.org/Observation",
+        "https://fhir.example.org/r4/Observation?patient=123",
+        "https://fhir.example.org/r4/Observation#top",
+        "http://fhir.example.org/r4/Observation",
+        "https://fhir.example.org:8443/r4/Observation",
+        "https://user@fhir.example.org/r4/Observation",
+        "/r4/Observation",
+        DROP,
+    ],
+    ids=[
+        "other-host",
+        "other-type",
+        "other-path",
+        "no-base-path",
+        "query-included",
+        "fragment",
+        "other-scheme",
+        "other-port",
+        "user-info",
+        "relative",
+        "absent",
+    ],
+)
 def test_a_proof_for_another_url_is_invalid(verifier: DpopVerifier, key: DpopKey, htu: object) -> None:
     assert reason_of(check(verifier, key, proof(key, claims={"htu": htu}))) is Reason.DPOP_PROOF_INVALID
 
 
-@pytest.mark.parametrize("htu", [
-    "HTTPS://FHIR.Example.ORG/r4/Observation",
-    "https://fhir.example.org:443/r4/Observation",
-    "https://fhir.example.org/r4/%4Fbservation",
-    "https://fhir.example.org/r4/x/../Observation",
-    "https://fhir.example.org/r4/./Observation",
-])
+@pytest.mark.parametrize(
+    "htu",
+    [
+        "HTTPS://FHIR.Example.ORG/r4/Observation",
+        "https://fhir.example.org:443/r4/Observation",
+        "https://fhir.example.org/r4/%4Fbservation",
+        "https://fhir.example.org/r4/x/../Observation",
+        "https://fhir.example.org/r4/./Observation",
+    ],
+)
 def test_htu_is_compared_after_rfc_3986_normalisation(verifier: DpopVerifier, key: DpopKey, htu: str) -> None:
     assert check(verifier, key, proof(key, claims={"htu": htu})) is None
 

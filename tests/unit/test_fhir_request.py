@@ -53,8 +53,18 @@ def test_search_type_get() -> None:
     assert [(p.name, p.value) for p in request.params] == [("patient", "123"), ("code", "1234-5")]
 
 
-@pytest.mark.parametrize("query", ["patient=123", "subject=Patient/123", "code=1234", "_id=o1", "Patient=123",
-                                   "_has:Observation:patient:_id=1", "_count=5&patient=123"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "patient=123",
+        "subject=Patient/123",
+        "code=1234",
+        "_id=o1",
+        "Patient=123",
+        "_has:Observation:patient:_id=1",
+        "_count=5&patient=123",
+    ],
+)
 def test_post_search_with_selecting_parameters_in_the_url_is_malformed(query: str) -> None:
     """Medplum reads a POST _search's body alone: a binding in the URL would be ignored there and the
     search would run over every patient. Selecting parameters belong in the body."""
@@ -63,8 +73,10 @@ def test_post_search_with_selecting_parameters_in_the_url_is_malformed(query: st
     assert "in the body" in request.message
 
 
-@pytest.mark.parametrize("query", ["_format=json", "_count=5&_sort=-date", "_include=Observation:performer",
-                                   "_summary=count", "_elements=code"])
+@pytest.mark.parametrize(
+    "query",
+    ["_format=json", "_count=5&_sort=-date", "_include=Observation:performer", "_summary=count", "_elements=code"],
+)
 def test_post_search_may_shape_the_result_in_the_url(query: str) -> None:
     request = parse_fhir_request(form_post(f"{BASE_PATH}/Observation/_search?{query}", b"patient=123"), BASE_PATH)
     assert isinstance(request, FhirRequest)
@@ -79,18 +91,27 @@ def test_search_type_post_with_form_body() -> None:
 
 def test_search_post_content_type_parameters_are_accepted() -> None:
     body = b"subject=Patient%2F123"
-    request = parse_fhir_request(form_post(f"{BASE_PATH}/Observation/_search", body,
-                                           **{"content-type": "Application/X-WWW-Form-Urlencoded; charset=UTF-8"}),
-                                 BASE_PATH)
+    request = parse_fhir_request(
+        form_post(
+            f"{BASE_PATH}/Observation/_search",
+            body,
+            **{"content-type": "Application/X-WWW-Form-Urlencoded; charset=UTF-8"},
+        ),
+        BASE_PATH,
+    )
     assert isinstance(request, FhirRequest)
     assert [(p.code, p.value) for p in request.params] == [("subject", "Patient/123")]
 
 
 def test_search_post_with_empty_body_and_content_length_zero() -> None:
     request = parse_fhir_request(
-        http(f"{BASE_PATH}/Observation/_search", "POST",
-             {"content-type": "application/x-www-form-urlencoded", "content-length": "0"}),
-        BASE_PATH)
+        http(
+            f"{BASE_PATH}/Observation/_search",
+            "POST",
+            {"content-type": "application/x-www-form-urlencoded", "content-length": "0"},
+        ),
+        BASE_PATH,
+    )
     assert isinstance(request, FhirRequest)
     assert request.params == ()
 
@@ -98,7 +119,11 @@ def test_search_post_with_empty_body_and_content_length_zero() -> None:
 def test_search_compartment() -> None:
     request = classify("/Patient/1/Observation?code=x")
     assert (request.interaction, request.resource_type, request.resource_id, request.compartment_type) == (
-        Interaction.SEARCH_COMPARTMENT, "Patient", "1", "Observation")
+        Interaction.SEARCH_COMPARTMENT,
+        "Patient",
+        "1",
+        "Observation",
+    )
 
 
 def test_search_compartment_post() -> None:
@@ -127,37 +152,49 @@ def test_smart_configuration() -> None:
     assert classify("/.well-known/smart-configuration").interaction is Interaction.SMART_CONFIGURATION
 
 
-@pytest.mark.parametrize(("path", "interaction"), [
-    ("/_history", Interaction.HISTORY_SYSTEM),
-    ("/Observation/_history", Interaction.HISTORY_TYPE),
-    ("/Observation/abc/_history", Interaction.HISTORY_INSTANCE),
-])
+@pytest.mark.parametrize(
+    ("path", "interaction"),
+    [
+        ("/_history", Interaction.HISTORY_SYSTEM),
+        ("/Observation/_history", Interaction.HISTORY_TYPE),
+        ("/Observation/abc/_history", Interaction.HISTORY_INSTANCE),
+    ],
+)
 def test_history_kinds(path: str, interaction: Interaction) -> None:
     assert classify(path).interaction is interaction
 
 
-@pytest.mark.parametrize(("path", "method", "resource_type", "resource_id", "operation"), [
-    ("/$export", "GET", None, None, "$export"),
-    ("/Patient/$match", "POST", "Patient", None, "$match"),
-    ("/Patient/123/$everything", "GET", "Patient", "123", "$everything"),
-    ("/ValueSet/$expand", "GET", "ValueSet", None, "$expand"),
-])
-def test_operations(path: str, method: str, resource_type: str | None, resource_id: str | None,
-                    operation: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "method", "resource_type", "resource_id", "operation"),
+    [
+        ("/$export", "GET", None, None, "$export"),
+        ("/Patient/$match", "POST", "Patient", None, "$match"),
+        ("/Patient/123/$everything", "GET", "Patient", "123", "$everything"),
+        ("/ValueSet/$expand", "GET", "ValueSet", None, "$expand"),
+    ],
+)
+def test_operations(path: str, method: str, resource_type: str | None, resource_id: str | None, operation: str) -> None:
     request = classify(path, method)
     assert (request.interaction, request.resource_type, request.resource_id, request.operation) == (
-        Interaction.OPERATION, resource_type, resource_id, operation)
+        Interaction.OPERATION,
+        resource_type,
+        resource_id,
+        operation,
+    )
 
 
-@pytest.mark.parametrize(("path", "method", "interaction"), [
-    ("/Observation", "POST", Interaction.CREATE),
-    ("/Observation/abc", "PUT", Interaction.UPDATE),
-    ("/Observation/abc", "PATCH", Interaction.PATCH),
-    ("/Observation/abc", "DELETE", Interaction.DELETE),
-    ("/Observation?identifier=x", "PUT", Interaction.UPDATE),
-    ("/Observation?identifier=x", "PATCH", Interaction.PATCH),
-    ("/Observation?identifier=x", "DELETE", Interaction.DELETE),
-])
+@pytest.mark.parametrize(
+    ("path", "method", "interaction"),
+    [
+        ("/Observation", "POST", Interaction.CREATE),
+        ("/Observation/abc", "PUT", Interaction.UPDATE),
+        ("/Observation/abc", "PATCH", Interaction.PATCH),
+        ("/Observation/abc", "DELETE", Interaction.DELETE),
+        ("/Observation?identifier=x", "PUT", Interaction.UPDATE),
+        ("/Observation?identifier=x", "PATCH", Interaction.PATCH),
+        ("/Observation?identifier=x", "DELETE", Interaction.DELETE),
+    ],
+)
 def test_write_interactions(path: str, method: str, interaction: Interaction) -> None:
     request = classify(path, method)
     assert (request.interaction, request.resource_type) == (interaction, "Observation")
@@ -181,16 +218,26 @@ def test_unknown_resource_type(path: str) -> None:
     assert error_reason(path) is Reason.UNKNOWN_RESOURCE_TYPE
 
 
-@pytest.mark.parametrize("path", [
-    "/Patient/a_b", "/Patient/a b", "/Patient/" + "a" * 65, "/Patient/123:456", "/Patient/*",
-    "/Observation/abc/_history/v_1", "/Patient/123/Foo", "/Patient/123/Observation/1",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/Patient/a_b",
+        "/Patient/a b",
+        "/Patient/" + "a" * 65,
+        "/Patient/123:456",
+        "/Patient/*",
+        "/Observation/abc/_history/v_1",
+        "/Patient/123/Foo",
+        "/Patient/123/Observation/1",
+    ],
+)
 def test_invalid_ids_and_unknown_paths_are_malformed(path: str) -> None:
     assert error_reason(path) is Reason.REQUEST_MALFORMED
 
 
-@pytest.mark.parametrize("path", ["/Patient/..", "/Patient/.", "/Patient/123/../456", "/../r4/Patient",
-                                  "/Patient/123/./Observation"])
+@pytest.mark.parametrize(
+    "path", ["/Patient/..", "/Patient/.", "/Patient/123/../456", "/../r4/Patient", "/Patient/123/./Observation"]
+)
 def test_dot_segments_are_malformed(path: str) -> None:
     assert error_reason(path) is Reason.REQUEST_MALFORMED
 
@@ -200,8 +247,10 @@ def test_empty_segments_are_malformed(path: str) -> None:
     assert error_reason(path) is Reason.REQUEST_MALFORMED
 
 
-@pytest.mark.parametrize("path", ["/Patient%2F123", "/Patient/12%33", "/%50atient/1", "/Patient/123%2F..%2F456",
-                                  "/Patient/1#frag", "/Patient\\1"])
+@pytest.mark.parametrize(
+    "path",
+    ["/Patient%2F123", "/Patient/12%33", "/%50atient/1", "/Patient/123%2F..%2F456", "/Patient/1#frag", "/Patient\\1"],
+)
 def test_escapes_fragments_and_backslashes_in_the_path_are_malformed(path: str) -> None:
     assert error_reason(path) is Reason.REQUEST_MALFORMED
 
@@ -216,14 +265,17 @@ def test_bad_query_is_malformed() -> None:
     assert error_reason("/Patient/123?a%20b=1") is Reason.REQUEST_MALFORMED
 
 
-@pytest.mark.parametrize(("path", "method"), [
-    ("/Observation/_search", "GET"),
-    ("/Observation", "OPTIONS"),
-    ("/Observation/abc", "POST"),
-    ("/Observation/abc/_history/1", "DELETE"),
-    ("/Observation/abc/_history", "POST"),
-    ("", "DELETE"),
-])
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/Observation/_search", "GET"),
+        ("/Observation", "OPTIONS"),
+        ("/Observation/abc", "POST"),
+        ("/Observation/abc/_history/1", "DELETE"),
+        ("/Observation/abc/_history", "POST"),
+        ("", "DELETE"),
+    ],
+)
 def test_methods_that_fit_no_interaction_are_malformed(path: str, method: str) -> None:
     assert error_reason(path, method) is Reason.REQUEST_MALFORMED
 
@@ -246,8 +298,11 @@ def test_id_with_a_trailing_newline_is_invalid() -> None:
 
 
 def test_search_post_without_body_is_body_invalid() -> None:
-    request = http(f"{BASE_PATH}/Observation/_search", "POST",
-                   {"content-type": "application/x-www-form-urlencoded", "content-length": "12"})
+    request = http(
+        f"{BASE_PATH}/Observation/_search",
+        "POST",
+        {"content-type": "application/x-www-form-urlencoded", "content-length": "12"},
+    )
     assert request_error(request).reason is Reason.BODY_INVALID
 
 
@@ -257,20 +312,36 @@ def test_search_post_without_body_or_length_is_body_invalid() -> None:
 
 
 def test_chunked_search_post_without_body_is_body_invalid() -> None:
-    request = http(f"{BASE_PATH}/Observation/_search", "POST",
-                   {"content-type": "application/x-www-form-urlencoded", "content-length": "0",
-                    "transfer-encoding": "chunked"})
+    request = http(
+        f"{BASE_PATH}/Observation/_search",
+        "POST",
+        {"content-type": "application/x-www-form-urlencoded", "content-length": "0", "transfer-encoding": "chunked"},
+    )
     assert request_error(request).reason is Reason.BODY_INVALID
 
 
 def test_truncated_search_body_is_body_invalid() -> None:
-    request = http(f"{BASE_PATH}/Observation/_search", "POST",
-                   {"content-type": "application/x-www-form-urlencoded"}, b"patient=123", body_truncated=True)
+    request = http(
+        f"{BASE_PATH}/Observation/_search",
+        "POST",
+        {"content-type": "application/x-www-form-urlencoded"},
+        b"patient=123",
+        body_truncated=True,
+    )
     assert request_error(request).reason is Reason.BODY_INVALID
 
 
-@pytest.mark.parametrize("content_type", [None, "application/json", "application/fhir+json", "multipart/form-data",
-                                          "text/plain", "application/x-www-form-urlencodedx"])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "application/json",
+        "application/fhir+json",
+        "multipart/form-data",
+        "text/plain",
+        "application/x-www-form-urlencodedx",
+    ],
+)
 def test_search_body_that_is_not_form_encoded_is_body_invalid(content_type: str | None) -> None:
     headers = {"content-length": "11"}
     if content_type is not None:
@@ -284,18 +355,28 @@ def test_undecodable_form_body_is_body_invalid(body: bytes) -> None:
     assert request_error(form_post(f"{BASE_PATH}/Observation/_search", body)).reason is Reason.BODY_INVALID
 
 
-@pytest.mark.parametrize(("path", "method"), [("", "POST"), ("/Observation", "POST"), ("/Observation/abc", "PUT"),
-                                            ("/Observation/abc", "PATCH")])
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [("", "POST"), ("/Observation", "POST"), ("/Observation/abc", "PUT"), ("/Observation/abc", "PATCH")],
+)
 def test_truncated_write_body_is_body_invalid(path: str, method: str) -> None:
     request = http(BASE_PATH + path, method, {"content-type": "application/fhir+json"}, b"{}", body_truncated=True)
     assert request_error(request).reason is Reason.BODY_INVALID
 
 
 def test_write_carries_its_body_and_content_type() -> None:
-    request = classify("/Observation", "POST", headers={"content-type": "application/fhir+json; charset=utf-8",
-                                                        "if-none-exist": "identifier=x"}, body=b"{}")
+    request = classify(
+        "/Observation",
+        "POST",
+        headers={"content-type": "application/fhir+json; charset=utf-8", "if-none-exist": "identifier=x"},
+        body=b"{}",
+    )
     assert (request.body, request.content_type, request.if_none_exist, request.conditional) == (
-        b"{}", "application/fhir+json", True, True)
+        b"{}",
+        "application/fhir+json",
+        True,
+        True,
+    )
 
 
 def test_reads_carry_no_body() -> None:
@@ -310,8 +391,15 @@ def test_batch_body_is_not_parsed_as_a_form() -> None:
 # --- tokens outside the header and method overrides ---------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/Patient/123?access_token=abc", "/Observation?patient=123&access_token=abc",
-                                  "/Observation?access%5Ftoken=abc", "/metadata?access_token=x"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/Patient/123?access_token=abc",
+        "/Observation?patient=123&access_token=abc",
+        "/Observation?access%5Ftoken=abc",
+        "/metadata?access_token=x",
+    ],
+)
 def test_access_token_in_query_is_refused(path: str) -> None:
     assert error_reason(path) is Reason.TOKEN_NOT_IN_HEADER
 
@@ -342,23 +430,29 @@ def check_request(
     raw_body: bytes = b"",
 ) -> external_auth_pb2.CheckRequest:
     http_request = attribute_context_pb2.AttributeContext.HttpRequest(
-        method=method, path=path, headers=headers or {}, body=body, raw_body=raw_body)
+        method=method, path=path, headers=headers or {}, body=body, raw_body=raw_body
+    )
     return external_auth_pb2.CheckRequest(
         attributes=attribute_context_pb2.AttributeContext(
-            request=attribute_context_pb2.AttributeContext.Request(http=http_request)))
+            request=attribute_context_pb2.AttributeContext.Request(http=http_request)
+        )
+    )
 
 
 def test_from_check_request_reads_method_path_headers() -> None:
-    request = from_check_request(check_request(
-        "get", "/r4/Patient/123?_format=json", {"authorization": "Bearer x", "x-request-id": "r-1"}))
-    assert request == HttpRequest("GET", "/r4/Patient/123?_format=json",
-                                  {"authorization": "Bearer x", "x-request-id": "r-1"}, None, False)
+    request = from_check_request(
+        check_request("get", "/r4/Patient/123?_format=json", {"authorization": "Bearer x", "x-request-id": "r-1"})
+    )
+    assert request == HttpRequest(
+        "GET", "/r4/Patient/123?_format=json", {"authorization": "Bearer x", "x-request-id": "r-1"}, None, False
+    )
     assert request.request_id == "r-1"
 
 
 def test_from_check_request_prefers_raw_body() -> None:
-    request = from_check_request(check_request(
-        headers={"content-length": "11"}, raw_body=b"patient=123", body="ignored"))
+    request = from_check_request(
+        check_request(headers={"content-length": "11"}, raw_body=b"patient=123", body="ignored")
+    )
     assert request.body == b"patient=123"
     assert not request.body_truncated
 
@@ -375,8 +469,9 @@ def test_from_check_request_without_body() -> None:
 
 
 def test_partial_body_header_marks_the_body_truncated() -> None:
-    request = from_check_request(check_request(
-        headers={PARTIAL_BODY_HEADER: "true", "content-length": "11"}, raw_body=b"patient=123"))
+    request = from_check_request(
+        check_request(headers={PARTIAL_BODY_HEADER: "true", "content-length": "11"}, raw_body=b"patient=123")
+    )
     assert request.body_truncated
 
 
@@ -393,16 +488,22 @@ def test_chunked_body_without_content_length_is_not_truncated() -> None:
 
 
 def test_truncated_check_request_body_is_refused_by_the_parser() -> None:
-    request = from_check_request(check_request(
-        headers={"content-type": "application/x-www-form-urlencoded", "content-length": "4096"},
-        raw_body=b"patient=123"))
+    request = from_check_request(
+        check_request(
+            headers={"content-type": "application/x-www-form-urlencoded", "content-length": "4096"},
+            raw_body=b"patient=123",
+        )
+    )
     assert request_error(request).reason is Reason.BODY_INVALID
 
 
 def test_complete_check_request_body_is_parsed() -> None:
-    request = from_check_request(check_request(
-        headers={"content-type": "application/x-www-form-urlencoded", "content-length": "11"},
-        raw_body=b"patient=123"))
+    request = from_check_request(
+        check_request(
+            headers={"content-type": "application/x-www-form-urlencoded", "content-length": "11"},
+            raw_body=b"patient=123",
+        )
+    )
     parsed = parse_fhir_request(request, BASE_PATH)
     assert isinstance(parsed, FhirRequest)
     assert [(p.code, p.value) for p in parsed.params] == [("patient", "123")]

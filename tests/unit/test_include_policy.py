@@ -19,9 +19,11 @@ from tests.unit.policy_helpers import FHIR_BASE_URL, decide_path
 UNVERIFIED = PolicySettings(fhir_base_url=FHIR_BASE_URL)
 VERIFIED = PolicySettings(fhir_base_url=FHIR_BASE_URL, responses_verified=True)
 EVERY_MODE = pytest.mark.parametrize("settings", [UNVERIFIED, VERIFIED], ids=["off-or-report", "enforce"])
-CARIN = ("launch/patient patient/ExplanationOfBenefit.rs patient/Coverage.rs patient/Patient.rs "
-         "patient/Organization.rs patient/Practitioner.rs patient/PractitionerRole.rs patient/RelatedPerson.rs "
-         "patient/Claim.rs patient/Encounter.rs patient/Location.rs patient/Device.rs")
+CARIN = (
+    "launch/patient patient/ExplanationOfBenefit.rs patient/Coverage.rs patient/Patient.rs "
+    "patient/Organization.rs patient/Practitioner.rs patient/PractitionerRole.rs patient/RelatedPerson.rs "
+    "patient/Claim.rs patient/Encounter.rs patient/Location.rs patient/Device.rs"
+)
 
 
 def decided(path: str, settings: PolicySettings, scope: str = "patient/*.rs") -> Decision:
@@ -38,9 +40,17 @@ def reason(path: str, settings: PolicySettings, scope: str = "patient/*.rs") -> 
 
 
 @EVERY_MODE
-@pytest.mark.parametrize("search", ["Observation?patient=123", "Observation?subject=Patient/123&category=laboratory",
-                                    "Patient/123/Observation", "Condition?patient=123", "Patient?_id=123",
-                                    "ExplanationOfBenefit?patient=123"])
+@pytest.mark.parametrize(
+    "search",
+    [
+        "Observation?patient=123",
+        "Observation?subject=Patient/123&category=laboratory",
+        "Patient/123/Observation",
+        "Condition?patient=123",
+        "Patient?_id=123",
+        "ExplanationOfBenefit?patient=123",
+    ],
+)
 def test_provenance_revinclude_on_a_search_bound_to_the_context_patient_is_allowed(
     search: str, settings: PolicySettings
 ) -> None:
@@ -63,14 +73,14 @@ def test_provenance_revinclude_targeting_another_type_cannot_be_proven() -> None
 def test_provenance_revinclude_needs_a_scope_that_reads_provenance(settings: PolicySettings) -> None:
     path = "Observation?patient=123&_revinclude=Provenance:target"
     assert reason(path, settings, "patient/Observation.rs") is Reason.INCLUDE_NOT_PERMITTED
-    assert reason(path, settings, "patient/Observation.rs patient/Provenance.rs") is (
-        Reason.ALLOWED_COMPARTMENT_SEARCH)
+    assert reason(path, settings, "patient/Observation.rs patient/Provenance.rs") is (Reason.ALLOWED_COMPARTMENT_SEARCH)
 
 
 @EVERY_MODE
 def test_provenance_revinclude_on_a_search_naming_another_patient_is_denied(settings: PolicySettings) -> None:
     assert reason("Observation?patient=456&_revinclude=Provenance:target", settings) is (
-        Reason.COMPARTMENT_OTHER_PATIENT)
+        Reason.COMPARTMENT_OTHER_PATIENT
+    )
 
 
 def test_provenance_revinclude_on_a_search_outside_the_compartment_cannot_be_proven() -> None:
@@ -90,8 +100,9 @@ def test_provenance_revinclude_iterate_is_denied_even_when_verified() -> None:
 # --- includes of compartment types: only when every response is verified --------------------------------
 
 
-@pytest.mark.parametrize("value", ["coverage", "care-team", "provider", "insurer", "payee", "patient", "*",
-                                   "claim", "encounter"])
+@pytest.mark.parametrize(
+    "value", ["coverage", "care-team", "provider", "insurer", "payee", "patient", "*", "claim", "encounter"]
+)
 def test_carin_includes_are_allowed_when_responses_are_verified(value: str) -> None:
     path = f"ExplanationOfBenefit?patient=123&_include=ExplanationOfBenefit:{value}"
     assert reason(path, VERIFIED, CARIN) is Reason.ALLOWED_COMPARTMENT_SEARCH
@@ -127,16 +138,19 @@ def test_us_core_medication_include_is_allowed_in_every_mode(settings: PolicySet
 
 def test_an_include_of_a_compartment_type_is_allowed_when_verified() -> None:
     assert reason("Observation?patient=123&_include=Observation:encounter", VERIFIED) is (
-        Reason.ALLOWED_COMPARTMENT_SEARCH)
+        Reason.ALLOWED_COMPARTMENT_SEARCH
+    )
 
 
 def test_a_revinclude_of_a_compartment_type_is_allowed_when_verified() -> None:
     assert reason("Observation?patient=123&_revinclude=Observation:has-member", VERIFIED) is (
-        Reason.ALLOWED_COMPARTMENT_SEARCH)
+        Reason.ALLOWED_COMPARTMENT_SEARCH
+    )
 
 
-@pytest.mark.parametrize("scope", ["patient/ExplanationOfBenefit.rs",
-                                   "patient/ExplanationOfBenefit.rs patient/Coverage.rs"])
+@pytest.mark.parametrize(
+    "scope", ["patient/ExplanationOfBenefit.rs", "patient/ExplanationOfBenefit.rs patient/Coverage.rs"]
+)
 def test_an_include_still_needs_a_scope_that_reads_the_included_type_when_verified(scope: str) -> None:
     path = "ExplanationOfBenefit?patient=123&_include=ExplanationOfBenefit:coverage"
     expected = Reason.ALLOWED_COMPARTMENT_SEARCH if "Coverage" in scope else Reason.INCLUDE_NOT_PERMITTED

@@ -61,8 +61,14 @@ SCOPE = "launch/patient patient/*.rs"
 def active_answer(**overrides: Any) -> dict[str, Any]:
     """An RFC 7662 answer for an active SMART token; ``name=None`` leaves a member out."""
     answer: dict[str, Any] = {
-        "active": True, "iss": ISSUER, "aud": FHIR_BASE_URL, "sub": "user-1", "client_id": "app-1",
-        "scope": SCOPE, "patient": "123", "exp": NOW + 600,
+        "active": True,
+        "iss": ISSUER,
+        "aud": FHIR_BASE_URL,
+        "sub": "user-1",
+        "client_id": "app-1",
+        "scope": SCOPE,
+        "patient": "123",
+        "exp": NOW + 600,
     }
     answer.update(overrides)
     return {name: value for name, value in answer.items() if value is not None}
@@ -106,7 +112,8 @@ def issuer_config(
     timeout: float = 2.0,
 ) -> IssuerConfig:
     return IssuerConfig(
-        issuer=issuer, audiences=(FHIR_BASE_URL,),
+        issuer=issuer,
+        audiences=(FHIR_BASE_URL,),
         introspection=IntrospectionConfig(endpoint, client_id, client_secret, auth_method, max_ttl, timeout),
     )
 
@@ -114,8 +121,7 @@ def issuer_config(
 def introspector(
     endpoint: IntrospectionEndpoint, clock: ManualClock | None = None, *issuers: IssuerConfig
 ) -> Introspector:
-    return Introspector(list(issuers) or [issuer_config()], endpoint.client, FHIR_BASE_URL,
-                        clock or ManualClock(NOW))
+    return Introspector(list(issuers) or [issuer_config()], endpoint.client, FHIR_BASE_URL, clock or ManualClock(NOW))
 
 
 @pytest.fixture
@@ -215,18 +221,31 @@ async def test_an_answer_without_iss_and_aud_belongs_to_the_asked_issuer(endpoin
 # --- failures are 503, never an allow ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("response", [
-    httpx.Response(500, json=active_answer()),
-    httpx.Response(503, text="upstream unavailable"),
-    httpx.Response(401, json={"error": "invalid_client"}),
-    httpx.Response(200, text="<html>not json</html>"),
-    httpx.Response(200, json=[active_answer()]),
-    httpx.Response(200, json="active"),
-    httpx.Response(200, json={"scope": SCOPE, "patient": "123"}),
-    httpx.Response(200, json=active_answer(active="true")),
-    httpx.Response(200, json=active_answer(active=1)),
-], ids=["500-saying-active", "503", "401-invalid-client", "not-json", "json-array", "json-string",
-        "no-active-member", "active-as-string", "active-as-number"])
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(500, json=active_answer()),
+        httpx.Response(503, text="upstream unavailable"),
+        httpx.Response(401, json={"error": "invalid_client"}),
+        httpx.Response(200, text="<html>not json</html>"),
+        httpx.Response(200, json=[active_answer()]),
+        httpx.Response(200, json="active"),
+        httpx.Response(200, json={"scope": SCOPE, "patient": "123"}),
+        httpx.Response(200, json=active_answer(active="true")),
+        httpx.Response(200, json=active_answer(active=1)),
+    ],
+    ids=[
+        "500-saying-active",
+        "503",
+        "401-invalid-client",
+        "not-json",
+        "json-array",
+        "json-string",
+        "no-active-member",
+        "active-as-string",
+        "active-as-number",
+    ],
+)
 async def test_an_unusable_answer_is_an_introspection_failure(
     endpoint: IntrospectionEndpoint, response: httpx.Response
 ) -> None:
@@ -344,8 +363,9 @@ async def test_the_configured_timeout_is_applied_to_the_call(endpoint: Introspec
 def config_with_introspection(**introspection: Any) -> dict[str, Any]:
     return {
         "fhir": {"base_url": FHIR_BASE_URL, "upstream_url": "http://upstream.internal/fhir"},
-        "issuers": [{"issuer": ISSUER,
-                     "introspection": {"endpoint": ENDPOINT, "client_id": CLIENT_ID, **introspection}}],
+        "issuers": [
+            {"issuer": ISSUER, "introspection": {"endpoint": ENDPOINT, "client_id": CLIENT_ID, **introspection}}
+        ],
     }
 
 
@@ -363,8 +383,11 @@ async def test_the_client_secret_is_read_from_client_secret_env(
     endpoint: IntrospectionEndpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SMARTGATE_TEST_INTROSPECTION_SECRET", "from-the-env")
-    config = parse_config(config_with_introspection(client_secret_env="SMARTGATE_TEST_INTROSPECTION_SECRET",
-                                                    auth_method="client_secret_post"))
+    config = parse_config(
+        config_with_introspection(
+            client_secret_env="SMARTGATE_TEST_INTROSPECTION_SECRET", auth_method="client_secret_post"
+        )
+    )
     await Introspector(list(config.issuers), endpoint.client, FHIR_BASE_URL).introspect(TOKEN)
     assert endpoint.form()["client_secret"] == ["from-the-env"]
 
@@ -424,8 +447,9 @@ async def test_a_cached_answer_is_not_reused_beyond_the_configured_maximum(endpo
 
 async def test_the_smallest_maximum_of_the_issuers_bounds_the_cache(endpoint: IntrospectionEndpoint) -> None:
     clock = ManualClock(NOW)
-    gate = introspector(endpoint, clock, issuer_config(max_ttl=60),
-                        issuer_config("https://other.example.org", max_ttl=5))
+    gate = introspector(
+        endpoint, clock, issuer_config(max_ttl=60), issuer_config("https://other.example.org", max_ttl=5)
+    )
     await gate.introspect(TOKEN)
     clock.advance(5)
     await gate.introspect(TOKEN)
@@ -478,10 +502,15 @@ async def test_the_cache_is_per_token(endpoint: IntrospectionEndpoint) -> None:
 async def test_the_next_issuer_is_asked_when_the_first_says_inactive() -> None:
     other = "https://other.example.org"
     answers = {ENDPOINT: {"active": False}, f"{other}/introspect": active_answer(iss=other)}
-    async with httpx.AsyncClient(transport=httpx.MockTransport(
-        lambda request: httpx.Response(200, json=answers[str(request.url)]))) as client:
-        gate = Introspector([issuer_config(), issuer_config(other, endpoint=f"{other}/introspect")], client,
-                            FHIR_BASE_URL, ManualClock(NOW))
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, json=answers[str(request.url)]))
+    ) as client:
+        gate = Introspector(
+            [issuer_config(), issuer_config(other, endpoint=f"{other}/introspect")],
+            client,
+            FHIR_BASE_URL,
+            ManualClock(NOW),
+        )
         context = await gate.introspect(TOKEN)
     assert isinstance(context, TokenContext) and context.issuer == other
 
@@ -490,8 +519,12 @@ async def test_a_failure_at_the_first_issuer_is_a_failure_not_a_fall_through() -
     other = "https://other.example.org"
     answers = {ENDPOINT: httpx.Response(502), f"{other}/introspect": httpx.Response(200, json=active_answer(iss=other))}
     async with httpx.AsyncClient(transport=httpx.MockTransport(lambda request: answers[str(request.url)])) as client:
-        gate = Introspector([issuer_config(), issuer_config(other, endpoint=f"{other}/introspect")], client,
-                            FHIR_BASE_URL, ManualClock(NOW))
+        gate = Introspector(
+            [issuer_config(), issuer_config(other, endpoint=f"{other}/introspect")],
+            client,
+            FHIR_BASE_URL,
+            ManualClock(NOW),
+        )
         assert reason_of(await gate.introspect(TOKEN)) is Reason.INTROSPECTION_FAILED
 
 
@@ -513,7 +546,10 @@ async def verified(endpoint: IntrospectionEndpoint, **answer: Any) -> TokenConte
 async def test_scope_client_id_and_subject_reach_the_context(endpoint: IntrospectionEndpoint) -> None:
     context = await verified(endpoint, scope="launch/patient  patient/Observation.rs", client_id="app-9", sub="u-7")
     assert (context.scope_text, context.client_id, context.subject) == (
-        "launch/patient patient/Observation.rs", "app-9", "u-7")
+        "launch/patient patient/Observation.rs",
+        "app-9",
+        "u-7",
+    )
     assert context.grants.permits("patient", "Observation", "r")
     assert not context.grants.permits("patient", "Condition", "r")
 
@@ -561,7 +597,10 @@ async def test_an_introspected_token_gives_the_same_context_as_a_jwt_with_the_sa
 ) -> None:
     exp = int(time.time()) + 600
     claims: dict[str, Any] = {
-        "sub": "u-7", "client_id": "app-9", "fhirUser": f"{FHIR_BASE_URL}/Practitioner/9", "exp": exp,
+        "sub": "u-7",
+        "client_id": "app-9",
+        "fhirUser": f"{FHIR_BASE_URL}/Practitioner/9",
+        "exp": exp,
     }
     key = SigningKey(tmp_path)
     async with offline_client() as offline:
@@ -572,8 +611,16 @@ async def test_an_introspected_token_gives_the_same_context_as_a_jwt_with_the_sa
     assert isinstance(from_jwt, TokenContext) and isinstance(from_introspection, TokenContext)
 
     def fields(context: TokenContext) -> tuple[Any, ...]:
-        return (context.issuer, context.subject, context.client_id, context.scope_text, context.patient,
-                context.fhir_user, context.expires_at, context.grants.scopes)
+        return (
+            context.issuer,
+            context.subject,
+            context.client_id,
+            context.scope_text,
+            context.patient,
+            context.fhir_user,
+            context.expires_at,
+            context.grants.scopes,
+        )
 
     assert fields(from_introspection) == fields(from_jwt)
 
@@ -598,8 +645,9 @@ class NoLookups(MembershipLookup):
 
 
 async def authorize(endpoint: IntrospectionEndpoint, path: str) -> Decision:
-    authorizer = Authorizer(BASE_PATH, PublicRoutes(BASE_PATH, ()), verifier_with(endpoint), SETTINGS,
-                            NoLookups(), 16_384)
+    authorizer = Authorizer(
+        BASE_PATH, PublicRoutes(BASE_PATH, ()), verifier_with(endpoint), SETTINGS, NoLookups(), 16_384
+    )
     return await authorizer.authorize(http(BASE_PATH + path, headers={"authorization": f"Bearer {TOKEN}"}))
 
 

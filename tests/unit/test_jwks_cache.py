@@ -114,7 +114,8 @@ async def test_discovery_for_issuer_with_trailing_slash(idp: FakeIdp, clock: Man
     issuer = "https://login.example.com/tenant/"
     keys_url = "https://login.example.com/tenant/keys"
     idp.documents["https://login.example.com/tenant/.well-known/openid-configuration"] = {
-        "issuer": issuer, "jwks_uri": keys_url,
+        "issuer": issuer,
+        "jwks_uri": keys_url,
     }
     idp.documents[keys_url] = make_jwks(ES256)
     cache = make_cache(idp, clock, config(issuer=issuer, jwks_uri=None))
@@ -195,8 +196,9 @@ async def test_jwks_file_is_reread_on_refresh(idp: FakeIdp, clock: ManualClock, 
     assert idp.requests == []
 
 
-@pytest.mark.parametrize("content", [None, "not json", '{"keys": {}}', "[]"],
-                         ids=["missing-file", "not-json", "keys-not-list", "array"])
+@pytest.mark.parametrize(
+    "content", [None, "not json", '{"keys": {}}', "[]"], ids=["missing-file", "not-json", "keys-not-list", "array"]
+)
 async def test_unusable_jwks_file_leaves_the_cache_unloaded(
     idp: FakeIdp, clock: ManualClock, tmp_path: Path, content: str | None
 ) -> None:
@@ -287,9 +289,7 @@ async def test_concurrent_explicit_refreshes_share_one_fetch(cache: JwksCache, i
     assert idp.count(JWKS_URI) == 1
 
 
-async def test_concurrent_refreshes_against_a_down_idp_share_one_failed_fetch(
-    cache: JwksCache, idp: FakeIdp
-) -> None:
+async def test_concurrent_refreshes_against_a_down_idp_share_one_failed_fetch(cache: JwksCache, idp: FakeIdp) -> None:
     idp.down = True
     idp.delay = 0.05
     results = await asyncio.gather(*(cache.candidates(ES256.kid, "ES256") for _ in range(20)))
@@ -505,25 +505,28 @@ async def test_keys_whose_key_ops_exclude_verify_are_never_loaded(cache: JwksCac
 
 def test_parse_jwks_skips_unusable_entries_and_keeps_the_rest() -> None:
     good = ES256.public_jwk()
-    document = {"keys": [
-        "not-an-object",
-        None,
-        {"kty": "RSA", "kid": "no-modulus", "e": "AQAB"},
-        {"kty": "EC", "kid": "bad-curve", "crv": "P-999", "x": "AA", "y": "AA"},
-        {"kty": "OKP", "kid": "x25519", "crv": "X25519", "x": good["x"]},
-        {"kty": "unknown", "kid": "weird"},
-        {"kid": "no-kty"},
-        {**RS256.public_jwk(), "kid": 5},
-        {**RS256.public_jwk(), "alg": ["RS256"]},
-        good,
-    ]}
+    document = {
+        "keys": [
+            "not-an-object",
+            None,
+            {"kty": "RSA", "kid": "no-modulus", "e": "AQAB"},
+            {"kty": "EC", "kid": "bad-curve", "crv": "P-999", "x": "AA", "y": "AA"},
+            {"kty": "OKP", "kid": "x25519", "crv": "X25519", "x": good["x"]},
+            {"kty": "unknown", "kid": "weird"},
+            {"kid": "no-kty"},
+            {**RS256.public_jwk(), "kid": 5},
+            {**RS256.public_jwk(), "alg": ["RS256"]},
+            good,
+        ]
+    }
     key_set = parse_jwks(document)
     assert [key.kid for key in key_set.keys] == [ES256.kid]
     assert set(key_set.by_kid) == {ES256.kid}
 
 
-@pytest.mark.parametrize("document", [[], {}, {"keys": "x"}, None, "keys"], ids=["list", "empty", "str", "null",
-                                                                                    "string"])
+@pytest.mark.parametrize(
+    "document", [[], {}, {"keys": "x"}, None, "keys"], ids=["list", "empty", "str", "null", "string"]
+)
 def test_parse_jwks_rejects_non_jwks_documents(document: Any) -> None:
     with pytest.raises(JwksError):
         parse_jwks(document)
@@ -557,7 +560,10 @@ def test_signing_key_verifies_only_its_own_family(alg: str) -> None:
     key = _only(key_for(alg).public_jwk(with_alg=False))
     families = {
         "RS256": {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"},
-        "ES256": {"ES256"}, "ES384": {"ES384"}, "ES512": {"ES512"}, "EdDSA": {"EdDSA"},
+        "ES256": {"ES256"},
+        "ES384": {"ES384"},
+        "ES512": {"ES512"},
+        "EdDSA": {"EdDSA"},
     }
     family = families.get(alg, families["RS256"])
     for other in (*ALL_ALGORITHMS, "HS256", "none", "ES256K"):

@@ -58,13 +58,21 @@ def test_a_key_of_the_wrong_type_does_not_verify() -> None:
     assert not verify_signature(signed, "ES256", "not a key")
 
 
-@pytest.mark.parametrize("text", [
-    "", "a", "a.b", "a.b.c.d", "a..c", "é.b.c",
-    token() + "=",                              # padding
-    token().replace(".", "+", 1),               # a standard-base64 character
-    token()[:-1] + "/",
-    "e30.e30.a",                                # a segment of impossible length (4n+1)
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "a",
+        "a.b",
+        "a.b.c.d",
+        "a..c",
+        "é.b.c",
+        token() + "=",  # padding
+        token().replace(".", "+", 1),  # a standard-base64 character
+        token()[:-1] + "/",
+        "e30.e30.a",  # a segment of impossible length (4n+1)
+    ],
+)
 def test_anything_but_three_base64url_segments_is_malformed(text: str) -> None:
     with pytest.raises(JwsError):
         read_compact(text)
@@ -93,7 +101,7 @@ def test_bytes_that_are_not_json_are_malformed() -> None:
     with pytest.raises(JwsError):
         read_compact(f"{b64(b'not json')}.e30.{b64(b'x')}")
     with pytest.raises(JwsError):
-        read_compact(f"e30.{b64(bytes([0xff, 0xfe]))}.{b64(b'x')}")
+        read_compact(f"e30.{b64(bytes([0xFF, 0xFE]))}.{b64(b'x')}")
 
 
 def test_deeply_nested_claims_are_malformed_not_an_exception() -> None:

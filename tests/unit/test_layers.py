@@ -73,7 +73,11 @@ def modules_under(package: str) -> list[str]:
 def import_refusing(refused: list[str], modules: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", REFUSING_IMPORTER, ",".join(refused), *modules],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -104,7 +108,8 @@ def test_the_supervisor_imports_no_metrics_module() -> None:
         "sys.exit(f'the supervisor loaded {loaded}' if loaded else 0)\n"
     )
 
-    result = subprocess.run([sys.executable, "-c", script, *forbidden], cwd=REPO, capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *forbidden], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
 
     assert result.returncode == 0, result.stderr

@@ -24,8 +24,9 @@ META = OperationRule("$meta", frozenset({"instance"}), "r", patient_context=True
 LINKED = "789"
 
 
-def outcome(path: str, settings: PolicySettings = SETTINGS, method: str = "GET",
-            scope: str = "patient/*.rs") -> Decision | Pending:
+def outcome(
+    path: str, settings: PolicySettings = SETTINGS, method: str = "GET", scope: str = "patient/*.rs"
+) -> Decision | Pending:
     return decide_path(path, scope, "123", method, settings)
 
 
@@ -50,8 +51,9 @@ def batch(*entries: dict[str, Any]) -> dict[str, Any]:
 # --- by default: the context patient is the only Patient in its compartment -----------------------------
 
 
-@pytest.mark.parametrize("path", [f"Patient/{LINKED}", f"Patient/{LINKED}/", f"Patient/{LINKED}/_history/1",
-                                  f"Patient/{LINKED}/_history"])
+@pytest.mark.parametrize(
+    "path", [f"Patient/{LINKED}", f"Patient/{LINKED}/", f"Patient/{LINKED}/_history/1", f"Patient/{LINKED}/_history"]
+)
 def test_reads_of_a_linked_patient_are_denied_without_a_lookup(path: str) -> None:
     assert reason(path) is Reason.COMPARTMENT_OTHER_PATIENT
 
@@ -114,8 +116,9 @@ def test_following_links_a_vread_is_proven_through_link() -> None:
 
 
 def test_following_links_a_batch_entry_waits_for_the_link_lookup() -> None:
-    decided = decide_body("", "POST", batch({"request": {"method": "GET", "url": f"Patient/{LINKED}"}}),
-                          settings=FOLLOWING)
+    decided = decide_body(
+        "", "POST", batch({"request": {"method": "GET", "url": f"Patient/{LINKED}"}}), settings=FOLLOWING
+    )
     assert isinstance(decided, Pending)
     assert decided.checks == (compartment_check("Patient", LINKED, "123", ("link",), label="entry 0"),)
 

@@ -119,8 +119,9 @@ async def test_the_smart_configuration_route_survives_a_reload(tmp_path: Path, m
         return httpx.Response(200, json=discovery)
 
     real_client = httpx.AsyncClient
-    monkeypatch.setattr(httpx, "AsyncClient",
-                        lambda **kwargs: real_client(transport=httpx.MockTransport(answer), **kwargs))
+    monkeypatch.setattr(
+        httpx, "AsyncClient", lambda **kwargs: real_client(transport=httpx.MockTransport(answer), **kwargs)
+    )
     jwks_file = tmp_path / "jwks.json"
     jwks_file.write_text(json.dumps(make_jwks(key_for("ES256"))), encoding="utf-8")
     config_path = _write_config(tmp_path, jwks_file)

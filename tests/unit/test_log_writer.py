@@ -62,7 +62,8 @@ def test_a_line_is_written_soon_without_waiting_for_close(tmp_path: Path) -> Non
 
 
 def test_a_stalled_stream_never_blocks_the_caller_and_a_full_queue_drops_and_counts(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     stream = BlockingStream()
     monkeypatch.setattr(sys, "stdout", stream)
     lines = JsonLines("stdout", capacity=4)

@@ -17,8 +17,9 @@ def decisions(reason: Reason) -> float:
 
 
 def test_a_reasons_decision_counter_is_resolved_once() -> None:
-    assert metrics.DECISIONS_BY_REASON[Reason.SCOPE_INSUFFICIENT] is metrics.DECISIONS_BY_REASON[
-        Reason.SCOPE_INSUFFICIENT]
+    assert (
+        metrics.DECISIONS_BY_REASON[Reason.SCOPE_INSUFFICIENT] is metrics.DECISIONS_BY_REASON[Reason.SCOPE_INSUFFICIENT]
+    )
 
 
 def test_the_resolved_child_counts_in_the_series_of_its_outcome_status_and_reason() -> None:
@@ -27,12 +28,15 @@ def test_the_resolved_child_counts_in_the_series_of_its_outcome_status_and_reaso
     assert decisions(Reason.ALLOWED_COMPARTMENT_SEARCH) - before == 1
 
 
-@pytest.mark.parametrize(("reason", "labels"), [
-    (Reason.ALLOWED_COMPARTMENT_SEARCH, ("allow", "200", "allowed_compartment_search")),
-    (Reason.TOKEN_MISSING, ("deny", "401", "token_missing")),
-    (Reason.SCOPE_INSUFFICIENT, ("deny", "403", "scope_insufficient")),
-    (Reason.INTERNAL_ERROR, ("error", str(Reason.INTERNAL_ERROR.http_status), "internal_error")),
-])
+@pytest.mark.parametrize(
+    ("reason", "labels"),
+    [
+        (Reason.ALLOWED_COMPARTMENT_SEARCH, ("allow", "200", "allowed_compartment_search")),
+        (Reason.TOKEN_MISSING, ("deny", "401", "token_missing")),
+        (Reason.SCOPE_INSUFFICIENT, ("deny", "403", "scope_insufficient")),
+        (Reason.INTERNAL_ERROR, ("error", str(Reason.INTERNAL_ERROR.http_status), "internal_error")),
+    ],
+)
 def test_decision_labels_follow_from_the_reason(reason: Reason, labels: tuple[str, str, str]) -> None:
     assert metrics.decision_labels(reason) == labels
 

@@ -24,8 +24,13 @@ CONFIGURED = PolicySettings(fhir_base_url=FHIR_BASE_URL, operations=(LASTN, META
 FOLLOWING_LINKS = PolicySettings(fhir_base_url=FHIR_BASE_URL, follow_patient_links=True)
 
 
-def reason(path: str, scope: str = "patient/*.rs", patient: str | None = "123", method: str = "GET",
-           settings: PolicySettings | None = None) -> Reason:
+def reason(
+    path: str,
+    scope: str = "patient/*.rs",
+    patient: str | None = "123",
+    method: str = "GET",
+    settings: PolicySettings | None = None,
+) -> Reason:
     outcome = decide_path(path, scope, patient, method, *(() if settings is None else (settings,)))
     assert isinstance(outcome, Decision), outcome
     return outcome.reason
@@ -58,7 +63,8 @@ def test_everything_limited_by_type_needs_only_the_types_named() -> None:
 
 def test_everything_limited_by_type_is_denied_when_a_named_type_is_not_granted() -> None:
     assert reason("Patient/123/$everything?_type=Observation,Condition", "patient/Observation.rs") is (
-        Reason.SCOPE_INSUFFICIENT)
+        Reason.SCOPE_INSUFFICIENT
+    )
 
 
 def test_everything_naming_a_type_closed_to_patient_scopes_is_denied() -> None:
@@ -74,8 +80,17 @@ def test_everything_with_its_own_parameters_is_allowed() -> None:
     assert reason(path) is Reason.ALLOWED_OPERATION
 
 
-@pytest.mark.parametrize("query", ["patient=456", "_include=Observation:patient", "_revinclude=Observation:subject",
-                                   "_has:Observation:patient:code=x", "_id=456", "_filter=x"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "patient=456",
+        "_include=Observation:patient",
+        "_revinclude=Observation:subject",
+        "_has:Observation:patient:code=x",
+        "_id=456",
+        "_filter=x",
+    ],
+)
 def test_everything_with_a_parameter_outside_its_set_is_denied(query: str) -> None:
     assert reason(f"Patient/123/$everything?{query}") is Reason.SEARCH_PARAMETER_NOT_PERMITTED
 
@@ -126,17 +141,20 @@ def test_unknown_operations_are_denied_by_default(path: str) -> None:
 
 def test_the_config_allowlist_opens_an_operation_to_scopes_granting_its_permission() -> None:
     assert reason("Observation/$lastn", "user/Observation.s", patient=None, settings=CONFIGURED) is (
-        Reason.ALLOWED_OPERATION)
+        Reason.ALLOWED_OPERATION
+    )
 
 
 def test_an_allowlisted_operation_still_needs_its_permission() -> None:
     assert reason("Observation/$lastn", "user/Observation.r", patient=None, settings=CONFIGURED) is (
-        Reason.OPERATION_NOT_PERMITTED)
+        Reason.OPERATION_NOT_PERMITTED
+    )
 
 
 def test_an_allowlisted_operation_is_open_only_at_its_levels() -> None:
     assert reason("Observation/abc/$lastn", "user/*.rs", patient=None, settings=CONFIGURED) is (
-        Reason.OPERATION_NOT_PERMITTED)
+        Reason.OPERATION_NOT_PERMITTED
+    )
 
 
 def test_an_allowlisted_operation_without_patient_context_stays_closed_to_patient_scopes() -> None:
@@ -151,8 +169,9 @@ def test_export_opened_for_user_scopes_stays_closed_to_patient_scopes() -> None:
 def test_a_patient_context_operation_on_a_compartment_resource_needs_a_membership_lookup() -> None:
     outcome = pending("Observation/abc/$meta", settings=CONFIGURED)
     assert outcome.allow.reason is Reason.ALLOWED_OPERATION
-    assert outcome.checks == (MembershipCheck("Observation", "abc", (
-        (("subject", "Patient/123"),), (("performer", "Patient/123"),))),)
+    assert outcome.checks == (
+        MembershipCheck("Observation", "abc", ((("subject", "Patient/123"),), (("performer", "Patient/123"),))),
+    )
 
 
 def test_a_patient_context_operation_on_the_context_patient_needs_no_lookup() -> None:
@@ -169,12 +188,15 @@ def test_a_patient_context_operation_takes_no_control_parameters() -> None:
 
 def test_a_patient_context_operation_is_closed_to_granular_patient_scopes() -> None:
     assert reason("Observation/abc/$meta", f"patient/Observation.r?category={LAB}", settings=CONFIGURED) is (
-        Reason.OPERATION_NOT_PERMITTED)
+        Reason.OPERATION_NOT_PERMITTED
+    )
 
 
 def test_a_patient_context_operation_is_open_at_instance_level_only() -> None:
-    settings = PolicySettings(fhir_base_url=FHIR_BASE_URL, operations=(
-        OperationRule("$meta", frozenset({"type", "instance"}), "r", patient_context=True),))
+    settings = PolicySettings(
+        fhir_base_url=FHIR_BASE_URL,
+        operations=(OperationRule("$meta", frozenset({"type", "instance"}), "r", patient_context=True),),
+    )
     assert reason("Observation/$meta", settings=settings) is Reason.OPERATION_NOT_PERMITTED
 
 
@@ -233,14 +255,21 @@ def test_system_level_search_is_denied_to_patient_tokens(path: str) -> None:
 
 
 def test_system_level_search_posted_is_denied_to_patient_tokens() -> None:
-    outcome = decide_body("_search", "POST", b"_type=Observation&patient=123", "patient/*.rs",
-                          content_type="application/x-www-form-urlencoded", headers={"content-length": "29"})
+    outcome = decide_body(
+        "_search",
+        "POST",
+        b"_type=Observation&patient=123",
+        "patient/*.rs",
+        content_type="application/x-www-form-urlencoded",
+        headers={"content-length": "29"},
+    )
     assert isinstance(outcome, Decision) and outcome.reason is Reason.INTERACTION_NOT_SUPPORTED
 
 
 def test_system_level_search_is_allowed_by_user_scopes_for_every_named_type() -> None:
     assert reason("?_type=Observation,Condition", "user/Observation.s user/Condition.s", patient=None) is (
-        Reason.ALLOWED_BY_SCOPE)
+        Reason.ALLOWED_BY_SCOPE
+    )
 
 
 def test_system_level_search_is_denied_when_a_named_type_is_not_granted() -> None:

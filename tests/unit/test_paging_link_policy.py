@@ -17,8 +17,9 @@ VERIFIED = PolicySettings(fhir_base_url=FHIR_BASE_URL, responses_verified=True)
 UNVERIFIED = PolicySettings(fhir_base_url=FHIR_BASE_URL)
 
 
-def reason(path: str, settings: PolicySettings, scope: str = "patient/*.rs", method: str = "GET",
-           patient: str | None = "123") -> Reason:
+def reason(
+    path: str, settings: PolicySettings, scope: str = "patient/*.rs", method: str = "GET", patient: str | None = "123"
+) -> Reason:
     decided = decide_path(path, scope, patient=patient, method=method, settings=settings)
     assert isinstance(decided, Decision)
     return decided.reason
@@ -32,20 +33,25 @@ def test_a_paging_link_is_allowed_to_a_patient_token_when_responses_are_verified
     assert reason("?_getpages=abc", VERIFIED) is Reason.ALLOWED_PAGING_LINK
 
 
-@pytest.mark.parametrize("path", ["?_getpages=abc&_getpagesoffset=20&_count=10&_format=json&_bundletype=searchset",
-                                  "?_getpages=abc&_pretty=true"])
+@pytest.mark.parametrize(
+    "path",
+    ["?_getpages=abc&_getpagesoffset=20&_count=10&_format=json&_bundletype=searchset", "?_getpages=abc&_pretty=true"],
+)
 def test_paging_parameters_may_accompany_the_link(path: str) -> None:
     assert reason(path, VERIFIED) is Reason.ALLOWED_PAGING_LINK
 
 
-@pytest.mark.parametrize("path", [
-    "?_getpages=abc&patient=456",           # a search parameter rides along
-    "?_getpages=abc&_type=Observation",      # a system search in disguise
-    "?_getpages=abc&_getpages=def",          # two links at once
-    "?_getpages:missing=abc",                # a modifier
-    "?_getpagesoffset=0",                    # no link at all
-    "?_type=Observation",                    # plain system search
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "?_getpages=abc&patient=456",  # a search parameter rides along
+        "?_getpages=abc&_type=Observation",  # a system search in disguise
+        "?_getpages=abc&_getpages=def",  # two links at once
+        "?_getpages:missing=abc",  # a modifier
+        "?_getpagesoffset=0",  # no link at all
+        "?_type=Observation",  # plain system search
+    ],
+)
 def test_anything_more_than_a_bare_paging_link_stays_denied(path: str) -> None:
     assert reason(path, VERIFIED) is Reason.INTERACTION_NOT_SUPPORTED
 

@@ -25,8 +25,13 @@ from tests.unit.policy_helpers import (
 )
 
 
-def reason(path: str, scope: str = "patient/*.rs", method: str = "GET", patient: str | None = "123",
-           settings: PolicySettings | None = None) -> Reason:
+def reason(
+    path: str,
+    scope: str = "patient/*.rs",
+    method: str = "GET",
+    patient: str | None = "123",
+    settings: PolicySettings | None = None,
+) -> Reason:
     outcome = decide_path(path, scope, patient, method, *(() if settings is None else (settings,)))
     assert isinstance(outcome, Decision), outcome
     return outcome.reason
@@ -55,18 +60,21 @@ def by_param(*params: str, patient: str = "123") -> tuple[tuple[tuple[str, str],
 # --- search bound to the context patient ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("query", [
-    "patient=123",
-    "patient=Patient/123",
-    "subject=Patient/123",
-    "subject:Patient=123",
-    "subject:Patient=Patient/123",
-    "patient:Patient=123",
-    f"subject={FHIR_BASE_URL}/Patient/123",
-    f"patient={FHIR_BASE_URL}/Patient/123",
-    f"subject:Patient={FHIR_BASE_URL}/Patient/123",
-    "performer=Patient/123",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "patient=123",
+        "patient=Patient/123",
+        "subject=Patient/123",
+        "subject:Patient=123",
+        "subject:Patient=Patient/123",
+        "patient:Patient=123",
+        f"subject={FHIR_BASE_URL}/Patient/123",
+        f"patient={FHIR_BASE_URL}/Patient/123",
+        f"subject:Patient={FHIR_BASE_URL}/Patient/123",
+        "performer=Patient/123",
+    ],
+)
 def test_patient_token_can_search_own_observations(query: str) -> None:
     assert reason(f"Observation?{query}") is Reason.ALLOWED_COMPARTMENT_SEARCH
 
@@ -74,7 +82,8 @@ def test_patient_token_can_search_own_observations(query: str) -> None:
 def test_absolute_reference_on_our_base_with_trailing_slash_setting_binds() -> None:
     settings = PolicySettings(fhir_base_url=FHIR_BASE_URL + "/")
     assert reason(f"Observation?subject={FHIR_BASE_URL}/Patient/123", settings=settings) is (
-        Reason.ALLOWED_COMPARTMENT_SEARCH)
+        Reason.ALLOWED_COMPARTMENT_SEARCH
+    )
 
 
 def test_patient_token_can_search_own_compartment_by_path() -> None:
@@ -86,9 +95,12 @@ def test_compartment_search_by_path_accepts_further_filters() -> None:
 
 
 def test_compartment_search_post_is_bound_by_the_path() -> None:
-    request = fhir_request("Patient/123/Observation/_search", "POST",
-                           headers={"content-type": "application/x-www-form-urlencoded", "content-length": "6"},
-                           body=b"code=x")
+    request = fhir_request(
+        "Patient/123/Observation/_search",
+        "POST",
+        headers={"content-type": "application/x-www-form-urlencoded", "content-length": "6"},
+        body=b"code=x",
+    )
     outcome = decide(request, token_context("patient/*.rs"), SETTINGS)
     assert isinstance(outcome, Decision)
     assert outcome.reason is Reason.ALLOWED_COMPARTMENT_SEARCH
@@ -125,9 +137,17 @@ def test_allowed_search_decision_names_the_interaction_and_type() -> None:
 # --- searches that escape the compartment ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("query", ["patient=456", "patient=Patient/456", "subject=Patient/456",
-                                   "subject:Patient=456", f"subject={FHIR_BASE_URL}/Patient/456",
-                                   "performer=Patient/456"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "patient=456",
+        "patient=Patient/456",
+        "subject=Patient/456",
+        "subject:Patient=456",
+        f"subject={FHIR_BASE_URL}/Patient/456",
+        "performer=Patient/456",
+    ],
+)
 def test_patient_token_cannot_search_other_patients_observations(query: str) -> None:
     assert reason(f"Observation?{query}") is Reason.COMPARTMENT_OTHER_PATIENT
 
@@ -208,27 +228,59 @@ def test_search_bound_only_to_a_non_patient_is_unbound() -> None:
     assert reason("Observation?subject=Group/7", settings=NO_NARROWING) is Reason.COMPARTMENT_UNBOUND
 
 
-@pytest.mark.parametrize("query", ["patient.name=Smith", "subject:Patient.name=Smith",
-                                   "patient=123&subject:Patient.name=Smith", "patient.identifier=x|456"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "patient.name=Smith",
+        "subject:Patient.name=Smith",
+        "patient=123&subject:Patient.name=Smith",
+        "patient.identifier=x|456",
+    ],
+)
 def test_chained_binding_params_are_not_permitted(query: str) -> None:
     assert reason(f"Observation?{query}") is Reason.SEARCH_PARAMETER_NOT_PERMITTED
 
 
-@pytest.mark.parametrize("query", ["patient:missing=true", "patient=123&subject:missing=true",
-                                   "patient:not=456", "patient:identifier=http://mrn|456"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "patient:missing=true",
+        "patient=123&subject:missing=true",
+        "patient:not=456",
+        "patient:identifier=http://mrn|456",
+    ],
+)
 def test_modifiers_on_binding_params_are_ambiguous(query: str) -> None:
     assert reason(f"Observation?{query}") is Reason.COMPARTMENT_AMBIGUOUS
 
 
-@pytest.mark.parametrize("param", ["_has:Observation:patient:code=1234", "_filter=subject eq Patient/123",
-                                   "_query=everything", "_contained=true", "_containedType=contained",
-                                   "_x=1", "_type=Observation", "_list=x&_sortx=1"])
+@pytest.mark.parametrize(
+    "param",
+    [
+        "_has:Observation:patient:code=1234",
+        "_filter=subject eq Patient/123",
+        "_query=everything",
+        "_contained=true",
+        "_containedType=contained",
+        "_x=1",
+        "_type=Observation",
+        "_list=x&_sortx=1",
+    ],
+)
 def test_special_search_params_are_not_permitted(param: str) -> None:
     assert reason(f"Observation?patient=123&{param}") is Reason.SEARCH_PARAMETER_NOT_PERMITTED
 
 
-@pytest.mark.parametrize("param", ["code=Patient/456", "_source=http://x/Patient/456", "focus=Patient/456",
-                                   "value-string=see Patient/456", "_content=Patient/456"])
+@pytest.mark.parametrize(
+    "param",
+    [
+        "code=Patient/456",
+        "_source=http://x/Patient/456",
+        "focus=Patient/456",
+        "value-string=see Patient/456",
+        "_content=Patient/456",
+    ],
+)
 def test_any_parameter_mentioning_another_patient_is_denied(param: str) -> None:
     assert reason(f"Observation?patient=123&{param}") is Reason.COMPARTMENT_OTHER_PATIENT
 
@@ -292,14 +344,18 @@ def test_read_of_an_observation_needs_a_membership_lookup() -> None:
 
 def test_vread_of_an_observation_needs_a_membership_lookup_and_a_check_of_that_version() -> None:
     checks = pending("Observation/abc/_history/3").checks
-    assert checks == (MembershipCheck("Observation", "abc", by_param("subject", "performer")),
-                      VersionCheck("Observation", "abc", "3", "123"))
+    assert checks == (
+        MembershipCheck("Observation", "abc", by_param("subject", "performer")),
+        VersionCheck("Observation", "abc", "3", "123"),
+    )
 
 
 def test_instance_history_of_an_observation_needs_a_membership_lookup_and_a_check_of_every_version() -> None:
     checks = pending("Observation/abc/_history").checks
-    assert checks == (MembershipCheck("Observation", "abc", by_param("subject", "performer")),
-                      VersionCheck("Observation", "abc", None, "123"))
+    assert checks == (
+        MembershipCheck("Observation", "abc", by_param("subject", "performer")),
+        VersionCheck("Observation", "abc", None, "123"),
+    )
 
 
 def test_instance_history_of_the_context_patient_needs_no_lookup() -> None:
@@ -308,7 +364,8 @@ def test_instance_history_of_the_context_patient_needs_no_lookup() -> None:
 
 def test_read_of_coverage_looks_up_every_compartment_param() -> None:
     assert membership("Coverage/c1") == MembershipCheck(
-        "Coverage", "c1", by_param("policy-holder", "subscriber", "beneficiary", "payor"))
+        "Coverage", "c1", by_param("policy-holder", "subscriber", "beneficiary", "payor")
+    )
 
 
 def test_read_allow_names_the_interaction_and_type() -> None:
@@ -319,11 +376,13 @@ def test_read_allow_names_the_interaction_and_type() -> None:
 
 def test_read_with_format_params_is_allowed() -> None:
     assert reason("Patient/123?_format=json&_pretty=true&_summary=true&_elements=name") is (
-        Reason.ALLOWED_CONTEXT_PATIENT)
+        Reason.ALLOWED_CONTEXT_PATIENT
+    )
 
 
-@pytest.mark.parametrize("param", ["_include=Observation:patient", "_count=1", "_has:Observation:patient:code=x",
-                                   "_id=456"])
+@pytest.mark.parametrize(
+    "param", ["_include=Observation:patient", "_count=1", "_has:Observation:patient:code=x", "_id=456"]
+)
 def test_read_with_search_control_params_is_not_permitted(param: str) -> None:
     assert reason(f"Patient/123?{param}") is Reason.SEARCH_PARAMETER_NOT_PERMITTED
 
@@ -445,13 +504,16 @@ def test_granular_scope_grants_a_search_carrying_its_constraint() -> None:
     assert reason(f"Observation?patient=123&category={LAB}", LAB_SCOPE) is Reason.ALLOWED_COMPARTMENT_SEARCH
 
 
-@pytest.mark.parametrize("query", [
-    "category=laboratory",
-    f"category={LAB},http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
-    f"category:not={LAB}",
-    f"category={LAB}&category=x",
-    "category:text=laboratory",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "category=laboratory",
+        f"category={LAB},http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
+        f"category:not={LAB}",
+        f"category={LAB}&category=x",
+        "category:text=laboratory",
+    ],
+)
 def test_granular_scope_needs_its_constraint_exactly(query: str) -> None:
     assert reason(f"Observation?patient=123&{query}", LAB_SCOPE) is Reason.SCOPE_INSUFFICIENT
 
@@ -463,7 +525,9 @@ def test_granular_scope_search_is_still_bound_to_the_patient() -> None:
 def test_granular_scope_read_adds_its_constraint_to_the_lookup() -> None:
     category = ("category", LAB)
     assert membership("Observation/abc", LAB_SCOPE).queries == (
-        (("subject", "Patient/123"), category), (("performer", "Patient/123"), category))
+        (("subject", "Patient/123"), category),
+        (("performer", "Patient/123"), category),
+    )
 
 
 def test_granular_scope_read_of_the_context_patient_needs_a_lookup() -> None:
@@ -473,7 +537,8 @@ def test_granular_scope_read_of_the_context_patient_needs_a_lookup() -> None:
 
 def test_unconstrained_scope_supersedes_a_granular_one() -> None:
     assert reason("Observation?patient=123", f"{LAB_SCOPE} patient/Observation.rs") is (
-        Reason.ALLOWED_COMPARTMENT_SEARCH)
+        Reason.ALLOWED_COMPARTMENT_SEARCH
+    )
 
 
 def test_granular_user_scope_grants_a_type_search_carrying_its_constraint() -> None:
@@ -494,8 +559,10 @@ def test_patient_scope_without_patient_context_is_denied() -> None:
 
 
 @pytest.mark.parametrize("scope", ["user/Observation.rs", "system/Observation.rs", "user/*.read", "system/*.rs"])
-@pytest.mark.parametrize("path", ["Observation?code=1234-5", "Observation?patient=456", "Observation/abc",
-                                  "Patient/456/Observation", "Observation"])
+@pytest.mark.parametrize(
+    "path",
+    ["Observation?code=1234-5", "Observation?patient=456", "Observation/abc", "Patient/456/Observation", "Observation"],
+)
 def test_user_and_system_scopes_allow_by_type(scope: str, path: str) -> None:
     assert reason(path, scope, patient=None) is Reason.ALLOWED_BY_SCOPE
 
@@ -513,30 +580,42 @@ def test_user_scope_for_another_type_does_not_lift_the_compartment() -> None:
 
 
 def test_user_scope_search_with_include_of_a_granted_type_is_allowed() -> None:
-    assert reason("Observation?code=x&_include=Observation:patient", "user/Observation.rs user/Patient.r",
-                  patient=None) is Reason.ALLOWED_BY_SCOPE
+    assert (
+        reason("Observation?code=x&_include=Observation:patient", "user/Observation.rs user/Patient.r", patient=None)
+        is Reason.ALLOWED_BY_SCOPE
+    )
 
 
 def test_user_scope_search_with_include_of_an_ungranted_type_is_denied() -> None:
-    assert reason("Observation?code=x&_include=Observation:patient", "user/Observation.rs",
-                  patient=None) is Reason.INCLUDE_NOT_PERMITTED
+    assert (
+        reason("Observation?code=x&_include=Observation:patient", "user/Observation.rs", patient=None)
+        is Reason.INCLUDE_NOT_PERMITTED
+    )
 
 
 def test_user_scope_include_must_start_from_the_searched_type() -> None:
-    assert reason("Observation?code=x&_include=Encounter:patient", "user/*.rs",
-                  patient=None) is Reason.INCLUDE_NOT_PERMITTED
+    assert (
+        reason("Observation?code=x&_include=Encounter:patient", "user/*.rs", patient=None)
+        is Reason.INCLUDE_NOT_PERMITTED
+    )
 
 
 def test_user_scope_revinclude_needs_read_on_the_source() -> None:
-    assert reason("Patient?name=x&_revinclude=Observation:subject", "user/Patient.rs",
-                  patient=None) is Reason.INCLUDE_NOT_PERMITTED
-    assert reason("Patient?name=x&_revinclude=Observation:subject", "user/Patient.rs user/Observation.r",
-                  patient=None) is Reason.ALLOWED_BY_SCOPE
+    assert (
+        reason("Patient?name=x&_revinclude=Observation:subject", "user/Patient.rs", patient=None)
+        is Reason.INCLUDE_NOT_PERMITTED
+    )
+    assert (
+        reason("Patient?name=x&_revinclude=Observation:subject", "user/Patient.rs user/Observation.r", patient=None)
+        is Reason.ALLOWED_BY_SCOPE
+    )
 
 
 def test_user_scope_include_iterate_is_denied() -> None:
-    assert reason("Observation?code=x&_include:iterate=Observation:patient", "user/*.rs",
-                  patient=None) is Reason.INCLUDE_NOT_PERMITTED
+    assert (
+        reason("Observation?code=x&_include:iterate=Observation:patient", "user/*.rs", patient=None)
+        is Reason.INCLUDE_NOT_PERMITTED
+    )
 
 
 # --- _include and _revinclude under patient scopes ---------------------------------------------------
@@ -548,12 +627,14 @@ def test_include_of_the_bound_patient_is_allowed_when_patient_is_readable() -> N
 
 def test_include_of_the_bound_subject_with_patient_target_is_allowed() -> None:
     assert reason("Observation?subject=Patient/123&_include=Observation:subject:Patient") is (
-        Reason.ALLOWED_COMPARTMENT_SEARCH)
+        Reason.ALLOWED_COMPARTMENT_SEARCH
+    )
 
 
 def test_include_of_the_bound_patient_is_denied_when_patient_is_not_readable() -> None:
     assert reason("Observation?patient=123&_include=Observation:patient", "patient/Observation.rs") is (
-        Reason.INCLUDE_NOT_PERMITTED)
+        Reason.INCLUDE_NOT_PERMITTED
+    )
 
 
 def test_include_of_a_param_other_than_the_binding_is_denied() -> None:
@@ -567,20 +648,29 @@ def test_include_of_the_patient_on_a_path_bound_search_is_denied() -> None:
 def test_include_of_a_granted_non_compartment_type_is_allowed() -> None:
     scope = "patient/Observation.rs patient/Practitioner.r"
     assert reason("Observation?patient=123&_include=Observation:performer:Practitioner", scope) is (
-        Reason.ALLOWED_COMPARTMENT_SEARCH)
+        Reason.ALLOWED_COMPARTMENT_SEARCH
+    )
 
 
 def test_include_of_a_non_compartment_type_that_is_not_granted_is_denied() -> None:
-    assert reason("Observation?patient=123&_include=Observation:performer:Practitioner",
-                  "patient/Observation.rs") is Reason.INCLUDE_NOT_PERMITTED
+    assert (
+        reason("Observation?patient=123&_include=Observation:performer:Practitioner", "patient/Observation.rs")
+        is Reason.INCLUDE_NOT_PERMITTED
+    )
 
 
 def test_include_of_a_closed_type_is_denied() -> None:
     assert reason("Observation?patient=123&_include=Observation:focus:Task") is Reason.INCLUDE_NOT_PERMITTED
 
 
-@pytest.mark.parametrize("param", ["_include:iterate=Observation:patient", "_include:recurse=Observation:patient",
-                                   "_revinclude:iterate=Observation:subject"])
+@pytest.mark.parametrize(
+    "param",
+    [
+        "_include:iterate=Observation:patient",
+        "_include:recurse=Observation:patient",
+        "_revinclude:iterate=Observation:subject",
+    ],
+)
 def test_iterating_includes_are_denied(param: str) -> None:
     assert reason(f"Observation?patient=123&{param}") is Reason.INCLUDE_NOT_PERMITTED
 
@@ -590,8 +680,16 @@ def test_wildcard_includes_are_denied(value: str) -> None:
     assert reason(f"Observation?patient=123&_include={value}") is Reason.INCLUDE_NOT_PERMITTED
 
 
-@pytest.mark.parametrize("value", ["Observation", "Observation:code", "Observation:nope", "Observation:patient:Group",
-                                   "Observation:patient:Patient:x"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Observation",
+        "Observation:code",
+        "Observation:nope",
+        "Observation:patient:Group",
+        "Observation:patient:Patient:x",
+    ],
+)
 def test_malformed_or_non_reference_includes_are_denied(value: str) -> None:
     assert reason(f"Observation?patient=123&_include={value}") is Reason.INCLUDE_NOT_PERMITTED
 
@@ -610,7 +708,8 @@ def test_revinclude_through_an_alias_binding_param_is_allowed() -> None:
 
 def test_revinclude_needs_read_on_the_source_type() -> None:
     assert reason("Patient?_id=123&_revinclude=Observation:subject", "patient/Patient.rs") is (
-        Reason.INCLUDE_NOT_PERMITTED)
+        Reason.INCLUDE_NOT_PERMITTED
+    )
 
 
 def test_revinclude_with_a_non_patient_target_is_denied() -> None:
@@ -632,7 +731,8 @@ def test_revinclude_on_a_practitioner_search_is_denied() -> None:
 def test_revinclude_of_a_non_compartment_type_is_allowed_when_granted() -> None:
     scope = "patient/Practitioner.rs patient/PractitionerRole.r"
     assert reason("Practitioner?name=x&_revinclude=PractitionerRole:practitioner", scope) is (
-        Reason.ALLOWED_OUTSIDE_COMPARTMENT)
+        Reason.ALLOWED_OUTSIDE_COMPARTMENT
+    )
 
 
 def test_include_of_a_multi_valued_binding_param_cannot_reveal_other_patients() -> None:
@@ -642,23 +742,36 @@ def test_include_of_a_multi_valued_binding_param_cannot_reveal_other_patients() 
 def test_include_of_a_multi_valued_binding_param_checks_every_target() -> None:
     scope = "patient/Observation.rs patient/Patient.r"
     assert reason("Observation?performer=Patient/123&_include=Observation:performer", scope) is (
-        Reason.INCLUDE_NOT_PERMITTED)
+        Reason.INCLUDE_NOT_PERMITTED
+    )
 
 
 # --- other interactions ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "method"), [
-    ("Observation", "POST"), ("Observation/abc", "PUT"), ("Observation/abc", "PATCH"),
-    ("Observation/abc", "DELETE"), ("Observation?patient=123", "DELETE"), ("Patient/123", "PUT"),
-])
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("Observation", "POST"),
+        ("Observation/abc", "PUT"),
+        ("Observation/abc", "PATCH"),
+        ("Observation/abc", "DELETE"),
+        ("Observation?patient=123", "DELETE"),
+        ("Patient/123", "PUT"),
+    ],
+)
 def test_read_scopes_never_allow_writes(path: str, method: str) -> None:
     assert reason(path, "patient/*.rs user/*.rs", method) is Reason.SCOPE_INSUFFICIENT
 
 
-@pytest.mark.parametrize(("path", "method"), [
-    ("Observation?patient=123", "DELETE"), ("Observation?patient=123", "PUT"), ("Observation?patient=123", "PATCH"),
-])
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("Observation?patient=123", "DELETE"),
+        ("Observation?patient=123", "PUT"),
+        ("Observation?patient=123", "PATCH"),
+    ],
+)
 def test_conditional_writes_are_not_permitted_in_patient_context(path: str, method: str) -> None:
     assert reason(path, "patient/*.cruds", method) is Reason.CONDITIONAL_NOT_PERMITTED
 
@@ -687,12 +800,17 @@ def test_everything_needs_every_type_it_can_return() -> None:
 
 
 def test_batch_entry_escaping_the_compartment_denies_the_bundle() -> None:
-    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"request": {"method": "GET", "url": "Observation?patient=123"}},
-        {"request": {"method": "GET", "url": "Observation?patient=456"}},
-    ]}
-    request = fhir_request("", "POST", headers={"content-type": "application/fhir+json"},
-                           body=json.dumps(bundle).encode())
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": "Observation?patient=123"}},
+            {"request": {"method": "GET", "url": "Observation?patient=456"}},
+        ],
+    }
+    request = fhir_request(
+        "", "POST", headers={"content-type": "application/fhir+json"}, body=json.dumps(bundle).encode()
+    )
     assert request.interaction is Interaction.BATCH
     outcome = decide(request, token_context("patient/*.rs"), SETTINGS)
     assert isinstance(outcome, Decision)

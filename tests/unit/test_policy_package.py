@@ -99,8 +99,10 @@ def _imported_names(node: ast.Import | ast.ImportFrom) -> list[str]:
     if node.level > 1:
         package = package.rsplit(".", node.level - 1)[0]
     base = ".".join(part for part in (package, node.module or "") if part)
-    return [f"{base}.{alias.name}" if (POLICY_DIR / f"{alias.name}.py").exists() and base == PACKAGE else base
-            for alias in node.names]
+    return [
+        f"{base}.{alias.name}" if (POLICY_DIR / f"{alias.name}.py").exists() and base == PACKAGE else base
+        for alias in node.names
+    ]
 
 
 def _policy_edges(modules: dict[str, ast.Module]) -> dict[str, set[str]]:
@@ -118,7 +120,7 @@ def _find_cycle(edges: dict[str, set[str]]) -> list[str]:
 
     def visit(module: str, path: list[str]) -> list[str]:
         if module in path:
-            return [*path[path.index(module):], module]
+            return [*path[path.index(module) :], module]
         if module in done:
             return []
         for imported in sorted(edges[module]):
@@ -161,4 +163,3 @@ def test_the_policy_has_no_function_level_import() -> None:
         if isinstance(node, ast.Import | ast.ImportFrom) and node not in tree.body
     ]
     assert nested == []
-

@@ -33,8 +33,9 @@ def routes(*extra: PublicRoute) -> PublicRoutes:
 # --- PublicRoutes.matches ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/r4/metadata", "/r4/metadata?_format=json", "/r4/metadata/",
-                                  "/r4/.well-known/smart-configuration"])
+@pytest.mark.parametrize(
+    "path", ["/r4/metadata", "/r4/metadata?_format=json", "/r4/metadata/", "/r4/.well-known/smart-configuration"]
+)
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_built_in_routes_are_public(path: str, method: str) -> None:
     assert routes().matches(http(path, method))
@@ -45,9 +46,23 @@ def test_built_in_routes_are_public_for_reads_only(method: str) -> None:
     assert not routes().matches(http("/r4/metadata", method))
 
 
-@pytest.mark.parametrize("path", ["/metadata", "/r4x/metadata", "/r4", "/r4/", "/r4/metadata/x", "/r4/metadata2",
-                                  "/r4/Metadata", "/r4/metadat%61", "/r4//metadata", "/r4/Patient/metadata",
-                                  "/r4/.well-known/smart-configuration.json", "/r4/Patient/123"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/metadata",
+        "/r4x/metadata",
+        "/r4",
+        "/r4/",
+        "/r4/metadata/x",
+        "/r4/metadata2",
+        "/r4/Metadata",
+        "/r4/metadat%61",
+        "/r4//metadata",
+        "/r4/Patient/metadata",
+        "/r4/.well-known/smart-configuration.json",
+        "/r4/Patient/123",
+    ],
+)
 def test_other_paths_are_not_public(path: str) -> None:
     assert not routes().matches(http(path))
 
@@ -87,8 +102,10 @@ def test_escaped_path_is_never_public() -> None:
     assert not routes(public_route("/Practitioner", prefix=True)).matches(http("/r4/Practitioner/%2E%2E/Patient/1"))
 
 
-@pytest.mark.parametrize("path", ["/r4/Practitioner/../Patient/456", "/r4/Practitioner/x/../../Patient/456",
-                                  "/r4/Practitioner//../Patient/456"])
+@pytest.mark.parametrize(
+    "path",
+    ["/r4/Practitioner/../Patient/456", "/r4/Practitioner/x/../../Patient/456", "/r4/Practitioner//../Patient/456"],
+)
 def test_prefix_route_does_not_match_dot_segments(path: str) -> None:
     assert not routes(public_route("/Practitioner", prefix=True)).matches(http(path))
 
@@ -113,18 +130,28 @@ class _NeverLookup(MembershipLookup):
 @pytest.fixture
 async def authorizer(tmp_path: Path) -> AsyncIterator[Authorizer]:
     async with offline_client() as client:
-        yield Authorizer(BASE_PATH, routes(public_route("/Practitioner", prefix=True)),
-                         file_verifier(SigningKey(tmp_path), client), SETTINGS, _NeverLookup(), 16_384)
+        yield Authorizer(
+            BASE_PATH,
+            routes(public_route("/Practitioner", prefix=True)),
+            file_verifier(SigningKey(tmp_path), client),
+            SETTINGS,
+            _NeverLookup(),
+            16_384,
+        )
 
 
-@pytest.mark.parametrize(("path", "method", "headers"), [
-    ("/r4/metadata", "GET", {}),
-    ("/r4/.well-known/smart-configuration", "GET", {}),
-    ("/r4/Practitioner/1", "GET", {}),
-    ("/r4/Patient/123", "OPTIONS", PREFLIGHT),
-])
-async def test_public_routes_pass_without_token(authorizer: Authorizer, path: str, method: str,
-                                                headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("path", "method", "headers"),
+    [
+        ("/r4/metadata", "GET", {}),
+        ("/r4/.well-known/smart-configuration", "GET", {}),
+        ("/r4/Practitioner/1", "GET", {}),
+        ("/r4/Patient/123", "OPTIONS", PREFLIGHT),
+    ],
+)
+async def test_public_routes_pass_without_token(
+    authorizer: Authorizer, path: str, method: str, headers: dict[str, str]
+) -> None:
     decision = await authorizer.authorize(http(path, method, headers))
     assert decision.reason is Reason.ALLOWED_PUBLIC_ROUTE
     assert decision.context is None

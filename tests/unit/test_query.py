@@ -78,8 +78,10 @@ def test_control_characters_are_an_error(raw: str) -> None:
         parse_query(raw)
 
 
-@pytest.mark.parametrize("raw", ["=1", "%3D=1", "1abc=1", "a%20b=1", "a::b=1", "a:=1", "a.=1", "-a=1",
-                                 "a b=1", "%C3%A9=1", "a%22=1", "a/b=1"])
+@pytest.mark.parametrize(
+    "raw",
+    ["=1", "%3D=1", "1abc=1", "a%20b=1", "a::b=1", "a:=1", "a.=1", "-a=1", "a b=1", "%C3%A9=1", "a%22=1", "a/b=1"],
+)
 def test_malformed_names_are_an_error(raw: str) -> None:
     with pytest.raises(QueryError):
         parse_query(raw)
@@ -102,7 +104,11 @@ def test_chain_is_split_from_the_code() -> None:
 def test_modifier_and_chain_together() -> None:
     (param,) = parse_query("subject:Patient.name=Smith")
     assert (param.name, param.code, param.modifier, param.chain) == (
-        "subject:Patient.name", "subject", "Patient", "name")
+        "subject:Patient.name",
+        "subject",
+        "Patient",
+        "name",
+    )
 
 
 def test_multi_level_chain_keeps_the_rest() -> None:
@@ -122,4 +128,6 @@ def test_missing_modifier() -> None:
 
 def test_underscore_and_hyphen_names() -> None:
     assert [p.code for p in parse_query("_lastUpdated=gt2020&general-practitioner=Practitioner/1")] == [
-        "_lastUpdated", "general-practitioner"]
+        "_lastUpdated",
+        "general-practitioner",
+    ]

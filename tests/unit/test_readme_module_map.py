@@ -12,7 +12,7 @@ PACKAGE = ROOT / "service" / "smartgate"
 
 def _section() -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return text[text.index("## The request path"):text.index("## Rules")]
+    return text[text.index("## The request path") : text.index("## Rules")]
 
 
 def mapped_modules(section: str) -> set[str]:

@@ -21,7 +21,7 @@ NAMES = HeaderNames()
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 DENY_REASONS = [reason for reason in Reason if not reason.allows]
 # RFC 6750 section 3: error_description uses %x20-21 / %x23-5B / %x5D-7E only.
-_NQSCHAR = re.compile(r'^[\x20\x21\x23-\x5b\x5d-\x7e]*\Z')
+_NQSCHAR = re.compile(r"^[\x20\x21\x23-\x5b\x5d-\x7e]*\Z")
 
 
 def build(decision: Decision, names: HeaderNames = NAMES) -> external_auth_pb2.CheckResponse:
@@ -33,8 +33,14 @@ def headers_of(options: list[base_pb2.HeaderValueOption]) -> dict[str, str]:
 
 
 def full_context_decision() -> Decision:
-    context = token_context("launch/patient patient/*.rs", "123", fhir_user="Practitioner/9", subject="sub-1",
-                            client_id="app-1", issuer="https://issuer.example.org")
+    context = token_context(
+        "launch/patient patient/*.rs",
+        "123",
+        fhir_user="Practitioner/9",
+        subject="sub-1",
+        client_id="app-1",
+        issuer="https://issuer.example.org",
+    )
     return Decision(Reason.ALLOWED_COMPARTMENT_SEARCH, "ok", context, "search-type", "Observation")
 
 
@@ -64,8 +70,12 @@ def test_allow_removes_empty_context_headers() -> None:
     context = token_context("user/*.rs", None, fhir_user=None, subject="", client_id="")
     response = build(Decision(Reason.ALLOWED_BY_SCOPE, "ok", context))
     assert set(headers_of(response.ok_response.headers)) == {"x-smart-scope", "x-smart-issuer"}
-    assert set(response.ok_response.headers_to_remove) == {"x-smart-patient", "x-smart-fhir-user",
-                                                           "x-smart-client-id", "x-smart-subject"}
+    assert set(response.ok_response.headers_to_remove) == {
+        "x-smart-patient",
+        "x-smart-fhir-user",
+        "x-smart-client-id",
+        "x-smart-subject",
+    }
 
 
 def test_allow_without_a_token_removes_every_context_header() -> None:
@@ -75,8 +85,9 @@ def test_allow_without_a_token_removes_every_context_header() -> None:
 
 
 def test_allow_uses_the_configured_header_names() -> None:
-    names = HeaderNames(patient="x-patient", fhir_user="x-user", scope="x-scope", client_id="x-client",
-                        subject="x-sub", issuer="x-iss")
+    names = HeaderNames(
+        patient="x-patient", fhir_user="x-user", scope="x-scope", client_id="x-client", subject="x-sub", issuer="x-iss"
+    )
     response = build(full_context_decision(), names)
     assert set(headers_of(response.ok_response.headers)) == set(names.all())
 
@@ -88,8 +99,14 @@ def test_allow_status_is_set_explicitly_to_ok() -> None:
 
 
 def test_a_narrowed_search_sets_its_binding_parameter_on_the_request() -> None:
-    decision = Decision(Reason.ALLOWED_NARROWED, "narrowed", token_context("patient/*.rs"), "search-type",
-                        "Observation", query_parameters_to_set=(("patient", "123"),))
+    decision = Decision(
+        Reason.ALLOWED_NARROWED,
+        "narrowed",
+        token_context("patient/*.rs"),
+        "search-type",
+        "Observation",
+        query_parameters_to_set=(("patient", "123"),),
+    )
     parameters = build(decision).ok_response.query_parameters_to_set
     assert [(parameter.key, parameter.value) for parameter in parameters] == [("patient", "123")]
 
@@ -121,14 +138,17 @@ def test_every_deny_has_an_explicit_non_ok_status_and_the_http_status(reason: Re
     assert response.denied_response.status.code == reason.http_status
 
 
-@pytest.mark.parametrize(("reason", "code"), [
-    (Reason.TOKEN_MISSING, code_pb2.UNAUTHENTICATED),
-    (Reason.TOKEN_EXPIRED, code_pb2.UNAUTHENTICATED),
-    (Reason.REQUEST_MALFORMED, code_pb2.PERMISSION_DENIED),
-    (Reason.COMPARTMENT_OTHER_PATIENT, code_pb2.PERMISSION_DENIED),
-    (Reason.LOOKUP_FAILED, code_pb2.UNAVAILABLE),
-    (Reason.INTERNAL_ERROR, code_pb2.UNAVAILABLE),
-])
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        (Reason.TOKEN_MISSING, code_pb2.UNAUTHENTICATED),
+        (Reason.TOKEN_EXPIRED, code_pb2.UNAUTHENTICATED),
+        (Reason.REQUEST_MALFORMED, code_pb2.PERMISSION_DENIED),
+        (Reason.COMPARTMENT_OTHER_PATIENT, code_pb2.PERMISSION_DENIED),
+        (Reason.LOOKUP_FAILED, code_pb2.UNAVAILABLE),
+        (Reason.INTERNAL_ERROR, code_pb2.UNAVAILABLE),
+    ],
+)
 def test_deny_grpc_status(reason: Reason, code: int) -> None:
     assert build(Decision(reason, "denied")).status.code == code
 
@@ -142,8 +162,9 @@ def test_missing_token_or_another_scheme_challenge_has_no_error_attribute(reason
     assert headers["www-authenticate"] == f'Bearer realm="{REALM}"'
 
 
-@pytest.mark.parametrize("reason", [r for r in DENY_REASONS
-                                    if r.http_status == 401 and r not in BARE_CHALLENGE and not r.dpop_challenge])
+@pytest.mark.parametrize(
+    "reason", [r for r in DENY_REASONS if r.http_status == 401 and r not in BARE_CHALLENGE and not r.dpop_challenge]
+)
 def test_token_errors_challenge_with_invalid_token(reason: Reason) -> None:
     challenge = headers_of(build(Decision(reason, "bad token")).denied_response.headers)["www-authenticate"]
     assert challenge == f'Bearer realm="{REALM}", error="invalid_token", error_description="bad token"'
@@ -157,8 +178,9 @@ def test_dpop_proof_failures_challenge_with_the_dpop_scheme_invalid_dpop_proof_a
     """RFC 9449 section 7.1: the DPoP challenge names the proof algorithms the server accepts."""
     response = ResponseBuilder(HeaderNames(), REALM, dpop_algs=("ES256", "PS256")).build(Decision(reason, "bad proof"))
     challenge = headers_of(response.denied_response.headers)["www-authenticate"]
-    assert challenge == (f'DPoP realm="{REALM}", error="invalid_dpop_proof", error_description="bad proof", '
-                         'algs="ES256 PS256"')
+    assert challenge == (
+        f'DPoP realm="{REALM}", error="invalid_dpop_proof", error_description="bad proof", algs="ES256 PS256"'
+    )
     assert response.denied_response.status.code == 401
 
 
@@ -169,8 +191,15 @@ def test_other_dpop_binding_failures_challenge_with_the_dpop_scheme_and_invalid_
     assert challenge == f'DPoP realm="{REALM}", error="invalid_token", error_description="bad binding", algs="ES256"'
 
 
-@pytest.mark.parametrize("reason", [Reason.CERTIFICATE_BINDING_MISSING, Reason.CERTIFICATE_BINDING_MISMATCH,
-                                    Reason.TOKEN_BINDING_UNSUPPORTED, Reason.BEARER_TOKEN_NOT_ALLOWED])
+@pytest.mark.parametrize(
+    "reason",
+    [
+        Reason.CERTIFICATE_BINDING_MISSING,
+        Reason.CERTIFICATE_BINDING_MISMATCH,
+        Reason.TOKEN_BINDING_UNSUPPORTED,
+        Reason.BEARER_TOKEN_NOT_ALLOWED,
+    ],
+)
 def test_certificate_and_unsupported_binding_failures_keep_the_bearer_challenge(reason: Reason) -> None:
     response = ResponseBuilder(HeaderNames(), REALM, dpop_algs=("ES256",)).build(Decision(reason, "bad binding"))
     challenge = headers_of(response.denied_response.headers)["www-authenticate"]
@@ -224,10 +253,16 @@ def test_deny_body_is_a_fhir_operation_outcome_naming_the_reason(reason: Reason)
     assert reason.code in issue["diagnostics"]
 
 
-@pytest.mark.parametrize(("reason", "code"), [
-    (Reason.TOKEN_MISSING, "login"), (Reason.REQUEST_MALFORMED, "invalid"), (Reason.SCOPE_INSUFFICIENT, "forbidden"),
-    (Reason.LOOKUP_FAILED, "transient"), (Reason.INTERNAL_ERROR, "exception"),
-])
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        (Reason.TOKEN_MISSING, "login"),
+        (Reason.REQUEST_MALFORMED, "invalid"),
+        (Reason.SCOPE_INSUFFICIENT, "forbidden"),
+        (Reason.LOOKUP_FAILED, "transient"),
+        (Reason.INTERNAL_ERROR, "exception"),
+    ],
+)
 def test_operation_outcome_issue_code_follows_the_status(reason: Reason, code: str) -> None:
     assert json.loads(operation_outcome(reason, "x"))["issue"][0]["code"] == code
 

@@ -21,10 +21,14 @@ def context(scope: str = "patient/*.rs", patient: str = "123") -> ResponseContex
     return ResponseContext(patient, parse_scopes([scope]), BASE, CLOSED)
 
 
-def observation(patient: str = "123", ident: str = "o1", category: str | None = None,
-                **extra: Any) -> dict[str, Any]:
-    resource: dict[str, Any] = {"resourceType": "Observation", "id": ident, "status": "final",
-                                "code": {"text": "x"}, "subject": {"reference": f"Patient/{patient}"}}
+def observation(patient: str = "123", ident: str = "o1", category: str | None = None, **extra: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": ident,
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
     if category is not None:
         system, code = category.split("|")
         resource["category"] = [{"coding": [{"system": system, "code": code}]}]
@@ -119,7 +123,8 @@ def test_a_resource_outside_the_granular_constraint_is_a_finding() -> None:
     assert problems(observation(category=LAB), scoped) == []
     vital = "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"
     assert problems(observation(category=vital), scoped) == [
-        "resource: the resource does not meet the granular scope's constraint"]
+        "resource: the resource does not meet the granular scope's constraint"
+    ]
 
 
 def test_several_granular_scopes_union() -> None:
@@ -158,18 +163,25 @@ def test_a_contained_resource_without_patient_references_passes() -> None:
 
 def test_a_searchset_inside_a_batch_response_is_checked_entry_by_entry() -> None:
     inner = bundle("searchset", observation(ident="a"), observation("456", ident="b"))
-    outer = {"resourceType": "Bundle", "type": "batch-response",
-             "entry": [{"resource": inner, "response": {"status": "200 OK"}}]}
+    outer = {
+        "resourceType": "Bundle",
+        "type": "batch-response",
+        "entry": [{"resource": inner, "response": {"status": "200 OK"}}],
+    }
     assert problems(outer) == ["entry 0 entry 1: a resource outside the context patient's compartment"]
 
 
 def test_a_transaction_response_checks_resources_and_passes_outcomes() -> None:
     outcome = {"resourceType": "OperationOutcome", "issue": []}
-    outer: dict[str, Any] = {"resourceType": "Bundle", "type": "transaction-response", "entry": [
-        {"resource": observation(), "response": {"status": "201 Created"}},
-        {"response": {"status": "204 No Content", "outcome": outcome}},
-        {"response": {"status": "200 OK"}},
-    ]}
+    outer: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [
+            {"resource": observation(), "response": {"status": "201 Created"}},
+            {"response": {"status": "204 No Content", "outcome": outcome}},
+            {"response": {"status": "200 OK"}},
+        ],
+    }
     assert problems(outer) == []
     outer["entry"].append({"resource": observation("456"), "response": {"status": "200 OK"}})
     assert problems(outer) == ["entry 3: a resource outside the context patient's compartment"]
@@ -192,7 +204,9 @@ def test_a_batch_response_nested_in_a_batch_response_is_a_finding() -> None:
 
 def test_an_entry_that_is_not_a_resource_is_a_finding() -> None:
     assert problems({"resourceType": "Bundle", "type": "searchset", "entry": ["x", {"resource": {"id": "1"}}]}) == [
-        "entry 0: not a FHIR resource", "entry 1: not a FHIR resource"]
+        "entry 0: not a FHIR resource",
+        "entry 1: not a FHIR resource",
+    ]
 
 
 # --- what cannot be read -----------------------------------------------------------------------------
@@ -226,8 +240,9 @@ def device(patient: str | None, ident: str = "d1") -> dict[str, Any]:
 
 
 def bound_context() -> ResponseContext:
-    return ResponseContext("123", parse_scopes(["patient/*.rs"]), BASE, CLOSED,
-                           membership=bound_types({"Device": ("patient",)}).membership)
+    return ResponseContext(
+        "123", parse_scopes(["patient/*.rs"]), BASE, CLOSED, membership=bound_types({"Device": ("patient",)}).membership
+    )
 
 
 def test_a_device_of_another_patient_is_foreign_when_device_is_bound_through_patient() -> None:

@@ -20,8 +20,14 @@ def context(scope: str = "patient/*.rs") -> ResponseContext:
 
 
 def observation(patient: str = "123", ident: str = "o1", **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Observation", "id": ident, "status": "final", "code": {"text": "x"},
-            "subject": {"reference": f"Patient/{patient}"}, **extra}
+    return {
+        "resourceType": "Observation",
+        "id": ident,
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{patient}"},
+        **extra,
+    }
 
 
 def searchset(*entries: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +50,8 @@ B_OBSERVATION = observation("456", "obs-456")
 def test_an_entry_of_a_type_r4_does_not_define_is_a_finding(resource_type: str) -> None:
     lie = {**B_OBSERVATION, "resourceType": resource_type}
     assert problems(searchset({"resource": observation()}, {"resource": lie})) == [
-        f"entry 1: {resource_type!r} is not an R4 resource type"]
+        f"entry 1: {resource_type!r} is not an R4 resource type"
+    ]
 
 
 def test_a_single_resource_of_a_type_r4_does_not_define_is_a_finding() -> None:
@@ -59,28 +66,51 @@ def test_a_contained_resource_of_a_type_r4_does_not_define_is_a_finding() -> Non
 
 
 def test_an_outcome_entry_containing_another_patients_resource_is_a_finding() -> None:
-    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational"}],
-               "contained": [B_OBSERVATION]}
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "information", "code": "informational"}],
+        "contained": [B_OBSERVATION],
+    }
     found = problems(searchset({"resource": observation()}, {"resource": outcome, "search": {"mode": "outcome"}}))
     assert found == ["entry 1: a contained resource naming another patient"]
 
 
 def test_an_outcome_carrying_a_resource_in_an_extension_is_a_finding() -> None:
-    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational",
-               "extension": [{"url": "http://example.org/x", "valueResource": B_OBSERVATION}]}]}
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "information",
+                "code": "informational",
+                "extension": [{"url": "http://example.org/x", "valueResource": B_OBSERVATION}],
+            }
+        ],
+    }
     assert problems(searchset({"resource": outcome, "search": {"mode": "outcome"}})) == [
-        "entry 0: an OperationOutcome naming another patient", "resource: a resource where FHIR holds none"]
+        "entry 0: an OperationOutcome naming another patient",
+        "resource: a resource where FHIR holds none",
+    ]
 
 
 def test_an_outcome_naming_another_patient_is_a_finding() -> None:
-    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing",
-               "extension": [{"url": "http://example.org/x", "valueReference": {"reference": "Patient/456"}}]}]}
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "processing",
+                "extension": [{"url": "http://example.org/x", "valueReference": {"reference": "Patient/456"}}],
+            }
+        ],
+    }
     assert problems(outcome) == ["resource: an OperationOutcome naming another patient"]
 
 
 def test_an_ordinary_outcome_entry_passes() -> None:
-    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "informational",
-               "diagnostics": "the search was narrowed"}]}
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "warning", "code": "informational", "diagnostics": "the search was narrowed"}],
+    }
     assert problems(searchset({"resource": observation()}, {"resource": outcome, "search": {"mode": "outcome"}})) == []
 
 
@@ -88,30 +118,39 @@ def test_an_ordinary_outcome_entry_passes() -> None:
 
 
 def test_a_resource_nested_in_a_contained_resource_is_a_finding() -> None:
-    inner = {"resourceType": "Observation", "id": "x", "status": "final", "code": {"text": "x"},
-             "contained": [{"resourceType": "Patient", "id": "p", "name": [{"family": "Brown"}]}]}
-    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/123"},
-                 "contained": [inner]}
+    inner = {
+        "resourceType": "Observation",
+        "id": "x",
+        "status": "final",
+        "code": {"text": "x"},
+        "contained": [{"resourceType": "Patient", "id": "p", "name": [{"family": "Brown"}]}],
+    }
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/123"}, "contained": [inner]}
     assert problems(condition) == ["resource: a resource nested inside a contained resource (dom-2 forbids it)"]
 
 
 def test_a_resource_hidden_anywhere_else_in_an_entry_is_a_finding() -> None:
-    lie = observation(extension=[{"url": "http://example.org/x", "valueResource": {"resourceType": "Patient",
-                                                                                     "id": "456"}}])
+    lie = observation(
+        extension=[{"url": "http://example.org/x", "valueResource": {"resourceType": "Patient", "id": "456"}}]
+    )
     assert problems(searchset({"resource": lie})) == ["resource: a resource where FHIR holds none"]
 
 
 def test_a_resource_hidden_behind_a_unicode_escape_is_still_found() -> None:
-    body = (b'{"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},'
-            b' "subject": {"reference": "Patient/123"},'
-            b' "note": [{"text": "x", "x": {"resource\\u0054ype": "Patient", "id": "456"}}]}')
+    body = (
+        b'{"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},'
+        b' "subject": {"reference": "Patient/123"},'
+        b' "note": [{"text": "x", "x": {"resource\\u0054ype": "Patient", "id": "456"}}]}'
+    )
     assert problems(body) == ["resource: a resource where FHIR holds none"]
 
 
 def test_a_resource_hidden_by_a_duplicate_key_is_a_finding() -> None:
-    body = (b'{"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},'
-            b' "subject": {"reference": "Patient/123"},'
-            b' "contained": [{"resourceType": "Patient", "id": "456"}], "contained": []}')
+    body = (
+        b'{"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},'
+        b' "subject": {"reference": "Patient/123"},'
+        b' "contained": [{"resourceType": "Patient", "id": "456"}], "contained": []}'
+    )
     assert problems(body) == ["resource: a resource hidden by a duplicate JSON key"]
 
 
@@ -135,7 +174,8 @@ def test_the_context_patient_by_the_upstream_address_is_the_context_patient() ->
 
 def test_another_patient_by_the_upstream_address_is_another_patient() -> None:
     assert problems(observation(subject={"reference": f"{UPSTREAM}/Patient/456"})) == [
-        "resource: a resource outside the context patient's compartment"]
+        "resource: a resource outside the context patient's compartment"
+    ]
 
 
 def test_a_compartment_element_referencing_another_server_is_a_finding_even_beside_the_patient() -> None:
@@ -143,16 +183,25 @@ def test_a_compartment_element_referencing_another_server_is_a_finding_even_besi
     assert problems(lie) == ["resource: a compartment element referencing another server"]
 
 
-@pytest.mark.parametrize("reference", ["https://other.example.org/fhir/Patient/456", "https://other.example.org/x",
-                                       "Patient?identifier=http://hospital|456"])
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "https://other.example.org/fhir/Patient/456",
+        "https://other.example.org/x",
+        "Patient?identifier=http://hospital|456",
+    ],
+)
 def test_a_contained_resource_that_could_name_a_patient_elsewhere_is_a_finding(reference: str) -> None:
     inner = {"resourceType": "Condition", "id": "c", "subject": {"reference": reference}}
     assert problems(observation(contained=[inner])) == ["resource: a contained resource naming a patient elsewhere"]
 
 
 def test_a_contained_resource_naming_another_servers_practitioner_passes() -> None:
-    inner = {"resourceType": "Medication", "id": "m",
-             "manufacturer": {"reference": "https://other.example.org/fhir/Organization/1"}}
+    inner = {
+        "resourceType": "Medication",
+        "id": "m",
+        "manufacturer": {"reference": "https://other.example.org/fhir/Organization/1"},
+    }
     assert problems(observation(contained=[inner])) == []
 
 

@@ -20,14 +20,24 @@ def context(scope: str = "patient/*.rs", follow_patient_links: bool = False) -> 
 
 
 def observation(ident: str, patient: str = "123") -> dict[str, Any]:
-    return {"resourceType": "Observation", "id": ident, "status": "final", "code": {"text": "x"},
-            "subject": {"reference": f"Patient/{patient}"}}
+    return {
+        "resourceType": "Observation",
+        "id": ident,
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
 
 
 def provenance(ident: str, *targets: str, **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Provenance", "id": ident, "recorded": "2024-01-01T00:00:00Z",
-            "target": [{"reference": target} for target in targets],
-            "agent": [{"who": {"reference": "Organization/org-1"}}], **extra}
+    return {
+        "resourceType": "Provenance",
+        "id": ident,
+        "recorded": "2024-01-01T00:00:00Z",
+        "target": [{"reference": target} for target in targets],
+        "agent": [{"who": {"reference": "Organization/org-1"}}],
+        **extra,
+    }
 
 
 def entry(resource: dict[str, Any], mode: str = "match", full_url: str | None = None) -> dict[str, Any]:
@@ -49,23 +59,31 @@ def problems(document: dict[str, Any], ctx: ResponseContext | None = None) -> li
 
 
 def test_a_provenance_of_an_observation_of_the_same_response_passes() -> None:
-    assert problems(searchset(entry(observation("o1")),
-                              entry(provenance("p1", "Observation/o1"), "include"))) == []
+    assert problems(searchset(entry(observation("o1")), entry(provenance("p1", "Observation/o1"), "include"))) == []
 
 
 def test_a_provenance_may_come_before_the_resource_it_targets() -> None:
-    assert problems(searchset(entry(provenance("p1", "Observation/o1"), "include"),
-                              entry(observation("o1")))) == []
+    assert problems(searchset(entry(provenance("p1", "Observation/o1"), "include"), entry(observation("o1")))) == []
 
 
 def test_a_provenance_targeting_a_resource_of_the_response_by_its_full_url_passes() -> None:
-    assert problems(searchset(entry(observation("o1"), full_url="urn:uuid:4f1d"),
-                              entry(provenance("p1", "urn:uuid:4f1d"), "include"))) == []
+    assert (
+        problems(
+            searchset(
+                entry(observation("o1"), full_url="urn:uuid:4f1d"), entry(provenance("p1", "urn:uuid:4f1d"), "include")
+            )
+        )
+        == []
+    )
 
 
 def test_a_provenance_targeting_an_absolute_reference_on_our_base_passes() -> None:
-    assert problems(searchset(entry(observation("o1")),
-                              entry(provenance("p1", f"{BASE}/Observation/o1/_history/2"), "include"))) == []
+    assert (
+        problems(
+            searchset(entry(observation("o1")), entry(provenance("p1", f"{BASE}/Observation/o1/_history/2"), "include"))
+        )
+        == []
+    )
 
 
 def test_a_provenance_of_the_context_patient_passes_on_its_own() -> None:
@@ -74,20 +92,23 @@ def test_a_provenance_of_the_context_patient_passes_on_its_own() -> None:
 
 
 def test_a_provenance_also_targeting_resources_the_response_does_not_hold_passes() -> None:
-    document = searchset(entry(observation("o1")),
-                         entry(provenance("p1", "Observation/o1", "Observation/o2", "Encounter/e9"), "include"))
+    document = searchset(
+        entry(observation("o1")), entry(provenance("p1", "Observation/o1", "Observation/o2", "Encounter/e9"), "include")
+    )
     assert problems(document) == []
 
 
 def test_a_provenance_targeting_another_patient_is_a_finding() -> None:
-    document = searchset(entry(observation("o1")),
-                         entry(provenance("p1", "Observation/o1", "Patient/456"), "include"))
+    document = searchset(entry(observation("o1")), entry(provenance("p1", "Observation/o1", "Patient/456"), "include"))
     assert problems(document) == ["entry 1 Provenance: a Provenance of another patient's record"]
 
 
 def test_a_provenance_of_another_patients_resource_in_the_response_is_a_finding() -> None:
-    document = searchset(entry(observation("o1")), entry(observation("o9", patient="456")),
-                         entry(provenance("p1", "Observation/o1", "Observation/o9"), "include"))
+    document = searchset(
+        entry(observation("o1")),
+        entry(observation("o9", patient="456")),
+        entry(provenance("p1", "Observation/o1", "Observation/o9"), "include"),
+    )
     assert problems(document) == [
         "entry 1 Observation: a resource outside the context patient's compartment",
         "entry 2 Provenance: a Provenance of a resource outside the context patient's compartment",
@@ -107,58 +128,80 @@ def test_a_provenance_of_a_resource_outside_the_compartment_is_a_finding() -> No
 
 def test_a_provenance_alone_targeting_an_observation_is_a_finding() -> None:
     assert problems(provenance("p1", "Observation/o1")) == [
-        "resource Provenance: a resource outside the context patient's compartment"]
+        "resource Provenance: a resource outside the context patient's compartment"
+    ]
 
 
 def test_a_provenance_still_needs_a_scope_that_reads_it() -> None:
     document = searchset(entry(observation("o1")), entry(provenance("p1", "Observation/o1"), "include"))
     assert problems(document, context("patient/Observation.rs")) == [
-        "entry 1 Provenance: no scope grants reading Provenance"]
+        "entry 1 Provenance: no scope grants reading Provenance"
+    ]
 
 
 def test_a_provenance_with_a_contained_patient_is_a_finding() -> None:
     contained = [{"resourceType": "Patient", "id": "x"}]
-    document = searchset(entry(observation("o1")),
-                         entry(provenance("p1", "Observation/o1", contained=contained), "include"))
+    document = searchset(
+        entry(observation("o1")), entry(provenance("p1", "Observation/o1", contained=contained), "include")
+    )
     assert problems(document) == ["entry 1 Provenance: a contained Patient"]
 
 
 def test_a_provenance_in_a_searchset_inside_a_batch_response_is_anchored_in_its_own_searchset() -> None:
     inner = searchset(entry(observation("o1")), entry(provenance("p1", "Observation/o1"), "include"))
     stray = searchset(entry(provenance("p2", "Observation/o1"), "include"))
-    batch = {"resourceType": "Bundle", "type": "batch-response",
-             "entry": [{"resource": inner}, {"resource": stray}]}
+    batch = {"resourceType": "Bundle", "type": "batch-response", "entry": [{"resource": inner}, {"resource": stray}]}
     assert problems(batch) == [
-        "entry 1 entry 0 Provenance: a Provenance of nothing in the context patient's compartment"]
+        "entry 1 entry 0 Provenance: a Provenance of nothing in the context patient's compartment"
+    ]
 
 
 # --- included entries are checked like matches ----------------------------------------------------------
 
 
 def test_an_included_resource_of_another_patient_is_a_finding() -> None:
-    eob = {"resourceType": "ExplanationOfBenefit", "id": "eob1", "patient": {"reference": "Patient/123"},
-           "insurance": [{"focal": True, "coverage": {"reference": "Coverage/c9"}}]}
-    coverage = {"resourceType": "Coverage", "id": "c9", "status": "active",
-                "beneficiary": {"reference": "Patient/456"}, "payor": [{"reference": "Organization/o"}]}
+    eob = {
+        "resourceType": "ExplanationOfBenefit",
+        "id": "eob1",
+        "patient": {"reference": "Patient/123"},
+        "insurance": [{"focal": True, "coverage": {"reference": "Coverage/c9"}}],
+    }
+    coverage = {
+        "resourceType": "Coverage",
+        "id": "c9",
+        "status": "active",
+        "beneficiary": {"reference": "Patient/456"},
+        "payor": [{"reference": "Organization/o"}],
+    }
     assert problems(searchset(entry(eob), entry(coverage, "include"))) == [
-        "entry 1 Coverage: a resource outside the context patient's compartment"]
+        "entry 1 Coverage: a resource outside the context patient's compartment"
+    ]
 
 
 def test_an_included_type_the_scopes_do_not_grant_is_a_finding() -> None:
     eob = {"resourceType": "ExplanationOfBenefit", "id": "eob1", "patient": {"reference": "Patient/123"}}
     organization = {"resourceType": "Organization", "id": "org-1"}
-    assert problems(searchset(entry(eob), entry(organization, "include")),
-                    context("patient/ExplanationOfBenefit.rs")) == [
-        "entry 1 Organization: no scope grants reading Organization"]
+    assert problems(
+        searchset(entry(eob), entry(organization, "include")), context("patient/ExplanationOfBenefit.rs")
+    ) == ["entry 1 Organization: no scope grants reading Organization"]
 
 
 def test_included_resources_of_the_context_patient_pass() -> None:
     eob = {"resourceType": "ExplanationOfBenefit", "id": "eob1", "patient": {"reference": "Patient/123"}}
-    coverage = {"resourceType": "Coverage", "id": "c1", "status": "active",
-                "beneficiary": {"reference": "Patient/123"}, "payor": [{"reference": "Organization/o"}]}
+    coverage = {
+        "resourceType": "Coverage",
+        "id": "c1",
+        "status": "active",
+        "beneficiary": {"reference": "Patient/123"},
+        "payor": [{"reference": "Organization/o"}],
+    }
     organization = {"resourceType": "Organization", "id": "o"}
-    document = searchset(entry(eob), entry(coverage, "include"), entry(organization, "include"),
-                         entry({"resourceType": "Patient", "id": "123"}, "include"))
+    document = searchset(
+        entry(eob),
+        entry(coverage, "include"),
+        entry(organization, "include"),
+        entry({"resourceType": "Patient", "id": "123"}, "include"),
+    )
     assert problems(document) == []
 
 
@@ -171,7 +214,8 @@ LINKED = {"resourceType": "Patient", "id": "789", "link": [{"other": {"reference
 def test_a_patient_linking_to_the_context_patient_is_a_finding_by_default() -> None:
     assert problems(LINKED) == ["resource Patient: another patient's record"]
     assert problems(searchset(entry({"resourceType": "Patient", "id": "123"}), entry(LINKED, "include"))) == [
-        "entry 1 Patient: another patient's record"]
+        "entry 1 Patient: another patient's record"
+    ]
 
 
 def test_a_patient_linking_to_the_context_patient_passes_when_links_are_followed() -> None:
@@ -186,6 +230,7 @@ def test_a_patient_not_linking_to_the_context_patient_is_a_finding_even_when_lin
 def test_a_provenance_of_a_linked_patient_follows_the_same_rule() -> None:
     document = searchset(entry(LINKED), entry(provenance("p1", "Patient/789"), "include"))
     assert problems(document, context(follow_patient_links=True)) == []
-    assert problems(document) == ["entry 0 Patient: another patient's record",
-                                  "entry 1 Provenance: a Provenance of a resource outside the context patient's "
-                                  "compartment"]
+    assert problems(document) == [
+        "entry 0 Patient: another patient's record",
+        "entry 1 Provenance: a Provenance of a resource outside the context patient's compartment",
+    ]

@@ -20,14 +20,19 @@ BASE = "https://fhir.example.org/r4"
 CONTEXT = {"patient": "123", "scope": "patient/*.rs", "interaction": "search-type", "resource_type": "Observation"}
 
 
-def verifier(mode: str = "enforce", max_body_bytes: int = 1024 * 1024,
-             log: list[dict[str, Any]] | None = None) -> ResponseVerifier:
+def verifier(
+    mode: str = "enforce", max_body_bytes: int = 1024 * 1024, log: list[dict[str, Any]] | None = None
+) -> ResponseVerifier:
     entries = log if log is not None else []
     return ResponseVerifier(mode, max_body_bytes, BASE, frozenset({"Binary"}), entries.append)
 
 
-def headers_message(context: dict[str, str] | None, content_type: str = "application/fhir+json",
-                    encoding: str = "", end_of_stream: bool = False) -> ext_proc.ProcessingRequest:
+def headers_message(
+    context: dict[str, str] | None,
+    content_type: str = "application/fhir+json",
+    encoding: str = "",
+    end_of_stream: bool = False,
+) -> ext_proc.ProcessingRequest:
     message = ext_proc.ProcessingRequest(response_headers=ext_proc.HttpHeaders(end_of_stream=end_of_stream))
     for key, value in (("content-type", content_type), ("content-encoding", encoding)):
         if value:
@@ -53,9 +58,14 @@ async def run(service: ResponseVerifier, *messages: ext_proc.ProcessingRequest) 
 
 
 def searchset(*patients: str) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "entry": [
-        {"resource": {"resourceType": "Observation", "id": f"o{i}", "subject": {"reference": f"Patient/{p}"}}}
-        for i, p in enumerate(patients)]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {"resource": {"resourceType": "Observation", "id": f"o{i}", "subject": {"reference": f"Patient/{p}"}}}
+            for i, p in enumerate(patients)
+        ],
+    }
 
 
 async def test_a_clean_response_passes_unchanged() -> None:
@@ -76,8 +86,10 @@ async def test_enforce_mode_replaces_a_response_with_a_foreign_resource_by_a_403
     assert outcome["issue"][0]["details"]["coding"][0]["code"] == "response_foreign_resource"
     assert "entry 1" in immediate.body.decode()  # names the entry, never echoes what was withheld
     assert "Patient/456" not in immediate.body.decode()
-    assert any(h.header.key == "content-type" and h.header.raw_value == b"application/fhir+json"
-               for h in immediate.headers.set_headers)
+    assert any(
+        h.header.key == "content-type" and h.header.raw_value == b"application/fhir+json"
+        for h in immediate.headers.set_headers
+    )
 
 
 async def test_report_mode_lets_a_response_with_a_foreign_resource_through() -> None:
@@ -102,8 +114,9 @@ async def test_enforce_mode_refuses_a_response_too_large_to_verify() -> None:
 
 
 async def test_enforce_mode_refuses_a_body_envoy_cut_short() -> None:
-    partial = ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=b'{"resourceType": "Bun',
-                                                                          end_of_stream=False))
+    partial = ext_proc.ProcessingRequest(
+        response_body=ext_proc.HttpBody(body=b'{"resourceType": "Bun', end_of_stream=False)
+    )
     answers = await run(verifier(), headers_message(CONTEXT), partial)
     assert answers[1].immediate_response.status.code == 403
 
@@ -115,8 +128,9 @@ async def test_report_mode_lets_a_response_too_large_to_check_through_and_counts
     log: list[dict[str, Any]] = []
     body = json.dumps(searchset("456")).encode()
     message = ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=body, end_of_stream=not cut_short))
-    answers = await run(verifier("report", max_body_bytes=10_000 if cut_short else 100, log=log),
-                        headers_message(CONTEXT), message)
+    answers = await run(
+        verifier("report", max_body_bytes=10_000 if cut_short else 100, log=log), headers_message(CONTEXT), message
+    )
     assert answers[1].WhichOneof("response") == "response_body"
     assert not answers[1].response_body.HasField("response")  # passed untouched
     assert skipped._value.get() == before + 1
@@ -129,8 +143,12 @@ async def test_the_upstream_address_of_another_patient_is_foreign() -> None:
     log: list[dict[str, Any]] = []
     service = ResponseVerifier("enforce", 1 << 20, BASE, frozenset(), log.append, upstream_base_url=upstream)
     contained = {"resourceType": "Condition", "id": "c", "subject": {"reference": f"{upstream}/Patient/456"}}
-    document = {"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/123"},
-                "contained": [contained]}
+    document = {
+        "resourceType": "Observation",
+        "id": "o",
+        "subject": {"reference": "Patient/123"},
+        "contained": [contained],
+    }
     answers = await run(service, headers_message(CONTEXT), body_message(document))
     assert answers[1].immediate_response.status.code == 403
 
@@ -159,8 +177,9 @@ async def test_a_response_without_a_body_passes() -> None:
 
 async def test_raw_binary_content_passes_because_its_security_context_was_proven_before_the_read() -> None:
     binary_context = {**CONTEXT, "interaction": "read", "resource_type": "Binary"}
-    answers = await run(verifier(), headers_message(binary_context, content_type="application/pdf"),
-                        body_message(b"%PDF-1.7 ..."))
+    answers = await run(
+        verifier(), headers_message(binary_context, content_type="application/pdf"), body_message(b"%PDF-1.7 ...")
+    )
     assert [a.WhichOneof("response") for a in answers] == ["response_headers", "response_body"]
 
 
@@ -179,7 +198,9 @@ async def test_each_checked_response_is_one_decision_log_entry_with_its_reason_c
     await run(service, headers_message(CONTEXT), body_message(searchset("123")))
     await run(service, headers_message(CONTEXT), body_message(searchset("123", "456")))
     assert [(e["stage"], e["outcome"], e["reason"]) for e in log] == [
-        ("response", "clean", "response_clean"), ("response", "blocked", "response_foreign_resource")]
+        ("response", "clean", "response_clean"),
+        ("response", "blocked", "response_foreign_resource"),
+    ]
     assert log[1]["patient"] == "123" and log[1]["resources_checked"] == 2
     assert capsys.readouterr().out == ""  # written where the decision log goes, not to stdout regardless
 
@@ -199,16 +220,28 @@ PATIENT_READ = {**CONTEXT, "interaction": "read", "resource_type": "Patient"}
 
 async def test_enforce_mode_passes_provenance_revincluded_for_the_patients_own_observations() -> None:
     document = searchset("123")
-    document["entry"].append({"resource": {"resourceType": "Provenance", "id": "p1",
-                                           "target": [{"reference": "Observation/o0"}]}, "search": {"mode": "include"}})
+    document["entry"].append(
+        {
+            "resource": {"resourceType": "Provenance", "id": "p1", "target": [{"reference": "Observation/o0"}]},
+            "search": {"mode": "include"},
+        }
+    )
     answers = await run(verifier(), headers_message(CONTEXT), body_message(document))
     assert answers[1].WhichOneof("response") == "response_body"
 
 
 async def test_enforce_mode_blocks_a_provenance_naming_another_patient() -> None:
     document = searchset("123")
-    document["entry"].append({"resource": {"resourceType": "Provenance", "id": "p1", "target": [
-        {"reference": "Observation/o0"}, {"reference": "Patient/456"}]}, "search": {"mode": "include"}})
+    document["entry"].append(
+        {
+            "resource": {
+                "resourceType": "Provenance",
+                "id": "p1",
+                "target": [{"reference": "Observation/o0"}, {"reference": "Patient/456"}],
+            },
+            "search": {"mode": "include"},
+        }
+    )
     answers = await run(verifier(), headers_message(CONTEXT), body_message(document))
     assert answers[1].WhichOneof("response") == "immediate_response"
 
@@ -220,7 +253,8 @@ async def test_enforce_mode_blocks_a_linked_patient_by_default() -> None:
 
 async def test_enforce_mode_passes_a_linked_patient_when_links_are_followed() -> None:
     log: list[dict[str, Any]] = []
-    following = ResponseVerifier("enforce", 1024 * 1024, BASE, frozenset({"Binary"}), log.append,
-                                 follow_patient_links=True)
+    following = ResponseVerifier(
+        "enforce", 1024 * 1024, BASE, frozenset({"Binary"}), log.append, follow_patient_links=True
+    )
     answers = await run(following, headers_message(PATIENT_READ), body_message(LINKED_PATIENT))
     assert answers[1].WhichOneof("response") == "response_body"

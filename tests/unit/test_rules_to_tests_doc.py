@@ -24,7 +24,8 @@ DOC = REPO / "docs" / "rules-to-tests.md"
 _SECTION = re.compile(r"^## Issue ", re.M)
 _TABLE_ALIAS = re.compile(r"\|\s*([A-Z][A-Z0-9]*)\s*\|\s*(tests/[\w/.]+)\s*(?=\|)")
 _ASSIGNED_ALIAS = re.compile(
-    r"`?\b([A-Z][A-Z0-9]*(?:/[A-Z][A-Z0-9]*)*)`?\s*=\s*(tests/[\w/.]+|…_[\w.]+|test_[\w.]+\.py)")
+    r"`?\b([A-Z][A-Z0-9]*(?:/[A-Z][A-Z0-9]*)*)`?\s*=\s*(tests/[\w/.]+|…_[\w.]+|test_[\w.]+\.py)"
+)
 _REFERENCE = re.compile(r"\b([A-Z][A-Z0-9]*)::(\{[^}]*\}|test_\w+)")
 _TEST_NAME = re.compile(r"\btest_\w+\b(?![./\w])")
 
@@ -44,8 +45,11 @@ def functions_named_test_in(path: Path) -> frozenset[str]:
 @cache
 def _functions_named_test_in(path: Path) -> frozenset[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    return frozenset(node.name for node in ast.walk(tree)
-                     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_"))
+    return frozenset(
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_")
+    )
 
 
 def modules_for(target: str) -> list[Path]:
@@ -109,8 +113,13 @@ def unknown_references(text: str) -> list[str]:
 
 def unknown_test_names(text: str) -> list[str]:
     """Names shaped like a test (``test_…``, not a file name) that no test module under tests/ defines."""
-    defined = frozenset().union(*(functions_named_test_in(path) for path in (REPO / "tests").rglob("test_*.py")
-                                  if "node_modules" not in path.parts))
+    defined = frozenset().union(
+        *(
+            functions_named_test_in(path)
+            for path in (REPO / "tests").rglob("test_*.py")
+            if "node_modules" not in path.parts
+        )
+    )
     return sorted({name for name in _TEST_NAME.findall(text) if name not in defined and name != "test_name"})
 
 
@@ -129,11 +138,14 @@ def test_the_doc_has_references_for_every_issue_section() -> None:
     assert len(_SECTION.findall(text)) >= 6
 
 
-@pytest.mark.parametrize(("made_up", "reported"), [
-    ("V::test_this_test_was_never_written", "V::test_this_test_was_never_written"),
-    ("CM::{test_the_service_exposes_only_envoy, test_nor_was_this_one (p)}", "CM::test_nor_was_this_one"),
-    ("IA::test_no_token_is_denied_with_401", "IA::test_no_token_is_denied_with_401"),  # exists, but in CR's file
-])
+@pytest.mark.parametrize(
+    ("made_up", "reported"),
+    [
+        ("V::test_this_test_was_never_written", "V::test_this_test_was_never_written"),
+        ("CM::{test_the_service_exposes_only_envoy, test_nor_was_this_one (p)}", "CM::test_nor_was_this_one"),
+        ("IA::test_no_token_is_denied_with_401", "IA::test_no_token_is_denied_with_401"),  # exists, but in CR's file
+    ],
+)
 def test_a_made_up_or_misplaced_name_is_reported(made_up: str, reported: str) -> None:
     text = DOC.read_text(encoding="utf-8") + f"\n- invented: {made_up}\n"
     assert any(entry.endswith(reported) for entry in unknown_references(text))

@@ -116,9 +116,19 @@ def test_user_and_system_scopes_permit_beyond_patient() -> None:
     assert not parse_scopes(["patient/Observation.rs"]).permits_beyond_patient("Observation", "r")
 
 
-@pytest.mark.parametrize("text", ["Patient/Observation.rs", "practitioner/Observation.rs", "patient/.rs",
-                                  "patient/Observation", "patient/Observation.", "/Observation.rs",
-                                  "patient//Observation.rs", "patient/Observation.rs/extra"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Patient/Observation.rs",
+        "practitioner/Observation.rs",
+        "patient/.rs",
+        "patient/Observation",
+        "patient/Observation.",
+        "/Observation.rs",
+        "patient//Observation.rs",
+        "patient/Observation.rs/extra",
+    ],
+)
 def test_malformed_scope_grants_nothing(text: str) -> None:
     assert parse_scope(text) is None
 
@@ -154,9 +164,7 @@ def test_granular_scope_grants_nothing_yet() -> None:
     text = "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
     scope = parse_scope(text)
     assert scope is not None and scope.granular
-    assert scope.constraints == (
-        ("category", "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"),
-    )
+    assert scope.constraints == (("category", "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"),)
     grants = parse_scopes([text])
     assert granted(text) == set()
     assert grants.granular == (scope,)
@@ -172,21 +180,40 @@ def test_granular_scope_still_counts_as_a_patient_scope() -> None:
     assert parse_scopes(["patient/Observation.rs?category=laboratory"]).has_patient_scopes
 
 
-@pytest.mark.parametrize("text", ["patient/Observation.rs?category", "patient/Observation.rs?",
-                                  "patient/Observation.rs?a=1&&b"])
+@pytest.mark.parametrize(
+    "text", ["patient/Observation.rs?category", "patient/Observation.rs?", "patient/Observation.rs?a=1&&b"]
+)
 def test_malformed_granular_query_is_invalid(text: str) -> None:
     assert parse_scope(text) is None
 
 
-@pytest.mark.parametrize("text", ["patient/Observation.rs?=x", "patient/Observation.rs?a=1&b=2",
-                                  "patient/*.rs?category=laboratory", "user/Observation.rs?code=1234-5"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "patient/Observation.rs?=x",
+        "patient/Observation.rs?a=1&b=2",
+        "patient/*.rs?category=laboratory",
+        "user/Observation.rs?code=1234-5",
+    ],
+)
 def test_any_constrained_scope_grants_nothing(text: str) -> None:
     for context in ("patient", "user", "system"):
         assert granted(text, context) == set()
 
 
-@pytest.mark.parametrize("text", ["openid", "fhirUser", "profile", "launch", "launch/patient",
-                                  "launch/encounter", "offline_access", "online_access"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "openid",
+        "fhirUser",
+        "profile",
+        "launch",
+        "launch/patient",
+        "launch/encounter",
+        "offline_access",
+        "online_access",
+    ],
+)
 def test_non_resource_scopes_are_ignored(text: str) -> None:
     assert parse_scope(text) is None
     grants = parse_scopes([f"{text} patient/Observation.rs"])

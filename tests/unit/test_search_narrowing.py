@@ -47,16 +47,19 @@ def reason(path: str, scope: str = "patient/*.rs", settings: PolicySettings = SE
 # --- search narrowing -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "narrowing"), [
-    ("Observation?code=http://loinc.org|8867-4", ("patient", "123")),
-    ("Condition?clinical-status=active", ("patient", "123")),
-    ("Patient?identifier=http://hospital.example.org|1032702", ("_id", "123")),
-    ("Patient?name=Shaw&birthdate=2007-03-20", ("_id", "123")),
-    ("Coverage?_id=c1", ("patient", "123")),
-    ("Encounter?_id=e1", ("patient", "123")),
-    ("Device?type=http://snomed.info/sct|468063009", ("patient", "123")),
-    ("Observation", ("patient", "123")),
-])
+@pytest.mark.parametrize(
+    ("path", "narrowing"),
+    [
+        ("Observation?code=http://loinc.org|8867-4", ("patient", "123")),
+        ("Condition?clinical-status=active", ("patient", "123")),
+        ("Patient?identifier=http://hospital.example.org|1032702", ("_id", "123")),
+        ("Patient?name=Shaw&birthdate=2007-03-20", ("_id", "123")),
+        ("Coverage?_id=c1", ("patient", "123")),
+        ("Encounter?_id=e1", ("patient", "123")),
+        ("Device?type=http://snomed.info/sct|468063009", ("patient", "123")),
+        ("Observation", ("patient", "123")),
+    ],
+)
 def test_an_unbound_search_of_a_bound_type_is_narrowed_to_the_context_patient(
     path: str, narrowing: tuple[str, str]
 ) -> None:
@@ -96,13 +99,16 @@ def test_a_compartment_search_by_path_is_not_narrowed() -> None:
     assert outcome.query_parameters_to_set == ()
 
 
-@pytest.mark.parametrize("path", [
-    "Observation?code=x&subject=Patient/456",
-    "Observation?code=x&patient=456",
-    "Patient?name=x&_id=456",
-    "Coverage?_id=c1&beneficiary=Patient/456",
-    "Device?type=x&patient=456",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "Observation?code=x&subject=Patient/456",
+        "Observation?code=x&patient=456",
+        "Patient?name=x&_id=456",
+        "Coverage?_id=c1&beneficiary=Patient/456",
+        "Device?type=x&patient=456",
+    ],
+)
 def test_a_search_naming_another_patient_is_denied_not_narrowed(path: str) -> None:
     assert reason(path) is Reason.COMPARTMENT_OTHER_PATIENT
 
@@ -164,8 +170,11 @@ def test_a_narrowed_patient_search_may_revinclude_from_the_context_patient() -> 
 
 def test_a_search_in_a_bundle_entry_is_never_narrowed() -> None:
     """Envoy narrows the request's own URL, never an entry's: the entry must be bound itself."""
-    bundle = {"resourceType": "Bundle", "type": "batch",
-              "entry": [{"request": {"method": "GET", "url": "Observation?code=x"}}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "Observation?code=x"}}],
+    }
     outcome = decide_body("", "POST", bundle, "patient/*.rs")
     assert isinstance(outcome, Decision)
     assert outcome.reason is Reason.BUNDLE_ENTRY_DENIED
@@ -205,11 +214,13 @@ def test_without_the_extra_binding_device_is_an_ordinary_type_outside_the_compar
 
 
 def test_any_configured_type_is_bound_through_its_parameter() -> None:
-    settings = PolicySettings(fhir_base_url=FHIR_BASE_URL, extra_binding_params={"Device": ("patient",),
-                                                                                 "VerificationResult": ("target",)})
+    settings = PolicySettings(
+        fhir_base_url=FHIR_BASE_URL, extra_binding_params={"Device": ("patient",), "VerificationResult": ("target",)}
+    )
     assert reason("VerificationResult?status=validated", settings=settings) is Reason.ALLOWED_NARROWED
     assert decided("VerificationResult?status=x", settings=settings).query_parameters_to_set == (
-        ("target", "Patient/123"),)
+        ("target", "Patient/123"),
+    )
     outcome = decide_path("VerificationResult/v1", settings=settings)
     assert isinstance(outcome, Pending)
     assert outcome.checks == (MembershipCheck("VerificationResult", "v1", ((("target", "Patient/123"),),)),)
@@ -264,11 +275,14 @@ def test_a_list_with_one_value_no_granular_scope_grants_is_denied() -> None:
     assert reason(path, LAB_AND_VITALS_SCOPES) is Reason.SCOPE_INSUFFICIENT
 
 
-@pytest.mark.parametrize("values", [
-    "laboratory,vital-signs",  # no system: not the scope's exact value
-    f"{LAB},",  # an empty value
-    f"{LAB}%5C,{VITALS}",  # an escaped comma (\\,) is one value
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        "laboratory,vital-signs",  # no system: not the scope's exact value
+        f"{LAB},",  # an empty value
+        f"{LAB}%5C,{VITALS}",  # an escaped comma (\\,) is one value
+    ],
+)
 def test_each_listed_value_must_match_a_granular_scope_exactly(values: str) -> None:
     assert reason(f"Observation?patient=123&category={values}", LAB_AND_VITALS_SCOPES) is Reason.SCOPE_INSUFFICIENT
 
@@ -292,13 +306,16 @@ def test_a_granted_list_without_a_patient_is_narrowed() -> None:
 # --- case variants of binding parameters ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [
-    "Observation?patient=123&Patient=456",
-    "Observation?PATIENT=456",
-    "Observation?patient=123&Subject=Patient/456",
-    "Device?Patient=456",
-    "VerificationResult?Target=Patient/456",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "Observation?patient=123&Patient=456",
+        "Observation?PATIENT=456",
+        "Observation?patient=123&Subject=Patient/456",
+        "Device?Patient=456",
+        "VerificationResult?Target=Patient/456",
+    ],
+)
 def test_a_case_variant_of_a_binding_parameter_naming_another_patient_is_denied(path: str) -> None:
     assert reason(path) is Reason.COMPARTMENT_OTHER_PATIENT
 

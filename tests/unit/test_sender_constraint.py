@@ -57,8 +57,16 @@ class Gate:
     def introspection_answer(self, answer: dict[str, Any]) -> None:
         self.introspection["answer"] = answer
 
-    async def decide(self, token: str, *, scheme: str = "DPoP", proof: str | None = None,
-                     certificate: str | None = None, path: str = OWN_SEARCH, method: str = "GET") -> Decision:
+    async def decide(
+        self,
+        token: str,
+        *,
+        scheme: str = "DPoP",
+        proof: str | None = None,
+        certificate: str | None = None,
+        path: str = OWN_SEARCH,
+        method: str = "GET",
+    ) -> Decision:
         headers = {"authorization": f"{scheme} {token}"}
         if proof is not None:
             headers["dpop"] = proof
@@ -70,15 +78,28 @@ def build_gate(tmp_path: Path, *, dpop: bool = True, required: bool = False) -> 
     key = SigningKey(tmp_path)
     answers: dict[str, Any] = {"answer": {"active": False}}
     client = httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(200, json=answers["answer"])))
-    issuer = IssuerConfig(issuer=ISSUER, audiences=(FHIR_BASE_URL,), jwks_file=str(key.jwks_file),
-                          algorithms=("ES256",), sender_constraint="required" if required else "optional",
-                          introspection=IntrospectionConfig("https://issuer.example.org/introspect", "sg", "secret"))
-    verifier = TokenVerifier({ISSUER: (issuer, JwksCache(issuer, JwksPolicy(), client))}, TokenPolicy(),
-                             FHIR_BASE_URL, introspector=Introspector([issuer], client, FHIR_BASE_URL))
-    senders = SenderConstraints(FHIR_BASE_URL, frozenset({ISSUER}) if required else frozenset(),
-                                DpopVerifier(DpopConfig(), 60) if dpop else None)
-    authorizer = Authorizer(BASE_PATH, PublicRoutes(BASE_PATH, ()), verifier, SETTINGS, FakeLookup(), 16_384,
-                            sender_constraints=senders)
+    issuer = IssuerConfig(
+        issuer=ISSUER,
+        audiences=(FHIR_BASE_URL,),
+        jwks_file=str(key.jwks_file),
+        algorithms=("ES256",),
+        sender_constraint="required" if required else "optional",
+        introspection=IntrospectionConfig("https://issuer.example.org/introspect", "sg", "secret"),
+    )
+    verifier = TokenVerifier(
+        {ISSUER: (issuer, JwksCache(issuer, JwksPolicy(), client))},
+        TokenPolicy(),
+        FHIR_BASE_URL,
+        introspector=Introspector([issuer], client, FHIR_BASE_URL),
+    )
+    senders = SenderConstraints(
+        FHIR_BASE_URL,
+        frozenset({ISSUER}) if required else frozenset(),
+        DpopVerifier(DpopConfig(), 60) if dpop else None,
+    )
+    authorizer = Authorizer(
+        BASE_PATH, PublicRoutes(BASE_PATH, ()), verifier, SETTINGS, FakeLookup(), 16_384, sender_constraints=senders
+    )
     return Gate(key, authorizer, client, answers)
 
 
@@ -219,10 +240,17 @@ async def test_a_token_bound_to_both_needs_the_certificate_and_the_proof(gate: G
 # --- cnf members smartgate cannot check --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cnf", [
-    {"jwk": {"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}}, {"x5t": "abc"}, {"kid": "k1"}, {},
-    {"jkt": "A" * 43, "jku": "https://evil.example.org/keys"},
-], ids=["jwk", "x5t-sha1", "kid", "empty", "jkt-and-jku"])
+@pytest.mark.parametrize(
+    "cnf",
+    [
+        {"jwk": {"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}},
+        {"x5t": "abc"},
+        {"kid": "k1"},
+        {},
+        {"jkt": "A" * 43, "jku": "https://evil.example.org/keys"},
+    ],
+    ids=["jwk", "x5t-sha1", "kid", "empty", "jkt-and-jku"],
+)
 async def test_a_cnf_member_smartgate_cannot_check_is_401_never_a_bearer_allow(gate: Gate, cnf: dict[str, Any]) -> None:
     decision = await gate.decide(gate.key.token(cnf=cnf), scheme="Bearer")
     assert (decision.reason, decision.http_status) == (Reason.TOKEN_BINDING_UNSUPPORTED, 401)
@@ -259,8 +287,17 @@ async def test_an_issuer_requiring_sender_constraints_accepts_bound_tokens(tmp_p
 
 
 def active(**members: Any) -> dict[str, Any]:
-    return {"active": True, "iss": ISSUER, "aud": FHIR_BASE_URL, "sub": "user-1", "client_id": "app-1",
-            "scope": "launch/patient patient/*.rs", "patient": "123", "exp": 4_000_000_000, **members}
+    return {
+        "active": True,
+        "iss": ISSUER,
+        "aud": FHIR_BASE_URL,
+        "sub": "user-1",
+        "client_id": "app-1",
+        "scope": "launch/patient patient/*.rs",
+        "patient": "123",
+        "exp": 4_000_000_000,
+        **members,
+    }
 
 
 async def test_an_introspected_dpop_bound_token_needs_its_proof(gate: Gate, client_key: DpopKey) -> None:
@@ -288,8 +325,9 @@ async def test_the_default_authorizer_refuses_dpop_bound_tokens(tmp_path: Path, 
     """Built without sender-constraint settings the Authorizer fails closed: cnf.jkt cannot be checked."""
     key = SigningKey(tmp_path)
     async with offline_client() as client:
-        authorizer = Authorizer(BASE_PATH, PublicRoutes(BASE_PATH, ()), file_verifier(key, client), SETTINGS,
-                                FakeLookup(), 16_384)
+        authorizer = Authorizer(
+            BASE_PATH, PublicRoutes(BASE_PATH, ()), file_verifier(key, client), SETTINGS, FakeLookup(), 16_384
+        )
         token = key.token(cnf={"jkt": client_key.thumbprint})
         request = http(BASE_PATH + OWN_SEARCH, headers={"authorization": f"Bearer {token}"})
         decision = await authorizer.authorize(request)

@@ -61,9 +61,12 @@ def test_dpop_credentials_that_are_not_a_token_are_a_malformed_header(value: str
 
 def check_request(certificate: str = "") -> external_auth_pb2.CheckRequest:
     http_request = attribute_context_pb2.AttributeContext.HttpRequest(method="GET", path="/r4/Patient/123")
-    return external_auth_pb2.CheckRequest(attributes=attribute_context_pb2.AttributeContext(
-        source=attribute_context_pb2.AttributeContext.Peer(certificate=certificate),
-        request=attribute_context_pb2.AttributeContext.Request(http=http_request)))
+    return external_auth_pb2.CheckRequest(
+        attributes=attribute_context_pb2.AttributeContext(
+            source=attribute_context_pb2.AttributeContext.Peer(certificate=certificate),
+            request=attribute_context_pb2.AttributeContext.Request(http=http_request),
+        )
+    )
 
 
 def test_the_peer_certificate_envoy_saw_is_read_url_decoded() -> None:
@@ -88,29 +91,43 @@ def test_a_client_header_cannot_pose_as_the_peer_certificate() -> None:
 
 def test_dpop_is_on_by_default_with_the_token_algorithm_allowlist() -> None:
     loaded = config()
-    assert (loaded.dpop.enabled, loaded.dpop.algorithms, loaded.dpop.iat_window_seconds,
-            loaded.dpop.replay_cache_size) == (True, SAFE_ALGORITHMS, 60, 100_000)
+    assert (
+        loaded.dpop.enabled,
+        loaded.dpop.algorithms,
+        loaded.dpop.iat_window_seconds,
+        loaded.dpop.replay_cache_size,
+    ) == (True, SAFE_ALGORITHMS, 60, 100_000)
     assert loaded.issuers[0].sender_constraint == "optional"
 
 
 def test_dpop_settings_and_sender_constraint_are_read() -> None:
-    loaded = config(dpop={"algorithms": ["ES256"], "iat_window_seconds": 30, "replay_cache_size": 10},
-                    issuers=[{"issuer": "https://idp.example.org", "sender_constraint": "required"}])
+    loaded = config(
+        dpop={"algorithms": ["ES256"], "iat_window_seconds": 30, "replay_cache_size": 10},
+        issuers=[{"issuer": "https://idp.example.org", "sender_constraint": "required"}],
+    )
     assert (loaded.dpop.algorithms, loaded.dpop.iat_window_seconds, loaded.dpop.replay_cache_size) == (
-        ("ES256",), 30, 10)
+        ("ES256",),
+        30,
+        10,
+    )
     assert loaded.issuers[0].sender_constraint == "required"
 
 
-@pytest.mark.parametrize(("changes", "key"), [
-    ({"dpop": {"algorithms": ["HS256"]}}, "dpop.algorithms[0]"),
-    ({"dpop": {"algorithms": ["none"]}}, "dpop.algorithms[0]"),
-    ({"dpop": {"iat_window_seconds": 0}}, "dpop.iat_window_seconds"),
-    ({"dpop": {"replay_cache_size": -1}}, "dpop.replay_cache_size"),
-    ({"dpop": {"enabled": "yes"}}, "dpop.enabled"),
-    ({"dpop": {"nonce": True}}, "dpop.nonce"),
-    ({"issuers": [{"issuer": "https://idp.example.org", "sender_constraint": "always"}]},
-     "issuers[0].sender_constraint"),
-])
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"dpop": {"algorithms": ["HS256"]}}, "dpop.algorithms[0]"),
+        ({"dpop": {"algorithms": ["none"]}}, "dpop.algorithms[0]"),
+        ({"dpop": {"iat_window_seconds": 0}}, "dpop.iat_window_seconds"),
+        ({"dpop": {"replay_cache_size": -1}}, "dpop.replay_cache_size"),
+        ({"dpop": {"enabled": "yes"}}, "dpop.enabled"),
+        ({"dpop": {"nonce": True}}, "dpop.nonce"),
+        (
+            {"issuers": [{"issuer": "https://idp.example.org", "sender_constraint": "always"}]},
+            "issuers[0].sender_constraint",
+        ),
+    ],
+)
 def test_bad_dpop_and_sender_constraint_values_are_named(changes: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         config(**changes)
@@ -118,8 +135,12 @@ def test_bad_dpop_and_sender_constraint_values_are_named(changes: dict[str, Any]
 
 
 def test_the_worker_builds_the_rules_from_the_config() -> None:
-    loaded = config(issuers=[{"issuer": "https://idp.example.org", "sender_constraint": "required"},
-                             {"issuer": "https://other.example.org"}])
+    loaded = config(
+        issuers=[
+            {"issuer": "https://idp.example.org", "sender_constraint": "required"},
+            {"issuer": "https://other.example.org"},
+        ]
+    )
     rules = sender_constraints(loaded)
     assert rules.dpop_enabled
     assert rules.public_url("/r4/Observation?patient=1") == "https://fhir.example.org/r4/Observation"
@@ -134,16 +155,22 @@ DISCOVERY = {"issuer": "https://idp.example.org", "token_endpoint": "https://idp
 
 async def test_smart_configuration_advertises_the_dpop_algorithms_when_dpop_is_on() -> None:
     async with offline_client() as client:
-        smart = SmartConfiguration(SmartConfigurationSettings(issuer="https://idp.example.org"), client,
-                                   dpop_algs=dpop_algorithms(config(dpop={"algorithms": ["ES256", "PS256"]})))
+        smart = SmartConfiguration(
+            SmartConfigurationSettings(issuer="https://idp.example.org"),
+            client,
+            dpop_algs=dpop_algorithms(config(dpop={"algorithms": ["ES256", "PS256"]})),
+        )
         document = smart.build(dict(DISCOVERY))
     assert document["dpop_signing_alg_values_supported"] == ["ES256", "PS256"]
 
 
 async def test_smart_configuration_says_nothing_of_dpop_when_it_is_off() -> None:
     async with offline_client() as client:
-        smart = SmartConfiguration(SmartConfigurationSettings(issuer="https://idp.example.org"), client,
-                                   dpop_algs=dpop_algorithms(config(dpop={"enabled": False})))
+        smart = SmartConfiguration(
+            SmartConfigurationSettings(issuer="https://idp.example.org"),
+            client,
+            dpop_algs=dpop_algorithms(config(dpop={"enabled": False})),
+        )
         document = smart.build(dict(DISCOVERY))
     assert "dpop_signing_alg_values_supported" not in document
 

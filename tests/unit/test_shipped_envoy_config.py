@@ -84,8 +84,10 @@ def test_the_shipped_envoy_config_times_out_clients_that_send_or_read_nothing() 
 def test_the_shipped_envoy_config_limits_http2_streams_and_windows_as_envoys_edge_guidance_asks() -> None:
     [manager] = _filters_named(_shipped(), "envoy.filters.network.http_connection_manager")[:1]
     assert manager["typed_config"]["http2_protocol_options"] == {
-        "max_concurrent_streams": 100, "initial_stream_window_size": 65_536,
-        "initial_connection_window_size": 1_048_576}
+        "max_concurrent_streams": 100,
+        "initial_stream_window_size": 65_536,
+        "initial_connection_window_size": 1_048_576,
+    }
 
 
 def test_the_shipped_envoy_config_takes_the_client_address_from_the_connection() -> None:
@@ -97,8 +99,12 @@ def test_the_shipped_envoy_config_takes_the_client_address_from_the_connection()
 def test_the_idle_timer_never_ends_a_request_the_upstream_timeout_allows() -> None:
     [manager] = _filters_named(_shipped(), "envoy.filters.network.http_connection_manager")[:1]
     typed = manager["typed_config"]
-    route_timeouts = {route["route"]["timeout"] for host in typed["route_config"]["virtual_hosts"]
-                      for route in host["routes"] if "route" in route}
+    route_timeouts = {
+        route["route"]["timeout"]
+        for host in typed["route_config"]["virtual_hosts"]
+        for route in host["routes"]
+        if "route" in route
+    }
     idle = float(typed["stream_idle_timeout"].removesuffix("s"))
     assert route_timeouts and all(float(timeout.removesuffix("s")) <= idle for timeout in route_timeouts)
     with pytest.raises(ValueError, match="stream_idle_timeout_seconds"):
@@ -115,8 +121,9 @@ def test_the_shipped_envoy_config_has_no_mtls_listener() -> None:
     assert names == ["fhir_ingress"]
 
 
-TLS = DownstreamTls(port=10443, cert_path="/tls/server.pem", key_path="/tls/server.key",
-                    client_ca_path="/tls/clients-ca.pem")
+TLS = DownstreamTls(
+    port=10443, cert_path="/tls/server.pem", key_path="/tls/server.key", client_ca_path="/tls/clients-ca.pem"
+)
 
 
 def test_an_mtls_listener_serves_the_same_routes_and_filters_behind_client_certificates() -> None:

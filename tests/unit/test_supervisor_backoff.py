@@ -63,8 +63,13 @@ def test_crashes_spread_over_stable_runs_never_give_up() -> None:
 # (metric name, sample name, label names, label values, help): what prometheus-client keys a value by.
 MetricKey = tuple[str, str, list[str], list[str], str]
 DECISIONS: MetricKey = ("smartgate_decisions", "smartgate_decisions_total", ["outcome"], ["allow"], "Decisions.")
-SECONDS_SUM: MetricKey = ("smartgate_decision_duration_seconds", "smartgate_decision_duration_seconds_sum", [], [],
-                          "Decision latency.")
+SECONDS_SUM: MetricKey = (
+    "smartgate_decision_duration_seconds",
+    "smartgate_decision_duration_seconds_sum",
+    [],
+    [],
+    "Decision latency.",
+)
 READY: MetricKey = ("smartgate_ready", "smartgate_ready", [], [], "Ready.")
 BUILD_INFO: MetricKey = ("smartgate_build_info", "smartgate_build_info", [], [], "Build.")
 
@@ -95,7 +100,11 @@ def test_a_dead_workers_counts_are_kept_and_its_files_removed(tmp_path: Path) ->
     _worker(tmp_path, 202, decisions=4, seconds=0.25)
     metric_files.retire_process(str(tmp_path), 101)
     assert sorted(path.name for path in tmp_path.glob("*.db")) == [
-        "counter_202.db", "gauge_livemin_202.db", "gauge_max_202.db", "histogram_202.db"]
+        "counter_202.db",
+        "gauge_livemin_202.db",
+        "gauge_max_202.db",
+        "histogram_202.db",
+    ]
     assert _sample(tmp_path, "smartgate_decisions_total") == 7
     assert _sample(tmp_path, "smartgate_decision_duration_seconds_sum") == 0.75
     # Worker 101's slot restarted as 303, then died as well: its counts join the retired totals.
@@ -104,7 +113,9 @@ def test_a_dead_workers_counts_are_kept_and_its_files_removed(tmp_path: Path) ->
     assert _sample(tmp_path, "smartgate_decisions_total") == 12
     assert _sample(tmp_path, "smartgate_decision_duration_seconds_sum") == 1.75
     assert sorted(path.name for path in (tmp_path / metric_files.RETIRED_DIRECTORY).iterdir()) == [
-        "counter_retired.db", "histogram_retired.db"]
+        "counter_retired.db",
+        "histogram_retired.db",
+    ]
     assert _sample(tmp_path, "smartgate_ready") == 1  # only the live worker's gauge is left
 
 

@@ -20,9 +20,12 @@ SOCKET = "/run/smartgate/grpc.sock"
 
 
 def _config(grpc: str, http: str = "127.0.0.1:9190", **extra: Any) -> dict[str, Any]:
-    return {"listen": {"grpc": grpc, "http": http},
-            "fhir": {"base_url": "https://fhir.example.org/r4", "upstream_url": "http://fhir:8080/fhir"},
-            "issuers": [{"issuer": "https://idp.example.org"}], **extra}
+    return {
+        "listen": {"grpc": grpc, "http": http},
+        "fhir": {"base_url": "https://fhir.example.org/r4", "upstream_url": "http://fhir:8080/fhir"},
+        "issuers": [{"issuer": "https://idp.example.org"}],
+        **extra,
+    }
 
 
 def _smartgate_cluster(config: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +68,9 @@ def test_envoy_reaches_socket_workers_through_a_static_cluster_of_pipes() -> Non
     cluster = _smartgate_cluster(render(EnvoySettings(authz_socket=SOCKET, authz_workers=2)))
     assert cluster["type"] == "STATIC"  # a pipe has no name to resolve
     assert [e["endpoint"]["address"] for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]] == [
-        {"pipe": {"path": SOCKET}}, {"pipe": {"path": f"{SOCKET}.1"}}]
+        {"pipe": {"path": SOCKET}},
+        {"pipe": {"path": f"{SOCKET}.1"}},
+    ]
     assert cluster["health_checks"][0]["grpc_health_check"] == {}  # a worker not serving is still skipped
     assert "http2_protocol_options" in json.dumps(cluster["typed_extension_protocol_options"])
 
@@ -77,13 +82,16 @@ def test_without_a_socket_envoy_reaches_smartgate_over_tcp() -> None:
 
 
 def test_envoy_config_renders_the_configs_socket_and_keeps_smart_discovery_on_tcp(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "smartgate.yaml"
     path.write_text(json.dumps(_config(f"unix:{SOCKET}", http="127.0.0.1:9190")), encoding="utf-8")
     assert main(["envoy-config", "--config", str(path)]) == 0
     rendered = yaml.safe_load(capsys.readouterr().out)
     assert _smartgate_cluster(rendered)["load_assignment"]["endpoints"][0]["lb_endpoints"] == [
-        {"endpoint": {"address": {"pipe": {"path": SOCKET}}}}]
+        {"endpoint": {"address": {"pipe": {"path": SOCKET}}}}
+    ]
     http = next(c for c in rendered["static_resources"]["clusters"] if c["name"] == "smartgate_http")
     assert http["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
-        "socket_address": {"address": "127.0.0.1", "port_value": 9190}}
+        "socket_address": {"address": "127.0.0.1", "port_value": 9190}
+    }

@@ -81,12 +81,14 @@ def other_issuer_config() -> IssuerConfig:
 
 @pytest.fixture
 async def idp() -> AsyncIterator[FakeIdp]:
-    fake = FakeIdp({
-        JWKS_URI: issuer_jwks(),
-        OTHER_JWKS_URI: make_jwks(OTHER_KEY),
-        # Served, so that a verifier that ever followed jku would find the attacker's key.
-        ATTACKER_JWKS_URI: make_jwks(ATTACKER, ATTACKER_EC),
-    })
+    fake = FakeIdp(
+        {
+            JWKS_URI: issuer_jwks(),
+            OTHER_JWKS_URI: make_jwks(OTHER_KEY),
+            # Served, so that a verifier that ever followed jku would find the attacker's key.
+            ATTACKER_JWKS_URI: make_jwks(ATTACKER, ATTACKER_EC),
+        }
+    )
     yield fake
     await fake.aclose()
 
@@ -138,10 +140,17 @@ async def accepted(verifier: TokenVerifier, jwt_text: str) -> TokenContext:
 
 async def test_valid_token_is_accepted_with_its_smart_context(verifier: TokenVerifier) -> None:
     now = int(time.time())
-    context = await accepted(verifier, token(
-        scope="launch/patient patient/Observation.rs openid", patient="123", sub="u-1",
-        client_id="growth-chart", fhirUser="Practitioner/p-9", exp=now + 600,
-    ))
+    context = await accepted(
+        verifier,
+        token(
+            scope="launch/patient patient/Observation.rs openid",
+            patient="123",
+            sub="u-1",
+            client_id="growth-chart",
+            fhirUser="Practitioner/p-9",
+            exp=now + 600,
+        ),
+    )
     assert context.issuer == ISSUER
     assert context.subject == "u-1"
     assert context.client_id == "growth-chart"
@@ -226,7 +235,8 @@ async def test_token_header_not_json_object_is_malformed(verifier: TokenVerifier
 
 
 @pytest.mark.parametrize(
-    "payload", [b"not json", b"[1, 2]", b'"claims"', b"42", b"null"],
+    "payload",
+    [b"not json", b"[1, 2]", b'"claims"', b"42", b"null"],
     ids=["text", "array", "string", "number", "null"],
 )
 async def test_token_payload_not_json_object_is_malformed(verifier: TokenVerifier, payload: bytes) -> None:
@@ -295,8 +305,9 @@ async def test_algorithm_not_in_issuer_allowlist_is_rejected(idp: FakeIdp) -> No
 
 @pytest.mark.parametrize("alg", ["ES256K", "RS1", "HS1", "PS256 ", "rs256", "A256GCM", "RSA-OAEP"])
 async def test_unknown_or_misspelt_algorithm_is_rejected(verifier: TokenVerifier, alg: str) -> None:
-    text = sign_token({"alg": alg, "typ": "at+jwt", "kid": KEYS["RS256"].kid}, claims(),
-                      KEYS["RS256"].private_key, sign_alg="RS256")
+    text = sign_token(
+        {"alg": alg, "typ": "at+jwt", "kid": KEYS["RS256"].kid}, claims(), KEYS["RS256"].private_key, sign_alg="RS256"
+    )
     assert await rejected(verifier, text) is Reason.TOKEN_ALGORITHM_NOT_ALLOWED
 
 
@@ -373,8 +384,9 @@ async def test_valid_token_with_embedded_jwk_header_is_verified_against_configur
 async def test_token_signed_by_attacker_with_key_url_header_is_rejected(
     verifier: TokenVerifier, idp: FakeIdp, param: str
 ) -> None:
-    text = make_token(KEYS["RS256"], claims(), signing_key=ATTACKER.private_key, kid=ATTACKER.kid,
-                      **{param: ATTACKER_JWKS_URI})
+    text = make_token(
+        KEYS["RS256"], claims(), signing_key=ATTACKER.private_key, kid=ATTACKER.kid, **{param: ATTACKER_JWKS_URI}
+    )
     assert await rejected(verifier, text) is Reason.TOKEN_UNKNOWN_KEY
     assert idp.count(ATTACKER_JWKS_URI) == 0
     assert set(idp.requests) <= {JWKS_URI}
@@ -678,18 +690,49 @@ async def test_user_scope_without_patient_claim_is_accepted(verifier: TokenVerif
 
 @pytest.mark.parametrize(
     "patient",
-    ["a/b", "..", ".", "", "x" * 65, "123 456", "Patient/", "Patient/a/b", "Patient/123?x=1", "p\u00e9", 123,
-     ["123"], {"id": "123"}, True],
-    ids=["slash", "dotdot", "dot", "empty", "too-long", "space", "prefix-only", "prefix-slash", "query",
-         "non-ascii", "number", "list", "object", "bool"],
+    [
+        "a/b",
+        "..",
+        ".",
+        "",
+        "x" * 65,
+        "123 456",
+        "Patient/",
+        "Patient/a/b",
+        "Patient/123?x=1",
+        "p\u00e9",
+        123,
+        ["123"],
+        {"id": "123"},
+        True,
+    ],
+    ids=[
+        "slash",
+        "dotdot",
+        "dot",
+        "empty",
+        "too-long",
+        "space",
+        "prefix-only",
+        "prefix-slash",
+        "query",
+        "non-ascii",
+        "number",
+        "list",
+        "object",
+        "bool",
+    ],
 )
 async def test_token_with_invalid_patient_id_is_rejected(verifier: TokenVerifier, patient: Any) -> None:
     assert await rejected(verifier, token(scope="patient/*.rs", patient=patient)) is Reason.TOKEN_CLAIMS_INVALID
 
 
 @pytest.mark.parametrize("claim", ["patient", "fhirUser", "sub", "client_id", "scope"])
-@pytest.mark.parametrize("value", ["bad\r\nx-smart-patient: 999", "bad\nx", "bad\rx", "\r\n"],
-                         ids=["crlf-injection", "lf", "cr", "only-crlf"])
+@pytest.mark.parametrize(
+    "value",
+    ["bad\r\nx-smart-patient: 999", "bad\nx", "bad\rx", "\r\n"],
+    ids=["crlf-injection", "lf", "cr", "only-crlf"],
+)
 async def test_claim_with_cr_or_lf_is_rejected(verifier: TokenVerifier, claim: str, value: str) -> None:
     overrides: dict[str, Any] = {"scope": "user/*.rs", "patient": "123"}
     overrides[claim] = value
@@ -710,15 +753,17 @@ async def test_claim_with_control_or_non_ascii_characters_is_rejected(verifier: 
         assert await rejected(verifier, token(**overrides)) is Reason.TOKEN_CLAIMS_INVALID, value
 
 
-@pytest.mark.parametrize("scope", [42, ["user/*.rs", 1], {"user": "*.rs"}, True], ids=["number", "mixed", "object",
-                                                                                         "bool"])
+@pytest.mark.parametrize(
+    "scope", [42, ["user/*.rs", 1], {"user": "*.rs"}, True], ids=["number", "mixed", "object", "bool"]
+)
 async def test_scope_claim_not_string_or_string_list_is_rejected(verifier: TokenVerifier, scope: Any) -> None:
     assert await rejected(verifier, token(scope=scope)) is Reason.TOKEN_CLAIMS_INVALID
 
 
 async def test_scope_claim_as_okta_scp_list_is_accepted(verifier: TokenVerifier) -> None:
-    context = await accepted(verifier, token(scope=DROP, scp=["patient/Observation.rs", "launch/patient"],
-                                             patient="p1"))
+    context = await accepted(
+        verifier, token(scope=DROP, scp=["patient/Observation.rs", "launch/patient"], patient="p1")
+    )
     assert context.scope_text == "patient/Observation.rs launch/patient"
     assert context.grants.permits("patient", "Observation", "r")
     assert context.patient == "p1"
@@ -743,20 +788,36 @@ async def test_token_without_any_scope_claim_grants_nothing(verifier: TokenVerif
 
 async def test_configurable_claim_names_are_used(idp: FakeIdp) -> None:
     names = ClaimNames(
-        scope=("permissions",), patient=("launch_patient",), fhir_user=("profile",),
-        client_id=("appid",), subject=("oid",),
+        scope=("permissions",),
+        patient=("launch_patient",),
+        fhir_user=("profile",),
+        client_id=("appid",),
+        subject=("oid",),
     )
     verifier = build_verifier(idp, issuer_config(claims=names))
-    context = await accepted(verifier, token(
-        scope="system/*.cruds", permissions="patient/Condition.rs", launch_patient="pat-7",
-        profile="Practitioner/d-1", appid="app-9", oid="object-1", client_id="ignored", sub="ignored",
-        patient="ignored", fhirUser="Patient/ignored",
-    ))
+    context = await accepted(
+        verifier,
+        token(
+            scope="system/*.cruds",
+            permissions="patient/Condition.rs",
+            launch_patient="pat-7",
+            profile="Practitioner/d-1",
+            appid="app-9",
+            oid="object-1",
+            client_id="ignored",
+            sub="ignored",
+            patient="ignored",
+            fhirUser="Patient/ignored",
+        ),
+    )
     assert context.scope_text == "patient/Condition.rs"
     assert context.grants.permits("patient", "Condition", "s")
     assert not context.grants.permits("system", "Condition", "s")
     assert (context.patient, context.fhir_user, context.client_id, context.subject) == (
-        "pat-7", "Practitioner/d-1", "app-9", "object-1"
+        "pat-7",
+        "Practitioner/d-1",
+        "app-9",
+        "object-1",
     )
 
 

@@ -35,9 +35,18 @@ def reason_of(outcome: Decision | Pending) -> Reason:
 # --- the policy ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["Observation/o1", "Observation/o1/_history/2", "Observation/o1/_history",
-                                  "Condition/c1?_format=json", "Device/d1", "Device/d1/_history/1",
-                                  "Device/d1/_history"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "Observation/o1",
+        "Observation/o1/_history/2",
+        "Observation/o1/_history",
+        "Condition/c1?_format=json",
+        "Device/d1",
+        "Device/d1/_history/1",
+        "Device/d1/_history",
+    ],
+)
 def test_an_enforcing_read_of_a_bound_type_is_proven_by_its_response(path: str) -> None:
     outcome = decide_path(path, settings=ENFORCING)
     assert isinstance(outcome, Decision) and outcome.reason is VERIFIED and outcome.allowed
@@ -66,21 +75,30 @@ def test_a_granular_read_scope_is_proven_by_its_response() -> None:
 
 def test_a_search_scope_wider_than_the_read_scope_keeps_the_look_up() -> None:
     """The response check accepts what a search scope grants: it would not hold the read's constraint."""
-    outcome = decide_path("Observation/o1", "patient/Observation.r?category=laboratory patient/Observation.s",
-                          settings=ENFORCING)
+    outcome = decide_path(
+        "Observation/o1", "patient/Observation.r?category=laboratory patient/Observation.s", settings=ENFORCING
+    )
     assert isinstance(outcome, Pending) and outcome.allow.reason is Reason.ALLOWED_COMPARTMENT_MEMBER
 
 
 def test_a_user_scope_constraint_keeps_the_look_up() -> None:
     """Another patient's resource may be proven by a user/ constraint, which the response check does not know."""
-    outcome = decide_path("Observation/o1", "patient/Observation.r user/Observation.r?category=laboratory",
-                          settings=ENFORCING)
+    outcome = decide_path(
+        "Observation/o1", "patient/Observation.r user/Observation.r?category=laboratory", settings=ENFORCING
+    )
     assert isinstance(outcome, Pending)
 
 
-@pytest.mark.parametrize("path", ["Observation/o1?_elements=code", "Observation/o1?_summary=true",
-                                  "Observation/o1/_history?_since=2020-01-01", "Observation/o1/_history?_count=0",
-                                  "Observation/o1/_history?_at=2020"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "Observation/o1?_elements=code",
+        "Observation/o1?_summary=true",
+        "Observation/o1/_history?_since=2020-01-01",
+        "Observation/o1/_history?_count=0",
+        "Observation/o1/_history?_at=2020",
+    ],
+)
 def test_a_read_whose_response_may_not_carry_the_proof_keeps_the_look_up(path: str) -> None:
     assert isinstance(decide_path(path, settings=ENFORCING), Pending)
 
@@ -95,8 +113,7 @@ def test_a_type_outside_the_compartment_is_allowed_as_before() -> None:
 
 
 def test_a_user_scope_read_is_allowed_by_scope_as_before() -> None:
-    assert reason_of(decide_path("Observation/o1", "user/Observation.r", settings=ENFORCING)) \
-        is Reason.ALLOWED_BY_SCOPE
+    assert reason_of(decide_path("Observation/o1", "user/Observation.r", settings=ENFORCING)) is Reason.ALLOWED_BY_SCOPE
 
 
 def test_another_patients_record_is_still_refused_before_any_request() -> None:
@@ -105,41 +122,58 @@ def test_another_patients_record_is_still_refused_before_any_request() -> None:
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE"])
 def test_an_enforcing_write_still_looks_up_first(method: str) -> None:
-    body = {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/123"}} \
-        if method == "PUT" else None
+    body = (
+        {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/123"}}
+        if method == "PUT"
+        else None
+    )
     outcome = decide_body("Observation/o1", method, body, settings=ENFORCING)
     assert isinstance(outcome, Pending) and any(isinstance(check, MembershipCheck) for check in outcome.checks)
 
 
 def test_an_enforcing_patch_still_looks_up_first() -> None:
     patch = [{"op": "replace", "path": "/status", "value": "final"}]
-    outcome = decide_body("Observation/o1", "PATCH", patch, content_type="application/json-patch+json",
-                          settings=ENFORCING)
+    outcome = decide_body(
+        "Observation/o1", "PATCH", patch, content_type="application/json-patch+json", settings=ENFORCING
+    )
     assert isinstance(outcome, Pending) and any(isinstance(check, MembershipCheck) for check in outcome.checks)
 
 
 def test_a_read_in_a_batch_is_still_looked_up() -> None:
     """A batch-response answers an entry's 404 inside a 200: that would tell a missing id from a foreign one."""
-    batch = {"resourceType": "Bundle", "type": "batch",
-             "entry": [{"request": {"method": "GET", "url": "Observation/o1"}}]}
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "Observation/o1"}}],
+    }
     outcome = decide_body("", "POST", batch, settings=ENFORCING)
     assert isinstance(outcome, Pending) and isinstance(outcome.checks[0], MembershipCheck)
 
 
 def configured(**changes: Any) -> PolicySettings:
-    return policy_settings(parse_config({
-        "fhir": {"base_url": FHIR_BASE_URL, "upstream_url": "http://fhir-upstream:8080/fhir"},
-        "issuers": [{"issuer": "https://idp.example.org"}], **changes}))
+    return policy_settings(
+        parse_config(
+            {
+                "fhir": {"base_url": FHIR_BASE_URL, "upstream_url": "http://fhir-upstream:8080/fhir"},
+                "issuers": [{"issuer": "https://idp.example.org"}],
+                **changes,
+            }
+        )
+    )
 
 
-@pytest.mark.parametrize(("changes", "proven_by_response"), [
-    ({"response_verification": {"mode": "enforce"}}, True),
-    ({"response_verification": {"mode": "report"}}, False),
-    ({}, False),
-    ({"response_verification": {"mode": "enforce"}, "mode": "dry_run"}, False),
-])
+@pytest.mark.parametrize(
+    ("changes", "proven_by_response"),
+    [
+        ({"response_verification": {"mode": "enforce"}}, True),
+        ({"response_verification": {"mode": "report"}}, False),
+        ({}, False),
+        ({"response_verification": {"mode": "enforce"}, "mode": "dry_run"}, False),
+    ],
+)
 def test_only_an_enforcing_worker_outside_dry_run_proves_reads_by_response(
-        changes: dict[str, Any], proven_by_response: bool) -> None:
+    changes: dict[str, Any], proven_by_response: bool
+) -> None:
     """dry_run answers every Check with a bare allow, which hands nothing to the response stage."""
     outcome = decide_path("Observation/o1", settings=configured(**changes))
     assert (reason_of(outcome) is VERIFIED) is proven_by_response
@@ -160,8 +194,9 @@ def test_a_verified_read_hands_its_reason_to_the_response_stage() -> None:
 
 def test_a_verified_read_asks_the_fhir_server_for_the_resource_not_a_304() -> None:
     response = ResponseBuilder(HeaderNames(), FHIR_BASE_URL, hand_over_context=True).build(verified_decision())
-    assert {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since"} \
-        <= set(response.ok_response.headers_to_remove)
+    assert {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since"} <= set(
+        response.ok_response.headers_to_remove
+    )
 
 
 def test_a_verified_read_is_denied_when_no_response_stage_would_check_it() -> None:
@@ -172,12 +207,18 @@ def test_a_verified_read_is_denied_when_no_response_stage_would_check_it() -> No
 
 # --- the response stage ----------------------------------------------------------------------------------
 
-CONTEXT = {"patient": "123", "scope": "patient/*.rs", "interaction": "read", "resource_type": "Observation",
-           "reason": VERIFIED.code}
+CONTEXT = {
+    "patient": "123",
+    "scope": "patient/*.rs",
+    "interaction": "read",
+    "resource_type": "Observation",
+    "reason": VERIFIED.code,
+}
 
 
-def headers(status: str = "200", end_of_stream: bool = False,
-            context: dict[str, str] | None = None) -> ext_proc.ProcessingRequest:
+def headers(
+    status: str = "200", end_of_stream: bool = False, context: dict[str, str] | None = None
+) -> ext_proc.ProcessingRequest:
     message = ext_proc.ProcessingRequest(response_headers=ext_proc.HttpHeaders(end_of_stream=end_of_stream))
     for key, value in ((":status", status), ("content-type", "application/fhir+json")):
         message.response_headers.headers.headers.append(base_pb2.HeaderValue(key=key, raw_value=value.encode()))
@@ -188,8 +229,9 @@ def headers(status: str = "200", end_of_stream: bool = False,
 
 
 def body(document: Any) -> ext_proc.ProcessingRequest:
-    return ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=json.dumps(document).encode(),
-                                                                      end_of_stream=True))
+    return ext_proc.ProcessingRequest(
+        response_body=ext_proc.HttpBody(body=json.dumps(document).encode(), end_of_stream=True)
+    )
 
 
 async def run(mode: str, *messages: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
@@ -203,9 +245,14 @@ async def run(mode: str, *messages: ext_proc.ProcessingRequest) -> list[ext_proc
 
 
 def observation(patient: str, category: str = "laboratory") -> dict[str, Any]:
-    return {"resourceType": "Observation", "id": "o1", "subject": {"reference": f"Patient/{patient}"},
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                      "code": category}]}]}
+    return {
+        "resourceType": "Observation",
+        "id": "o1",
+        "subject": {"reference": f"Patient/{patient}"},
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}
+        ],
+    }
 
 
 def refused_body(answer: ext_proc.ProcessingResponse) -> str:
@@ -227,8 +274,11 @@ async def test_a_verified_read_of_another_patients_resource_is_refused() -> None
 
 
 async def test_a_verified_history_with_one_foreign_version_is_refused() -> None:
-    history = {"resourceType": "Bundle", "type": "history", "entry": [
-        {"resource": observation("123")}, {"resource": observation("456")}]}
+    history = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "entry": [{"resource": observation("123")}, {"resource": observation("456")}],
+    }
     answers = await run("enforce", headers(), body(history))
     refused_body(answers[1])
 
@@ -254,8 +304,11 @@ async def test_a_bodiless_answer_to_a_verified_read_is_refused() -> None:
 
 async def test_a_verified_history_with_no_resource_is_refused() -> None:
     """A history of deletions only proves nothing, and a 200 would tell the id exists."""
-    deletions = {"resourceType": "Bundle", "type": "history", "entry": [
-        {"request": {"method": "DELETE", "url": "Observation/o1"}, "response": {"status": "204"}}]}
+    deletions = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "entry": [{"request": {"method": "DELETE", "url": "Observation/o1"}, "response": {"status": "204"}}],
+    }
     answers = await run("enforce", headers(), body(deletions))
     refused_body(answers[1])
 

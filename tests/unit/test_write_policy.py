@@ -87,8 +87,12 @@ def test_create_bound_through_performer_is_allowed() -> None:
 
 
 def test_create_of_an_encounter_with_subject_the_context_patient_is_allowed() -> None:
-    encounter = {"resourceType": "Encounter", "status": "planned", "class": {"code": "AMB"},
-                 "subject": {"reference": "Patient/123"}}
+    encounter = {
+        "resourceType": "Encounter",
+        "status": "planned",
+        "class": {"code": "AMB"},
+        "subject": {"reference": "Patient/123"},
+    }
     assert create(encounter, path="Encounter") is Reason.ALLOWED_WRITE
 
 
@@ -100,14 +104,23 @@ def test_create_with_a_versioned_reference_to_the_context_patient_is_allowed() -
     assert create(observation("Patient/123/_history/2")) is Reason.ALLOWED_WRITE
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("Observation", observation("Patient/456")),
-    ("Observation", observation(performer=[{"reference": "Patient/456"}])),
-    ("Observation", observation(f"{FHIR_BASE_URL}/Patient/456")),
-    ("Encounter", {"resourceType": "Encounter", "subject": {"reference": "Patient/456"}}),
-    ("Condition", {"resourceType": "Condition", "subject": {"reference": "Patient/123"},
-                   "asserter": {"reference": "Patient/456"}}),
-])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("Observation", observation("Patient/456")),
+        ("Observation", observation(performer=[{"reference": "Patient/456"}])),
+        ("Observation", observation(f"{FHIR_BASE_URL}/Patient/456")),
+        ("Encounter", {"resourceType": "Encounter", "subject": {"reference": "Patient/456"}}),
+        (
+            "Condition",
+            {
+                "resourceType": "Condition",
+                "subject": {"reference": "Patient/123"},
+                "asserter": {"reference": "Patient/456"},
+            },
+        ),
+    ],
+)
 def test_create_with_a_compartment_reference_to_another_patient_is_denied(path: str, body: dict[str, Any]) -> None:
     assert create(body, path=path) is Reason.COMPARTMENT_OTHER_PATIENT
 
@@ -125,12 +138,15 @@ def test_create_with_a_contained_reference_as_subject_is_denied() -> None:
     assert create(observation("#p1")) is Reason.COMPARTMENT_AMBIGUOUS
 
 
-@pytest.mark.parametrize("reference", [
-    "https://other.example.org/r4/Patient/123",
-    "http://fhir.example.org/r4/Patient/123",
-    "urn:uuid:0f3c9e1c-8a55-4b64-9d0e-1f6a3c2d4b5e",
-    "patient/123",
-])
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "https://other.example.org/r4/Patient/123",
+        "http://fhir.example.org/r4/Patient/123",
+        "urn:uuid:0f3c9e1c-8a55-4b64-9d0e-1f6a3c2d4b5e",
+        "patient/123",
+    ],
+)
 def test_create_with_an_unresolvable_subject_is_denied(reference: str) -> None:
     assert create(observation(reference)) is Reason.COMPARTMENT_AMBIGUOUS
 
@@ -145,7 +161,8 @@ def test_create_with_a_conditional_reference_outside_the_compartment_elements_is
 
 def test_create_with_a_logical_reference_as_subject_is_denied() -> None:
     assert create(observation({"identifier": {"system": "http://mrn", "value": "123"}})) is (
-        Reason.COMPARTMENT_AMBIGUOUS)
+        Reason.COMPARTMENT_AMBIGUOUS
+    )
 
 
 def test_create_without_a_compartment_reference_is_unbound() -> None:
@@ -160,15 +177,18 @@ def test_create_with_a_compartment_element_that_is_not_a_reference_is_invalid() 
     assert create(observation(["Patient/123"])) is Reason.BODY_INVALID
 
 
-@pytest.mark.parametrize("body", [
-    None,
-    b"",
-    b"not json",
-    b"\xff\xfe",
-    b"[]",
-    b'{"status": "final"}',
-    b'{"resourceType": 7}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        b"",
+        b"not json",
+        b"\xff\xfe",
+        b"[]",
+        b'{"status": "final"}',
+        b'{"resourceType": 7}',
+    ],
+)
 def test_create_without_a_resource_body_is_invalid(body: bytes | None) -> None:
     assert create(body) is Reason.BODY_INVALID
 
@@ -193,12 +213,15 @@ def test_create_nested_deeper_than_the_reference_walk_allows_is_invalid() -> Non
 
 def test_create_of_a_type_outside_the_compartment_is_decided_by_the_scope() -> None:
     assert create({"resourceType": "Practitioner", "name": [{"family": "X"}]}, path="Practitioner") is (
-        Reason.ALLOWED_WRITE)
+        Reason.ALLOWED_WRITE
+    )
 
 
 def test_create_of_a_type_outside_the_compartment_may_not_reference_another_patient() -> None:
-    practitioner = {"resourceType": "Practitioner", "extension": [
-        {"url": "http://example.org/x", "valueReference": {"reference": "Patient/456"}}]}
+    practitioner = {
+        "resourceType": "Practitioner",
+        "extension": [{"url": "http://example.org/x", "valueReference": {"reference": "Patient/456"}}],
+    }
     assert create(practitioner, path="Practitioner") is Reason.COMPARTMENT_OTHER_PATIENT
 
 
@@ -243,7 +266,8 @@ def test_patch_needs_the_u_permission() -> None:
 
 def test_delete_needs_the_d_permission() -> None:
     assert denial(decide_body("Observation/abc", "DELETE", None, "patient/Observation.crus")) is (
-        Reason.SCOPE_INSUFFICIENT)
+        Reason.SCOPE_INSUFFICIENT
+    )
 
 
 def test_v1_write_scope_grants_create() -> None:
@@ -259,10 +283,15 @@ def test_v1_write_scope_grants_delete() -> None:
     assert lookup(decide_body("Observation/abc", "DELETE", None, "patient/Observation.write")).resource_id == "abc"
 
 
-@pytest.mark.parametrize(("path", "method"), [
-    ("Observation/abc", "GET"), ("Observation?patient=123", "GET"), ("Observation/abc/_history", "GET"),
-    ("Patient/123", "GET"),
-])
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("Observation/abc", "GET"),
+        ("Observation?patient=123", "GET"),
+        ("Observation/abc/_history", "GET"),
+        ("Patient/123", "GET"),
+    ],
+)
 def test_v1_write_scope_does_not_imply_read_or_search(path: str, method: str) -> None:
     assert denial(decide_body(path, method, None, "patient/*.write")) is Reason.SCOPE_INSUFFICIENT
 
@@ -303,13 +332,13 @@ def test_update_without_a_body_is_invalid() -> None:
 
 
 def test_update_of_the_context_patient_record_needs_no_lookup() -> None:
-    assert denial(decide_body("Patient/123", "PUT", {"resourceType": "Patient", "id": "123"})) is (
-        Reason.ALLOWED_WRITE)
+    assert denial(decide_body("Patient/123", "PUT", {"resourceType": "Patient", "id": "123"})) is (Reason.ALLOWED_WRITE)
 
 
 def test_update_of_another_patient_record_is_denied() -> None:
     assert denial(decide_body("Patient/456", "PUT", {"resourceType": "Patient", "id": "456"})) is (
-        Reason.COMPARTMENT_OTHER_PATIENT)
+        Reason.COMPARTMENT_OTHER_PATIENT
+    )
 
 
 def test_update_of_the_context_patient_record_may_not_add_links() -> None:
@@ -323,8 +352,9 @@ def test_update_of_a_type_outside_the_compartment_is_decided_by_the_scope() -> N
 
 
 def test_update_under_a_user_scope_is_decided_by_the_scope_alone() -> None:
-    outcome = decide_body("Observation/abc", "PUT", observation("Patient/456", id="abc"), "user/Observation.u",
-                          patient=None)
+    outcome = decide_body(
+        "Observation/abc", "PUT", observation("Patient/456", id="abc"), "user/Observation.u", patient=None
+    )
     assert denial(outcome) is Reason.ALLOWED_BY_SCOPE
 
 
@@ -336,31 +366,37 @@ def test_json_patch_of_a_harmless_element_needs_the_stored_resource_lookup() -> 
     assert (check.queries, check.absent_ok) == (OBSERVATION_LOOKUPS, False)
 
 
-@pytest.mark.parametrize("operation", [
-    {"op": "replace", "path": "/subject", "value": {"reference": "Patient/123"}},
-    {"op": "replace", "path": "/subject/reference", "value": "Group/7"},
-    {"op": "add", "path": "/performer/-", "value": {"reference": "Practitioner/1"}},
-    {"op": "remove", "path": "/subject"},
-    {"op": "move", "from": "/subject", "path": "/focus"},
-    {"op": "copy", "from": "/note", "path": "/performer"},
-    {"op": "replace", "path": "", "value": {}},
-    {"op": "add", "path": "/contained", "value": []},
-    {"op": "replace", "path": "/id", "value": "other"},
-    {"op": "replace", "path": "/meta", "value": {}},
-    {"op": "replace", "path": "/resourceType", "value": "Patient"},
-])
+@pytest.mark.parametrize(
+    "operation",
+    [
+        {"op": "replace", "path": "/subject", "value": {"reference": "Patient/123"}},
+        {"op": "replace", "path": "/subject/reference", "value": "Group/7"},
+        {"op": "add", "path": "/performer/-", "value": {"reference": "Practitioner/1"}},
+        {"op": "remove", "path": "/subject"},
+        {"op": "move", "from": "/subject", "path": "/focus"},
+        {"op": "copy", "from": "/note", "path": "/performer"},
+        {"op": "replace", "path": "", "value": {}},
+        {"op": "add", "path": "/contained", "value": []},
+        {"op": "replace", "path": "/id", "value": "other"},
+        {"op": "replace", "path": "/meta", "value": {}},
+        {"op": "replace", "path": "/resourceType", "value": "Patient"},
+    ],
+)
 def test_json_patch_touching_a_compartment_or_identity_element_is_denied(operation: dict[str, Any]) -> None:
     assert denial(json_patch(operation)) is Reason.COMPARTMENT_AMBIGUOUS
 
 
-@pytest.mark.parametrize("operation", [
-    {"op": "remove", "path": "subject/reference"},
-    {"op": "remove", "path": "subject"},
-    {"op": "replace", "path": "status", "value": "amended"},
-    {"op": "move", "from": "subject/reference", "path": "/note/0/text"},
-    {"op": "copy", "from": "subject", "path": "/focus"},
-    {"op": "move", "from": "/note/0/text", "path": "subject/reference"},
-])
+@pytest.mark.parametrize(
+    "operation",
+    [
+        {"op": "remove", "path": "subject/reference"},
+        {"op": "remove", "path": "subject"},
+        {"op": "replace", "path": "status", "value": "amended"},
+        {"op": "move", "from": "subject/reference", "path": "/note/0/text"},
+        {"op": "copy", "from": "subject", "path": "/focus"},
+        {"op": "move", "from": "/note/0/text", "path": "subject/reference"},
+    ],
+)
 def test_json_patch_pointer_without_the_leading_slash_is_invalid(operation: dict[str, Any]) -> None:
     """RFC 6901: a non-empty pointer starts with "/". ``subject/reference`` was read as touching the
     element ``reference`` and forwarded; a lenient server would apply it to ``/subject/reference``."""
@@ -371,12 +407,15 @@ def test_json_patch_pointer_with_the_leading_slash_is_read_as_before() -> None:
     assert denial(json_patch({"op": "remove", "path": "/subject/reference"})) is Reason.COMPARTMENT_AMBIGUOUS
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [
-    ("DELETE", "Observation/abc?link=Patient/456", None),
-    ("DELETE", "Observation/abc?subject=Patient/456", None),
-    ("PUT", "Observation/abc?subject=Patient/456", observation("Patient/123", id="abc")),
-    ("POST", "Observation?patient=Patient/456", observation("Patient/123")),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("DELETE", "Observation/abc?link=Patient/456", None),
+        ("DELETE", "Observation/abc?subject=Patient/456", None),
+        ("PUT", "Observation/abc?subject=Patient/456", observation("Patient/123", id="abc")),
+        ("POST", "Observation?patient=Patient/456", observation("Patient/123")),
+    ],
+)
 def test_write_whose_url_names_another_patient_is_denied(method: str, path: str, body: Any) -> None:
     """Found by the fuzzer: a write's query parameters were never looked at, so DELETE
     Observation/abc?link=Patient/456 was allowed once abc proved the patient's (reads deny it)."""
@@ -400,19 +439,23 @@ def test_json_patch_naming_another_patient_is_denied() -> None:
 
 
 def test_json_patch_of_the_context_patient_may_not_touch_links() -> None:
-    outcome = decide_body("Patient/123", "PATCH", [{"op": "add", "path": "/link", "value": []}],
-                          content_type=JSON_PATCH)
+    outcome = decide_body(
+        "Patient/123", "PATCH", [{"op": "add", "path": "/link", "value": []}], content_type=JSON_PATCH
+    )
     assert denial(outcome) is Reason.COMPARTMENT_AMBIGUOUS
 
 
-@pytest.mark.parametrize("body", [
-    b"not json",
-    b"[]",
-    b"{}",
-    b'[{"op": "replace"}]',
-    b'[{"op": "frobnicate", "path": "/status"}]',
-    b'["replace"]',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b"{}",
+        b'[{"op": "replace"}]',
+        b'[{"op": "frobnicate", "path": "/status"}]',
+        b'["replace"]',
+    ],
+)
 def test_invalid_json_patch_is_denied(body: bytes) -> None:
     assert denial(decide_body("Observation/abc", "PATCH", body, content_type=JSON_PATCH)) is Reason.BODY_INVALID
 
@@ -432,30 +475,36 @@ def test_fhirpath_patch_below_a_harmless_element_is_allowed_after_lookup() -> No
     assert lookup(fhirpath(document)).resource_id == "abc"
 
 
-@pytest.mark.parametrize("document", [
-    fhirpath_patch("Observation.subject", valueReference={"reference": "Group/7"}),
-    fhirpath_patch("Observation.subject", "delete"),
-    fhirpath_patch("Observation.performer", "add", valueReference={"reference": "Practitioner/1"}),
-    fhirpath_patch("Observation.performer[0]", "delete"),
-    fhirpath_patch("Observation", "add", name="performer", valueReference={"reference": "Practitioner/1"}),
-    fhirpath_patch("Observation", "delete"),
-])
+@pytest.mark.parametrize(
+    "document",
+    [
+        fhirpath_patch("Observation.subject", valueReference={"reference": "Group/7"}),
+        fhirpath_patch("Observation.subject", "delete"),
+        fhirpath_patch("Observation.performer", "add", valueReference={"reference": "Practitioner/1"}),
+        fhirpath_patch("Observation.performer[0]", "delete"),
+        fhirpath_patch("Observation", "add", name="performer", valueReference={"reference": "Practitioner/1"}),
+        fhirpath_patch("Observation", "delete"),
+    ],
+)
 def test_fhirpath_patch_touching_a_compartment_element_is_denied(document: dict[str, Any]) -> None:
     assert denial(fhirpath(document)) is Reason.COMPARTMENT_AMBIGUOUS
 
 
-@pytest.mark.parametrize("path", [
-    "Observation.where(true).subject",
-    "Observation.select(subject)",
-    "Observation.descendants()",
-    "Observation.`subject`",
-    "Observation. subject",
-    "Observation.code.select(%resource).subject",
-    "Observation.code.select(%context)",
-    "Observation./* */subject",
-    "Observation.note|Observation.subject",
-    "Observation.",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "Observation.where(true).subject",
+        "Observation.select(subject)",
+        "Observation.descendants()",
+        "Observation.`subject`",
+        "Observation. subject",
+        "Observation.code.select(%resource).subject",
+        "Observation.code.select(%context)",
+        "Observation./* */subject",
+        "Observation.note|Observation.subject",
+        "Observation.",
+    ],
+)
 def test_fhirpath_patch_path_that_hides_the_element_it_reaches_is_invalid(path: str) -> None:
     # regression: the element was read as the text before '(' or '[' of the second step, so these passed
     document = fhirpath_patch(path, valueReference={"reference": "Group/7"})
@@ -467,25 +516,31 @@ def test_fhirpath_patch_naming_another_patient_is_denied() -> None:
     assert denial(fhirpath(document)) is Reason.COMPARTMENT_OTHER_PATIENT
 
 
-@pytest.mark.parametrize("document", [
-    fhirpath_patch("Condition.status", valueCode="x"),
-    fhirpath_patch(" Observation.status", valueCode="x"),
-    {"resourceType": "Parameters"},
-    {"resourceType": "Parameters", "parameter": []},
-    {"resourceType": "Parameters", "parameter": ["operation"]},
-    {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": []}]},
-    {"resourceType": "Parameters", "parameter": [{"name": "other", "part": [
-        {"name": "path", "valueString": "Observation.status"}]}]},
-    {"resourceType": "Observation", "status": "final"},
-])
+@pytest.mark.parametrize(
+    "document",
+    [
+        fhirpath_patch("Condition.status", valueCode="x"),
+        fhirpath_patch(" Observation.status", valueCode="x"),
+        {"resourceType": "Parameters"},
+        {"resourceType": "Parameters", "parameter": []},
+        {"resourceType": "Parameters", "parameter": ["operation"]},
+        {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": []}]},
+        {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "other", "part": [{"name": "path", "valueString": "Observation.status"}]}],
+        },
+        {"resourceType": "Observation", "status": "final"},
+    ],
+)
 def test_invalid_fhirpath_patch_is_denied(document: dict[str, Any]) -> None:
     assert denial(fhirpath(document)) is Reason.BODY_INVALID
 
 
 @pytest.mark.parametrize("content_type", ["application/fhir+xml", "application/merge-patch+json", "text/plain"])
 def test_patch_content_type_must_be_json_patch_or_fhir_json(content_type: str) -> None:
-    outcome = decide_body("Observation/abc", "PATCH", [{"op": "replace", "path": "/status", "value": "x"}],
-                          content_type=content_type)
+    outcome = decide_body(
+        "Observation/abc", "PATCH", [{"op": "replace", "path": "/status", "value": "x"}], content_type=content_type
+    )
     assert denial(outcome) is Reason.BODY_INVALID
 
 
@@ -495,8 +550,9 @@ def test_json_patch_sent_as_fhir_json_is_invalid() -> None:
 
 
 def test_fhirpath_patch_sent_as_json_patch_is_invalid() -> None:
-    outcome = decide_body("Observation/abc", "PATCH", fhirpath_patch("Observation.status", valueCode="x"),
-                          content_type=JSON_PATCH)
+    outcome = decide_body(
+        "Observation/abc", "PATCH", fhirpath_patch("Observation.status", valueCode="x"), content_type=JSON_PATCH
+    )
     assert denial(outcome) is Reason.BODY_INVALID
 
 
@@ -539,8 +595,12 @@ def test_conditional_writes_are_left_to_user_scopes() -> None:
 
 @pytest.mark.parametrize("header", ["x-http-method-override", "x-http-method", "x-method-override"])
 def test_method_override_on_an_otherwise_allowed_create_is_refused(header: str) -> None:
-    request = http(f"{BASE_PATH}/Observation", "POST", {"content-type": "application/fhir+json", header: "DELETE"},
-                   b'{"resourceType": "Observation", "subject": {"reference": "Patient/123"}}')
+    request = http(
+        f"{BASE_PATH}/Observation",
+        "POST",
+        {"content-type": "application/fhir+json", header: "DELETE"},
+        b'{"resourceType": "Observation", "subject": {"reference": "Patient/123"}}',
+    )
     assert request_error(request).reason is Reason.METHOD_OVERRIDE
 
 
@@ -602,15 +662,17 @@ def test_granular_update_lookup_proves_the_stored_resource_matches_the_constrain
 
 
 def test_granular_patch_may_not_touch_the_constrained_element() -> None:
-    outcome = json_patch({"op": "replace", "path": "/category", "value": []},
-                         scope=f"patient/Observation.u?category={LAB}")
+    outcome = json_patch(
+        {"op": "replace", "path": "/category", "value": []}, scope=f"patient/Observation.u?category={LAB}"
+    )
     assert denial(outcome) is Reason.COMPARTMENT_AMBIGUOUS
 
 
 def test_granular_patch_may_not_hide_the_constrained_element_in_a_fhirpath_function() -> None:
     # regression: "where" was taken for the touched element, so the category could be deleted
-    outcome = fhirpath(fhirpath_patch("Observation.where(true).category", "delete"),
-                       scope=f"patient/Observation.u?category={LAB}")
+    outcome = fhirpath(
+        fhirpath_patch("Observation.where(true).category", "delete"), scope=f"patient/Observation.u?category={LAB}"
+    )
     assert denial(outcome) is Reason.BODY_INVALID
 
 

@@ -49,32 +49,69 @@ SenderConstraint = Literal["optional", "required"]
 """optional: bound tokens must prove possession, unbound ones pass. required: unbound tokens are refused."""
 
 SAFE_ALGORITHMS: tuple[str, ...] = (
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
 )
 DEFAULT_TOKEN_TYPES: tuple[str, ...] = ("at+jwt", "application/at+jwt", "jwt")
 # Types outside the R4 Patient compartment that routinely carry patient data: a patient/
 # scope does not open them unless the operator changes ``patient_closed_types``.
-DEFAULT_PATIENT_CLOSED_TYPES: frozenset[str] = frozenset({
-    "Binary", "Bundle", "Contract", "GuidanceResponse", "Linkage", "MessageHeader", "Parameters",
-    "Subscription", "Task",
-})
+DEFAULT_PATIENT_CLOSED_TYPES: frozenset[str] = frozenset(
+    {
+        "Binary",
+        "Bundle",
+        "Contract",
+        "GuidanceResponse",
+        "Linkage",
+        "MessageHeader",
+        "Parameters",
+        "Subscription",
+        "Task",
+    }
+)
 # Types outside the R4 Patient compartment that are bound to one patient through a reference search
 # parameter and element, handled like compartment types (US Core's Implantable Device: Device.patient).
 DEFAULT_EXTRA_BINDINGS: Mapping[str, tuple[str, ...]] = {"Device": ("patient",)}
 DEFAULT_CAPABILITIES = (
-    "launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",
-    "client-confidential-asymmetric", "context-ehr-patient", "context-standalone-patient", "sso-openid-connect",
-    "permission-patient", "permission-user", "permission-v1", "permission-v2",
+    "launch-ehr",
+    "launch-standalone",
+    "client-public",
+    "client-confidential-symmetric",
+    "client-confidential-asymmetric",
+    "context-ehr-patient",
+    "context-standalone-patient",
+    "sso-openid-connect",
+    "permission-patient",
+    "permission-user",
+    "permission-v1",
+    "permission-v2",
 )
 # Where smartgate listens by default; Envoy's rendering (envoy_glue.bootstrap) points at the same ports.
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 9191
 DEFAULT_HTTP_PORT = 9190
 # Header names smartgate must never set or strip.
-_RESERVED_HEADERS = frozenset({
-    "authorization", "host", "content-length", "content-type", "transfer-encoding", "connection", "cookie",
-    "x-request-id", "x-forwarded-for", "x-envoy-original-path",
-})
+_RESERVED_HEADERS = frozenset(
+    {
+        "authorization",
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "cookie",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-envoy-original-path",
+    }
+)
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _OPERATION_NAME = re.compile(r"\$[A-Za-z][A-Za-z0-9\-_.]*")
 
@@ -120,8 +157,10 @@ def _extra_bindings(key: str, value: Any) -> Mapping[str, tuple[str, ...]]:
         for i, name in enumerate(names):
             info = search_parameter(resource_type, name)
             if info is None or info.type != "reference" or "Patient" not in info.targets:
-                raise ConfigError(f"{key}.{resource_type}[{i}]",
-                                  f"{name!r} is not a {resource_type} reference search parameter that targets Patient")
+                raise ConfigError(
+                    f"{key}.{resource_type}[{i}]",
+                    f"{name!r} is not a {resource_type} reference search parameter that targets Patient",
+                )
         bindings[resource_type] = names
     return bindings
 
@@ -219,8 +258,10 @@ class IssuerConfig:
     token_types: tuple[str, ...] = field(default=DEFAULT_TOKEN_TYPES, metadata=check(_token_types))
     allow_missing_token_type: bool = field(default=True, metadata=check(boolean))
     claims: ClaimNames = field(default_factory=ClaimNames, metadata=parser_step())  # defaults from the profile
-    profile: ProfileName = field(default="generic", metadata=check(one_of(
-        ProfileName, "{value!r} is not one of " + ", ".join(get_args(ProfileName)))))
+    profile: ProfileName = field(
+        default="generic",
+        metadata=check(one_of(ProfileName, "{value!r} is not one of " + ", ".join(get_args(ProfileName)))),
+    )
     dotted_scopes: bool = False  # not a key: set for the entra profile
     introspection: IntrospectionConfig | None = field(default=None, metadata=parser_step())
     sender_constraint: SenderConstraint = field(default="optional", metadata=check(one_of(SenderConstraint)))
@@ -261,7 +302,8 @@ class CompartmentConfig:
     # Off by default: the context patient is the only Patient resource in it (as HAPI's interceptors do).
     follow_patient_links: bool = field(default=False, metadata=check(boolean))
     extra_binding_params: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: dict(DEFAULT_EXTRA_BINDINGS), metadata=check(_extra_bindings))
+        default_factory=lambda: dict(DEFAULT_EXTRA_BINDINGS), metadata=check(_extra_bindings)
+    )
 
 
 @dataclass(frozen=True)
@@ -343,8 +385,7 @@ class Config:
     public_routes: tuple[PublicRoute, ...] = field(default=(), metadata=check(each(PublicRoute)))
     headers: HeaderNames = field(default_factory=HeaderNames, metadata=check(nested(HeaderNames)))
     realm: str = field(default="", metadata=check(string))  # parse defaults it to fhir.base_url
-    patient_closed_types: frozenset[str] = field(default=DEFAULT_PATIENT_CLOSED_TYPES,
-                                                 metadata=check(_resource_types))
+    patient_closed_types: frozenset[str] = field(default=DEFAULT_PATIENT_CLOSED_TYPES, metadata=check(_resource_types))
     max_request_bytes: int = field(default=1_048_576, metadata=check(positive_int))
     decision_log: str = field(default="stdout", metadata=check(_log_destination))
     mode: Mode = field(default="enforce", metadata=check(one_of(Mode)))
@@ -355,7 +396,8 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig, metadata=check(nested(AuditConfig)))
     operations: tuple[OperationRule, ...] = field(default=(), metadata=check(each(OperationRule)))
     response_verification: ResponseVerificationConfig = field(
-        default_factory=ResponseVerificationConfig, metadata=check(nested(ResponseVerificationConfig)))
+        default_factory=ResponseVerificationConfig, metadata=check(nested(ResponseVerificationConfig))
+    )
     # Under patient/ scopes, a search of a bound type that names no patient is narrowed to the context
     # patient (Envoy's query_parameters_to_set) instead of refused.
     search_narrowing: bool = field(default=True, metadata=check(boolean))

@@ -59,12 +59,17 @@ def _issuer(section: Section, default_audience: str) -> IssuerConfig:
     profile = section.value("profile")
     namespace = section.other("claims_namespace", string, "")
     issuer = build(
-        IssuerConfig, section, defaults={"audiences": (default_audience,)},
+        IssuerConfig,
+        section,
+        defaults={"audiences": (default_audience,)},
         profile=profile,
         dotted_scopes=profile == "entra",
         claims=_claims(section.data.get("claims"), section.key("claims"), claim_names_for(profile, namespace)),
-        introspection=(_introspection(section.data["introspection"], section.key("introspection"))
-                       if "introspection" in section.data else None),
+        introspection=(
+            _introspection(section.data["introspection"], section.key("introspection"))
+            if "introspection" in section.data
+            else None
+        ),
     )
     if issuer.jwks_uri and issuer.jwks_file:
         raise ConfigError(section.key("jwks_file"), "set jwks_uri or jwks_file, not both")
@@ -107,8 +112,12 @@ def _tls(root: Section) -> TlsConfig | None:
 
 def _smart_configuration(root: Section, issuers: tuple[IssuerConfig, ...]) -> SmartConfigurationSettings | None:
     """Served unless disabled, for an http(s) issuer only (discovery is fetched from it)."""
-    section = Section(root.data.get("smart_configuration") or {}, "smart_configuration", SmartConfigurationSettings,
-                      extra_keys=("enabled",))
+    section = Section(
+        root.data.get("smart_configuration") or {},
+        "smart_configuration",
+        SmartConfigurationSettings,
+        extra_keys=("enabled",),
+    )
     if not section.other("enabled", boolean, True):
         return None
     issuer = section.value("issuer", defaults={"issuer": issuers[0].issuer})
@@ -125,8 +134,13 @@ def parse_config(data: Any) -> Config:
     fhir = root.value("fhir")
     issuers = _issuers(root, fhir.base_url)
     config = build(
-        Config, root, defaults={"realm": fhir.base_url},
-        fhir=fhir, issuers=issuers, smart_configuration=_smart_configuration(root, issuers), tls=_tls(root),
+        Config,
+        root,
+        defaults={"realm": fhir.base_url},
+        fhir=fhir,
+        issuers=issuers,
+        smart_configuration=_smart_configuration(root, issuers),
+        tls=_tls(root),
     )
     names = config.headers.all()
     if len(set(names)) != len(names):

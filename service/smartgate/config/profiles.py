@@ -41,19 +41,38 @@ _DOTTED_SCOPE = re.compile(r"^(patient|user|system)\.([A-Za-z]+)\.([A-Za-z*]+(?:
 
 def claim_names_for(profile: ProfileName, namespace: str = "") -> ClaimNames:
     if profile == "okta":
-        return ClaimNames(scope=("scp", "scope"), patient=("launch_response_patient", "patient"),
-                          fhir_user=("fhirUser",), client_id=("cid", "client_id"), subject=("sub",))
+        return ClaimNames(
+            scope=("scp", "scope"),
+            patient=("launch_response_patient", "patient"),
+            fhir_user=("fhirUser",),
+            client_id=("cid", "client_id"),
+            subject=("sub",),
+        )
     if profile == "auth0":
         # The Auth0 guide's Rule adds a namespaced ``patient_id``; a namespaced ``patient`` is read first.
-        return ClaimNames(scope=("scope",), patient=(f"{namespace}patient", f"{namespace}patient_id", "patient"),
-                          fhir_user=(f"{namespace}fhirUser", "fhirUser"), client_id=("azp", "client_id"),
-                          subject=("sub",))
+        return ClaimNames(
+            scope=("scope",),
+            patient=(f"{namespace}patient", f"{namespace}patient_id", "patient"),
+            fhir_user=(f"{namespace}fhirUser", "fhirUser"),
+            client_id=("azp", "client_id"),
+            subject=("sub",),
+        )
     if profile == "keycloak":
-        return ClaimNames(scope=("scope",), patient=("patient_id", "patient"), fhir_user=("fhirUser",),
-                          client_id=("azp", "client_id"), subject=("sub",))
+        return ClaimNames(
+            scope=("scope",),
+            patient=("patient_id", "patient"),
+            fhir_user=("fhirUser",),
+            client_id=("azp", "client_id"),
+            subject=("sub",),
+        )
     if profile == "entra":
-        return ClaimNames(scope=("scp",), patient=("patient",), fhir_user=("fhirUser",),
-                          client_id=("azp", "appid"), subject=("oid", "sub"))
+        return ClaimNames(
+            scope=("scp",),
+            patient=("patient",),
+            fhir_user=("fhirUser",),
+            client_id=("azp", "appid"),
+            subject=("oid", "sub"),
+        )
     return ClaimNames()
 
 

@@ -59,8 +59,14 @@ def dev_token(
     private_key = serialization.load_pem_private_key((directory / _PRIVATE_KEY_FILE).read_bytes(), password=None)
     now = int(time.time())
     claims: dict[str, Any] = {
-        "iss": issuer, "aud": audience, "sub": fhir_user or "dev-user", "client_id": client_id,
-        "scope": scope, "iat": now, "exp": now + lifetime_seconds, "jti": uuid.uuid4().hex,
+        "iss": issuer,
+        "aud": audience,
+        "sub": fhir_user or "dev-user",
+        "client_id": client_id,
+        "scope": scope,
+        "iat": now,
+        "exp": now + lifetime_seconds,
+        "jti": uuid.uuid4().hex,
     }
     if patient is not None:
         claims["patient"] = patient

@@ -26,6 +26,9 @@ from smartgate.config.model import (
 _HTTP_FILTERS_PREFIX = "type.googleapis.com/envoy.extensions.filters.http"
 
 
+DOWNSTREAM_TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+
 @dataclass(frozen=True)
 class FrontDoorLimits:
     """What one client may hold of Envoy's listener (Envoy's "Configuring Envoy as an edge proxy").
@@ -62,8 +65,10 @@ class FrontDoorLimits:
 
     def __post_init__(self) -> None:
         if self.stream_idle_timeout_seconds < self.upstream_timeout_seconds:
-            raise ValueError("stream_idle_timeout_seconds must be at least upstream_timeout_seconds, "
-                             "or slow FHIR searches are cut by the idle timer")
+            raise ValueError(
+                "stream_idle_timeout_seconds must be at least upstream_timeout_seconds, "
+                "or slow FHIR searches are cut by the idle timer"
+            )
         if self.request_timeout_seconds < self.request_headers_timeout_seconds:
             raise ValueError("request_timeout_seconds must be at least request_headers_timeout_seconds")
 
@@ -118,10 +123,14 @@ def _cluster(name: str, host: str, ports: list[int], http2: bool) -> dict[str, A
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
-                for port in ports
-            ]}],
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+                        for port in ports
+                    ]
+                }
+            ],
         },
     }
     if http2:
@@ -138,9 +147,9 @@ def _pipe_cluster(name: str, paths: list[str]) -> dict[str, Any]:
     """An HTTP/2 cluster of Unix domain sockets (STATIC: there is no name to resolve)."""
     cluster = _cluster(name, "unused", [], http2=True)
     cluster["type"] = "STATIC"
-    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [
-        {"endpoint": {"address": {"pipe": {"path": path}}}} for path in paths
-    ]}]
+    cluster["load_assignment"]["endpoints"] = [
+        {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in paths]}
+    ]
     return cluster
 
 
@@ -150,17 +159,27 @@ def _smartgate_cluster(settings: EnvoySettings) -> dict[str, Any]:
         socket = settings.authz_socket
         cluster = _pipe_cluster("smartgate", [worker_socket_path(socket, i) for i in range(settings.authz_workers)])
     else:
-        cluster = _cluster("smartgate", settings.authz_host,
-                           [settings.authz_port + i for i in range(settings.authz_workers)], http2=True)
+        cluster = _cluster(
+            "smartgate",
+            settings.authz_host,
+            [settings.authz_port + i for i in range(settings.authz_workers)],
+            http2=True,
+        )
     return _with_health_checks(cluster)
 
 
 def _with_health_checks(cluster: dict[str, Any]) -> dict[str, Any]:
     """Active gRPC health checks (grpc.health.v1), so a worker that is down or not ready is skipped."""
-    cluster["health_checks"] = [{
-        "timeout": "1s", "interval": "2s", "no_traffic_interval": "2s",
-        "unhealthy_threshold": 1, "healthy_threshold": 1, "grpc_health_check": {},
-    }]
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": "2s",
+            "no_traffic_interval": "2s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "grpc_health_check": {},
+        }
+    ]
     return cluster
 
 
@@ -192,11 +211,16 @@ def _smart_configuration_route(settings: EnvoySettings) -> list[dict[str, Any]]:
     """SMART discovery is answered by smartgate's HTTP listener (built from the IdP's discovery)."""
     if not settings.smartgate_http_port:
         return []
-    return [{
-        "match": {"path": f"{settings.base_path}/.well-known/smart-configuration"},
-        "route": {"cluster": "smartgate_http", "prefix_rewrite": "/.well-known/smart-configuration",
-                  "timeout": "10s"},
-    }]
+    return [
+        {
+            "match": {"path": f"{settings.base_path}/.well-known/smart-configuration"},
+            "route": {
+                "cluster": "smartgate_http",
+                "prefix_rewrite": "/.well-known/smart-configuration",
+                "timeout": "10s",
+            },
+        }
+    ]
 
 
 def _ext_proc(settings: EnvoySettings) -> list[dict[str, Any]]:
@@ -211,21 +235,27 @@ def _ext_proc(settings: EnvoySettings) -> list[dict[str, Any]]:
     if settings.response_verification == "off":
         return []
     body_mode = "BUFFERED" if settings.response_verification == "enforce" else "BUFFERED_PARTIAL"
-    return [{
-        "name": "envoy.filters.http.ext_proc",
-        "typed_config": {
-            "@type": f"{_HTTP_FILTERS_PREFIX}.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": "smartgate"}, "timeout": "5s"},
-            "failure_mode_allow": settings.response_verification == "report",
-            "allow_mode_override": True,
-            "message_timeout": "5s",
-            "processing_mode": {
-                "request_header_mode": "SKIP", "request_body_mode": "NONE", "request_trailer_mode": "SKIP",
-                "response_header_mode": "SEND", "response_body_mode": body_mode, "response_trailer_mode": "SKIP",
+    return [
+        {
+            "name": "envoy.filters.http.ext_proc",
+            "typed_config": {
+                "@type": f"{_HTTP_FILTERS_PREFIX}.ext_proc.v3.ExternalProcessor",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "smartgate"}, "timeout": "5s"},
+                "failure_mode_allow": settings.response_verification == "report",
+                "allow_mode_override": True,
+                "message_timeout": "5s",
+                "processing_mode": {
+                    "request_header_mode": "SKIP",
+                    "request_body_mode": "NONE",
+                    "request_trailer_mode": "SKIP",
+                    "response_header_mode": "SEND",
+                    "response_body_mode": body_mode,
+                    "response_trailer_mode": "SKIP",
+                },
+                "metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.filters.http.ext_authz"]}},
             },
-            "metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.filters.http.ext_authz"]}},
-        },
-    }]
+        }
+    ]
 
 
 def render(settings: EnvoySettings) -> dict[str, Any]:
@@ -250,7 +280,7 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
     upstream_extras: dict[str, Any] = {"request_headers_to_remove": ["accept-encoding"]} if verifying else {}
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                 ".HttpConnectionManager",
+        ".HttpConnectionManager",
         "stat_prefix": "fhir_ingress",
         "normalize_path": True,
         "merge_slashes": True,
@@ -258,48 +288,70 @@ def render(settings: EnvoySettings) -> dict[str, Any]:
         **_front_door_connection_manager(limits),
         "route_config": {
             "name": "fhir",
-            "virtual_hosts": [{
-                "name": "fhir",
-                "domains": ["*"],
-                "routes": [
-                    *_smart_configuration_route(settings),
-                    {"match": {"path": settings.base_path}, "route": dict(route), **upstream_extras},
-                    {"match": {"prefix": settings.base_path + "/"}, "route": route, **upstream_extras},
-                    {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
-                ],
-            }],
+            "virtual_hosts": [
+                {
+                    "name": "fhir",
+                    "domains": ["*"],
+                    "routes": [
+                        *_smart_configuration_route(settings),
+                        {"match": {"path": settings.base_path}, "route": dict(route), **upstream_extras},
+                        {"match": {"prefix": settings.base_path + "/"}, "route": route, **upstream_extras},
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                    ],
+                }
+            ],
         },
         "http_filters": [
             _ext_authz(settings),
             *_ext_proc(settings),
-            {"name": "envoy.filters.http.router",
-             "typed_config": {"@type": f"{_HTTP_FILTERS_PREFIX}.router.v3.Router"}},
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": f"{_HTTP_FILTERS_PREFIX}.router.v3.Router"},
+            },
         ],
     }
     buffer_limit = max(settings.max_request_bytes, settings.max_response_bytes if verifying else 0, 1_048_576)
     return {
-        "admin": {"address": {"socket_address": {"address": settings.admin_host,
-                                                 "port_value": settings.admin_port}},
-                  "ignore_global_conn_limit": True},
+        "admin": {
+            "address": {"socket_address": {"address": settings.admin_host, "port_value": settings.admin_port}},
+            "ignore_global_conn_limit": True,
+        },
         "overload_manager": _overload_manager(limits),
         "static_resources": {
-            "listeners": [{
-                "name": "fhir_ingress",
-                "address": {"socket_address": {"address": settings.listen_host,
-                                               "port_value": settings.listen_port}},
-                "per_connection_buffer_limit_bytes": buffer_limit,
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm,
-                }]}],
-            }, *_tls_listener(settings, hcm, buffer_limit), *_ready_listener(settings)],
+            "listeners": [
+                {
+                    "name": "fhir_ingress",
+                    "address": {
+                        "socket_address": {"address": settings.listen_host, "port_value": settings.listen_port}
+                    },
+                    "per_connection_buffer_limit_bytes": buffer_limit,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                },
+                *_tls_listener(settings, hcm, buffer_limit),
+                *_ready_listener(settings),
+            ],
             "clusters": [
                 _smartgate_cluster(settings),
                 upstream_cluster,
-                *([_cluster("smartgate_http", settings.authz_host, [settings.smartgate_http_port], http2=False)]
-                  if settings.smartgate_http_port else []),
-                *([_cluster("envoy_admin", settings.admin_host, [settings.admin_port], http2=False)]
-                  if settings.ready_port is not None else []),
+                *(
+                    [_cluster("smartgate_http", settings.authz_host, [settings.smartgate_http_port], http2=False)]
+                    if settings.smartgate_http_port
+                    else []
+                ),
+                *(
+                    [_cluster("envoy_admin", settings.admin_host, [settings.admin_port], http2=False)]
+                    if settings.ready_port is not None
+                    else []
+                ),
             ],
         },
     }
@@ -341,20 +393,28 @@ def _overload_manager(limits: FrontDoorLimits) -> dict[str, Any]:
     return {
         "refresh_interval": "0.25s",
         "resource_monitors": [
-            {"name": "envoy.resource_monitors.global_downstream_max_connections",
-             "typed_config": {
-                 "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3"
-                          ".DownstreamConnectionsConfig",
-                 "max_active_downstream_connections": limits.max_downstream_connections}},
-            {"name": heap,
-             "typed_config": {
-                 "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
-                 "max_heap_size_bytes": limits.max_heap_bytes}},
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3"
+                    ".DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": limits.max_downstream_connections,
+                },
+            },
+            {
+                "name": heap,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": limits.max_heap_bytes,
+                },
+            },
         ],
         "actions": [
             {"name": "envoy.overload_actions.shrink_heap", "triggers": [{"name": heap, "threshold": {"value": 0.95}}]},
-            {"name": "envoy.overload_actions.stop_accepting_requests",
-             "triggers": [{"name": heap, "threshold": {"value": 0.98}}]},
+            {
+                "name": "envoy.overload_actions.stop_accepting_requests",
+                "triggers": [{"name": heap, "threshold": {"value": 0.98}}],
+            },
         ],
     }
 
@@ -366,28 +426,36 @@ def _tls_listener(settings: EnvoySettings, hcm: dict[str, Any], buffer_limit: in
     if tls is None:
         return []
     tls_hcm = {**copy.deepcopy(hcm), "stat_prefix": "fhir_ingress_tls"}
-    return [{
-        "name": "fhir_ingress_tls",
-        "address": {"socket_address": {"address": settings.listen_host, "port_value": tls.port}},
-        "per_connection_buffer_limit_bytes": buffer_limit,
-        "filter_chains": [{
-            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": tls_hcm}],
-            "transport_socket": {
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                    "require_client_certificate": tls.require_client_certificate,
-                    "common_tls_context": {
-                        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-                        "alpn_protocols": ["h2", "http/1.1"],
-                        "tls_certificates": [{"certificate_chain": {"filename": tls.cert_path},
-                                              "private_key": {"filename": tls.key_path}}],
-                        "validation_context": {"trusted_ca": {"filename": tls.client_ca_path}},
+    return [
+        {
+            "name": "fhir_ingress_tls",
+            "address": {"socket_address": {"address": settings.listen_host, "port_value": tls.port}},
+            "per_connection_buffer_limit_bytes": buffer_limit,
+            "filter_chains": [
+                {
+                    "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": tls_hcm}],
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": {
+                            "@type": DOWNSTREAM_TLS_CONTEXT,
+                            "require_client_certificate": tls.require_client_certificate,
+                            "common_tls_context": {
+                                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                                "alpn_protocols": ["h2", "http/1.1"],
+                                "tls_certificates": [
+                                    {
+                                        "certificate_chain": {"filename": tls.cert_path},
+                                        "private_key": {"filename": tls.key_path},
+                                    }
+                                ],
+                                "validation_context": {"trusted_ca": {"filename": tls.client_ca_path}},
+                            },
+                        },
                     },
-                },
-            },
-        }],
-    }]
+                }
+            ],
+        }
+    ]
 
 
 def _ready_listener(settings: EnvoySettings) -> list[dict[str, Any]]:
@@ -397,27 +465,42 @@ def _ready_listener(settings: EnvoySettings) -> list[dict[str, Any]]:
         return []
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                 ".HttpConnectionManager",
+        ".HttpConnectionManager",
         "stat_prefix": "envoy_ready",
-        "route_config": {"name": "ready", "virtual_hosts": [{
-            "name": "ready", "domains": ["*"],
-            "routes": [
-                {"match": {"path": "/ready", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
-                 "route": {"cluster": "envoy_admin", "timeout": "2s"}},
-                {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+        "route_config": {
+            "name": "ready",
+            "virtual_hosts": [
+                {
+                    "name": "ready",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {
+                                "path": "/ready",
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {"cluster": "envoy_admin", "timeout": "2s"},
+                        },
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                    ],
+                }
             ],
-        }]},
-        "http_filters": [{"name": "envoy.filters.http.router",
-                          "typed_config": {"@type": f"{_HTTP_FILTERS_PREFIX}.router.v3.Router"}}],
+        },
+        "http_filters": [
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": f"{_HTTP_FILTERS_PREFIX}.router.v3.Router"}}
+        ],
     }
-    return [{
-        "name": "envoy_ready",
-        "address": {"socket_address": {"address": settings.listen_host, "port_value": settings.ready_port}},
-        # Probes still get through when clients hold every connection: a busy pod is not restarted.
-        "ignore_global_conn_limit": True,
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                        "typed_config": hcm}]}],
-    }]
+    return [
+        {
+            "name": "envoy_ready",
+            "address": {"socket_address": {"address": settings.listen_host, "port_value": settings.ready_port}},
+            # Probes still get through when clients hold every connection: a busy pod is not restarted.
+            "ignore_global_conn_limit": True,
+            "filter_chains": [
+                {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+            ],
+        }
+    ]
 
 
 def render_yaml(settings: EnvoySettings) -> str:

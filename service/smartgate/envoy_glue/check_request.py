@@ -27,6 +27,10 @@ def from_check_request(check_request: external_auth_pb2.CheckRequest) -> HttpReq
     # attributes.source.certificate: the peer's certificate, URL-encoded PEM (include_peer_certificate).
     certificate = check_request.attributes.source.certificate
     return HttpRequest(
-        method=http.method.upper(), path=http.path, headers=headers, body=body, body_truncated=truncated,
+        method=http.method.upper(),
+        path=http.path,
+        headers=headers,
+        body=body,
+        body_truncated=truncated,
         peer_certificate=unquote(certificate) if certificate else None,
     )

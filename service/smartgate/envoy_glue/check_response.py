@@ -66,15 +66,17 @@ def www_authenticate(reason: Reason, realm: str, message: str, dpop_algs: tuple[
 def operation_outcome(reason: Reason, message: str) -> bytes:
     outcome = {
         "resourceType": "OperationOutcome",
-        "issue": [{
-            "severity": "error",
-            "code": _ISSUE_CODES.get(reason.http_status, "forbidden"),
-            "details": {
-                "coding": [{"system": "https://smartgate.dev/reason", "code": reason.code}],
-                "text": message,
-            },
-            "diagnostics": f"smartgate: {reason.code}",
-        }],
+        "issue": [
+            {
+                "severity": "error",
+                "code": _ISSUE_CODES.get(reason.http_status, "forbidden"),
+                "details": {
+                    "coding": [{"system": "https://smartgate.dev/reason", "code": reason.code}],
+                    "text": message,
+                },
+                "diagnostics": f"smartgate: {reason.code}",
+            }
+        ],
     }
     return json.dumps(outcome, separators=(",", ":")).encode("utf-8")
 
@@ -88,8 +90,9 @@ class _AllowParts(NamedTuple):
 
 
 class ResponseBuilder:
-    def __init__(self, header_names: HeaderNames, realm: str, hand_over_context: bool = False,
-                 dpop_algs: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, header_names: HeaderNames, realm: str, hand_over_context: bool = False, dpop_algs: tuple[str, ...] = ()
+    ) -> None:
         self._names = header_names
         self._realm = realm
         self._dpop_algs = dpop_algs  # the DPoP challenge's algs (RFC 9449 section 7.1)
@@ -154,8 +157,9 @@ class ResponseBuilder:
             else:
                 ok.headers_to_remove.append(name)
         response = external_auth_pb2.CheckResponse(status=_OK, ok_response=ok)
-        handing_over = bool(self._hand_over and context is not None and context.patient
-                            and context.grants.has_patient_scopes)
+        handing_over = bool(
+            self._hand_over and context is not None and context.patient and context.grants.has_patient_scopes
+        )
         if handing_over and context is not None:
             # Emitted by Envoy as dynamic metadata (namespace envoy.filters.http.ext_authz) for ext_proc;
             # each request adds its own interaction, resource type, request id and reason.

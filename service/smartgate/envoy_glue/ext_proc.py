@@ -74,9 +74,17 @@ def _context_from_metadata(request: ext_proc.ProcessingRequest) -> dict[str, Any
 
 
 class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, mode: str, max_body_bytes: int, fhir_base_url: str, closed_types: frozenset[str],
-                 write_log: Callable[[dict[str, Any]], None], follow_patient_links: bool = False,
-                 membership: Mapping[str, tuple[str, ...]] = MEMBERSHIP_PARAMS, upstream_base_url: str = "") -> None:
+    def __init__(
+        self,
+        mode: str,
+        max_body_bytes: int,
+        fhir_base_url: str,
+        closed_types: frozenset[str],
+        write_log: Callable[[dict[str, Any]], None],
+        follow_patient_links: bool = False,
+        membership: Mapping[str, tuple[str, ...]] = MEMBERSHIP_PARAMS,
+        upstream_base_url: str = "",
+    ) -> None:
         self._upstream_base_url = upstream_base_url  # fhir.upstream_url: the server's own name for its resources
         self._follow_patient_links = follow_patient_links  # compartment.follow_patient_links, as the policy
         self._membership = membership  # the bound types, as the policy (Device through patient by default)
@@ -116,8 +124,7 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
             return ext_proc.ProcessingResponse(response_headers=ext_proc.HeadersResponse(), mode_override=_SKIP_BODY)
         if _proven_by_response(handed_over) and (headers.end_of_stream or _header(headers, ":status") in _ABSENT):
             # The look-up answers "no such id" and "another patient's" with one 403: so does the response proof.
-            return self._violation("the response carries no resource to prove the read by", handed_over,
-                                   headers=True)
+            return self._violation("the response carries no resource to prove the read by", handed_over, headers=True)
         content_type = _header(headers, "content-type").split(";")[0].strip().lower()
         encoding = _header(headers, "content-encoding").strip().lower()
         unreadable = encoding not in ("", "identity") or (
@@ -138,17 +145,28 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
             if not self._enforce:
                 return self._skip("too_large", handed_over, len(body.body))
             return self._violation("the response is too large to verify", handed_over)
-        context = ResponseContext(handed_over["patient"], _grants(handed_over.get("scope", "")),
-                                  self._base_url, self._closed_types, self._follow_patient_links, self._membership,
-                                  self._upstream_base_url)
+        context = ResponseContext(
+            handed_over["patient"],
+            _grants(handed_over.get("scope", "")),
+            self._base_url,
+            self._closed_types,
+            self._follow_patient_links,
+            self._membership,
+            self._upstream_base_url,
+        )
         if handed_over.get("resource_type") == "Binary" and not body.body.lstrip().startswith(b"{"):
             findings: list[Finding] = []  # raw Binary content: its securityContext was proven before the read
             checked = 1
         else:
             checked, findings = check_response_body(bytes(body.body), context)
         metrics.RESPONSE_CHECK_SECONDS.observe(time.perf_counter() - started)
-        self._log(handed_over, checked, [f"{f.where} {f.resource_type}: {f.problem}" for f in findings],
-                  len(body.body), time.perf_counter() - started)
+        self._log(
+            handed_over,
+            checked,
+            [f"{f.where} {f.resource_type}: {f.problem}" for f in findings],
+            len(body.body),
+            time.perf_counter() - started,
+        )
         if findings:
             return self._violation(f"{findings[0].where}: {findings[0].problem}", handed_over, log_it=False)
         if checked == 0 and _proven_by_response(handed_over):  # e.g. a history of deletions only: nothing proven
@@ -164,16 +182,18 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
         self._log(handed_over, 0, [], size, 0.0, skipped=reason)
         return ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
 
-    def _violation(self, message: str, handed_over: dict[str, Any], headers: bool = False,
-                   log_it: bool = True) -> ext_proc.ProcessingResponse:
+    def _violation(
+        self, message: str, handed_over: dict[str, Any], headers: bool = False, log_it: bool = True
+    ) -> ext_proc.ProcessingResponse:
         metrics.RESPONSE_CHECKS.labels(self._mode, "blocked" if self._enforce else "reported").inc()
         if log_it:
             self._log(handed_over, 0, [message], 0, 0.0)
         if not self._enforce:
             log.warning("response verification (report): %s", message)
             if headers:
-                return ext_proc.ProcessingResponse(response_headers=ext_proc.HeadersResponse(),
-                                                   mode_override=_SKIP_BODY)
+                return ext_proc.ProcessingResponse(
+                    response_headers=ext_proc.HeadersResponse(), mode_override=_SKIP_BODY
+                )
             return ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
         reason = Reason.RESPONSE_FOREIGN_RESOURCE
         shown = _UNPROVEN if _proven_by_response(handed_over) else message  # the log keeps the finding
@@ -182,24 +202,41 @@ class ResponseVerifier(external_processor_pb2_grpc.ExternalProcessorServicer):  
             body=operation_outcome(reason, f"the response was withheld: {shown}"),
             details=reason.code,
         )
-        immediate.headers.set_headers.append(base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/fhir+json"),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-        ))
+        immediate.headers.set_headers.append(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/fhir+json"),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        )
         return ext_proc.ProcessingResponse(immediate_response=immediate)
 
-    def _log(self, handed_over: dict[str, Any], checked: int, findings: list[str], size: int, seconds: float,
-             skipped: str = "") -> None:
+    def _log(
+        self,
+        handed_over: dict[str, Any],
+        checked: int,
+        findings: list[str],
+        size: int,
+        seconds: float,
+        skipped: str = "",
+    ) -> None:
         outcome = ("blocked" if self._enforce else "reported") if findings else "clean"
         reason = Reason.RESPONSE_FOREIGN_RESOURCE if findings else Reason.RESPONSE_CLEAN
         if skipped:
             outcome, reason = "skipped", Reason.RESPONSE_UNCHECKED
         entry = {
-            "time": round(time.time(), 3), "stage": "response", "mode": self._mode,
-            "request_id": handed_over.get("request_id", ""), "patient": handed_over.get("patient", ""),
-            "interaction": handed_over.get("interaction", ""), "resource_type": handed_over.get("resource_type", ""),
-            "outcome": outcome, "reason": reason.code, **({"skipped": skipped} if skipped else {}),
-            "resources_checked": checked, "findings": findings[:5], "bytes": size,
+            "time": round(time.time(), 3),
+            "stage": "response",
+            "mode": self._mode,
+            "request_id": handed_over.get("request_id", ""),
+            "patient": handed_over.get("patient", ""),
+            "interaction": handed_over.get("interaction", ""),
+            "resource_type": handed_over.get("resource_type", ""),
+            "outcome": outcome,
+            "reason": reason.code,
+            **({"skipped": skipped} if skipped else {}),
+            "resources_checked": checked,
+            "findings": findings[:5],
+            "bytes": size,
             "latency_ms": round(seconds * 1000, 3),
         }
         self._write_log(entry)

@@ -38,10 +38,7 @@ def _type_bindings(resource_type: str, compartment_params: Iterable[str]) -> dic
     membership = frozenset(compartment_params)
     params = SEARCH_PARAMETERS.get(resource_type, {})
     elements = {
-        _element(expression)
-        for code in membership
-        if code in params
-        for expression in params[code].expressions
+        _element(expression) for code in membership if code in params for expression in params[code].expressions
     }
     return {
         code: info.targets
@@ -69,13 +66,15 @@ BINDING_PARAMS: dict[str, dict[str, frozenset[str]]] = _binding_params()
 # binding parameter gains ``patient``; the others are written down here. Narrowing through one parameter
 # of several is safe: the server can return less than the compartment, never more. So Coverage gains
 # ``patient`` (Coverage.beneficiary), not policy-holder, subscriber or payor.
-NARROWING_EXCEPTIONS: Mapping[str, str] = MappingProxyType({
-    "Patient": "_id",  # the context patient's own record, never a record linking to it
-    "AdverseEvent": "subject",  # R4 AdverseEvent, Group, Schedule and SupplyRequest have no ``patient``
-    "Group": "member",
-    "Schedule": "actor",
-    "SupplyRequest": "subject",
-})
+NARROWING_EXCEPTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "Patient": "_id",  # the context patient's own record, never a record linking to it
+        "AdverseEvent": "subject",  # R4 AdverseEvent, Group, Schedule and SupplyRequest have no ``patient``
+        "Group": "member",
+        "Schedule": "actor",
+        "SupplyRequest": "subject",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,19 @@ _FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # Servers differ on the URL of a POST _search: some combine it with the body, some (Medplum) read the
 # body alone. A parameter the server may ignore must not be what binds or constrains the search, so the
 # URL may carry only parameters that shape the result, never ones that select it.
-_POST_SEARCH_URL_PARAMS = frozenset({
-    "_format", "_pretty", "_summary", "_elements", "_count", "_sort", "_total", "_include", "_revinclude",
-})
+_POST_SEARCH_URL_PARAMS = frozenset(
+    {
+        "_format",
+        "_pretty",
+        "_summary",
+        "_elements",
+        "_count",
+        "_sort",
+        "_total",
+        "_include",
+        "_revinclude",
+    }
+)
 METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 
 
@@ -67,8 +77,7 @@ class FhirRequest:
     def conditional(self) -> bool:
         """A type-level write (``PUT/PATCH/DELETE [type]?...``) or a create with If-None-Exist."""
         return self.if_none_exist or (
-            self.interaction in (Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE)
-            and self.resource_id is None
+            self.interaction in (Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE) and self.resource_id is None
         )
 
 
@@ -139,9 +148,7 @@ def _classify_typed(method: str, resource_type: str, rest: list[str]) -> FhirReq
 _WRITE_INTERACTIONS = {"PUT": Interaction.UPDATE, "PATCH": Interaction.PATCH, "DELETE": Interaction.DELETE}
 
 
-def _classify_instance(
-    method: str, resource_type: str, resource_id: str, rest: list[str]
-) -> FhirRequest | Refusal:
+def _classify_instance(method: str, resource_type: str, resource_id: str, rest: list[str]) -> FhirRequest | Refusal:
     reading = method in ("GET", "HEAD")
     if not rest:
         if reading:
@@ -195,8 +202,10 @@ def _post_search_params(http: HttpRequest, url_params: tuple[SearchParam, ...]) 
     """The URL's result-shaping parameters followed by the form body's."""
     misplaced = [param.code for param in url_params if param.code not in _POST_SEARCH_URL_PARAMS]
     if misplaced:
-        return _bad(Reason.REQUEST_MALFORMED,
-                    f"a POST _search carries its search parameters in the body, not the URL ({misplaced[0][:64]})")
+        return _bad(
+            Reason.REQUEST_MALFORMED,
+            f"a POST _search carries its search parameters in the body, not the URL ({misplaced[0][:64]})",
+        )
     form = _form_params(http)
     if isinstance(form, Refusal):
         return form

@@ -51,7 +51,7 @@ def resolve_reference(reference: str, fhir_base_url: str, *other_bases: str) -> 
     for base in (fhir_base_url, *other_bases):
         prefix = base.rstrip("/") + "/"
         if base and reference.startswith(prefix):
-            reference = reference[len(prefix):]
+            reference = reference[len(prefix) :]
             break
     match = _RELATIVE.fullmatch(reference)
     if match is None:
@@ -255,8 +255,12 @@ def _codes(value: Any) -> Iterator[tuple[str | None, str]]:
 
 
 def belongs_to_patient(
-    resource: dict[str, Any], patient: str, fhir_base_url: str, follow_patient_links: bool = False,
-    membership: Mapping[str, tuple[str, ...]] = MEMBERSHIP_PARAMS, other_bases: tuple[str, ...] = (),
+    resource: dict[str, Any],
+    patient: str,
+    fhir_base_url: str,
+    follow_patient_links: bool = False,
+    membership: Mapping[str, tuple[str, ...]] = MEMBERSHIP_PARAMS,
+    other_bases: tuple[str, ...] = (),
 ) -> bool:
     """Is this resource in ``patient``'s compartment, by the compartment definition's own elements?
     (Types outside the compartment belong to no patient: True.) Another Patient belongs only
@@ -272,8 +276,9 @@ def belongs_to_patient(
     params = membership.get(resource_type) if isinstance(resource_type, str) else None
     if params is None:
         return True
-    return any(_names_patient(value, patient, fhir_base_url, other_bases)
-               for value in compartment_references(resource, params))
+    return any(
+        _names_patient(value, patient, fhir_base_url, other_bases) for value in compartment_references(resource, params)
+    )
 
 
 def _names_patient(value: Any, patient: str, fhir_base_url: str, other_bases: tuple[str, ...] = ()) -> bool:

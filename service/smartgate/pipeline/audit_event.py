@@ -35,24 +35,43 @@ def agents_of(context: TokenContext | None, fhir_base_url: str) -> list[dict[str
     """The AuditEvent agents (source app, destination FHIR server, the user): one token's are the same
     on every event, so ``AuditEventLog`` builds them once per verified token."""
     agents: list[dict[str, Any]] = [
-        {"type": {"coding": [{"system": _DCM, "code": "110153", "display": "Source Role ID"}]},
-         "who": {"identifier": {"value": context.client_id if context else "anonymous"}},
-         "requestor": False},
-        {"type": {"coding": [{"system": _DCM, "code": "110152", "display": "Destination Role ID"}]},
-         "who": {"display": fhir_base_url}, "requestor": False, "network": {"address": fhir_base_url, "type": "5"}},
+        {
+            "type": {"coding": [{"system": _DCM, "code": "110153", "display": "Source Role ID"}]},
+            "who": {"identifier": {"value": context.client_id if context else "anonymous"}},
+            "requestor": False,
+        },
+        {
+            "type": {"coding": [{"system": _DCM, "code": "110152", "display": "Destination Role ID"}]},
+            "who": {"display": fhir_base_url},
+            "requestor": False,
+            "network": {"address": fhir_base_url, "type": "5"},
+        },
     ]
     if context is not None and context.subject:
         user: dict[str, Any] = {"identifier": {"system": context.issuer, "value": context.subject}}
         if context.fhir_user:
             user["reference"] = context.fhir_user
-        agents.append({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                            "code": "IRCP", "display": "information recipient"}]},
-                       "who": user, "requestor": True})
+        agents.append(
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                            "code": "IRCP",
+                            "display": "information recipient",
+                        }
+                    ]
+                },
+                "who": user,
+                "requestor": True,
+            }
+        )
     return agents
 
 
-def build_audit_event(http: HttpRequest, decision: Decision, fhir_base_url: str, observer: str,
-                      agents: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def build_audit_event(
+    http: HttpRequest, decision: Decision, fhir_base_url: str, observer: str, agents: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The AuditEvent of one decision; ``agents``: ``agents_of(decision.context, fhir_base_url)`` if
     already built (shared, never changed here)."""
     context = decision.context
@@ -64,33 +83,46 @@ def build_audit_event(http: HttpRequest, decision: Decision, fhir_base_url: str,
         agents = agents_of(context, fhir_base_url)
     entities: list[dict[str, Any]] = []
     if patient:
-        entities.append({
-            "what": {"reference": f"Patient/{patient}"},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
-        })
+        entities.append(
+            {
+                "what": {"reference": f"Patient/{patient}"},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+            }
+        )
     if decision.resource_type:
-        entities.append({
-            "what": {"display": decision.resource_type},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24" if query else "4"},
-        })
+        entities.append(
+            {
+                "what": {"display": decision.resource_type},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24" if query else "4"},
+            }
+        )
     return {
         "resourceType": "AuditEvent",
         "id": _random_uuid(),
         "meta": {"profile": [_BALP + profile]},
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
-                 "display": "Restful Operation"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction",
-                     "code": decision.interaction or "unknown"}],
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+            "display": "Restful Operation",
+        },
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": decision.interaction or "unknown"}],
         "action": "E" if query else _ACTIONS.get(decision.interaction, "R"),
         "recorded": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "outcome": outcome,
         "outcomeDesc": f"{outcome_text}: {decision.reason.code}",
         "agent": agents,
-        "source": {"observer": {"display": observer},
-                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                             "code": "4", "display": "Application Server"}]},
+        "source": {
+            "observer": {"display": observer},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                    "display": "Application Server",
+                }
+            ],
+        },
         "entity": entities + _request_id_entity(http.request_id),
     }
 
@@ -104,9 +136,15 @@ def _random_uuid() -> str:
 def _request_id_entity(request_id: str) -> list[dict[str, Any]]:
     if not request_id:
         return []
-    return [{"what": {"identifier": {"value": request_id}},
-             "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",
-                      "code": "XrequestId"}}]
+    return [
+        {
+            "what": {"identifier": {"value": request_id}},
+            "type": {
+                "system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",
+                "code": "XrequestId",
+            },
+        }
+    ]
 
 
 class AuditEventLog:
@@ -119,8 +157,9 @@ class AuditEventLog:
     def record(self, http: HttpRequest, decision: Decision) -> None:
         if not self._lines.enabled:
             return
-        self._lines.write(build_audit_event(http, decision, self._base_url, self._observer,
-                                            self._agents(decision.context)))
+        self._lines.write(
+            build_audit_event(http, decision, self._base_url, self._observer, self._agents(decision.context))
+        )
 
     def _agents(self, context: TokenContext | None) -> list[dict[str, Any]]:
         """Built on the token's first event and kept in its context's memo (evicted with it)."""

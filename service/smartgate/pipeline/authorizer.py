@@ -90,8 +90,11 @@ class Authorizer:
             if isinstance(result, BaseException):
                 raise result
             if not result:
-                return _with(template, Reason.NOT_IN_COMPARTMENT,
-                             f"{where}the resource is not in the context patient's compartment")
+                return _with(
+                    template,
+                    Reason.NOT_IN_COMPARTMENT,
+                    f"{where}the resource is not in the context patient's compartment",
+                )
         return template
 
     async def _check(self, check: LookupCheck) -> bool:
@@ -100,9 +103,11 @@ class Authorizer:
         if isinstance(check, VersionCheck):
             versions = await self._lookup.versions(check.resource_type, check.resource_id, check.version_id)
             return all(
-                isinstance(version, dict) and version.get("resourceType") == check.resource_type
-                and belongs_to_patient(version, check.patient_id, self._policy.fhir_base_url,
-                                       self._policy.follow_patient_links)
+                isinstance(version, dict)
+                and version.get("resourceType") == check.resource_type
+                and belongs_to_patient(
+                    version, check.patient_id, self._policy.fhir_base_url, self._policy.follow_patient_links
+                )
                 for version in versions
             )
         result = await self._lookup.is_member(check)

@@ -141,8 +141,11 @@ class JsonLines:
         self._wake.set()
         writer.join(timeout)
         if writer.is_alive():
-            log.error("the %s log's stream is stalled; closed without writing its last %d lines",
-                      self._name, len(self._pending))
+            log.error(
+                "the %s log's stream is stalled; closed without writing its last %d lines",
+                self._name,
+                len(self._pending),
+            )
 
 
 class DecisionLog:

@@ -120,7 +120,7 @@ class MembershipLookup:
         for index, (param, value) in enumerate(query):
             if (resource_type, param) in self._honoured:
                 continue
-            probe = (*query[:index], (param, _impossible(value)), *query[index + 1:])
+            probe = (*query[:index], (param, _impossible(value)), *query[index + 1 :])
             if await self._count(resource_type, resource_id, probe) > 0:
                 raise FhirLookupError(f"the FHIR server ignores the {resource_type} {param} search parameter")
             self._honoured.add((resource_type, param))
@@ -147,13 +147,13 @@ class MembershipLookup:
             raise FhirLookupError("the FHIR server did not answer a Bundle")
         return bool(bundle.get("total") or bundle.get("entry"))
 
-    async def versions(self, resource_type: str, resource_id: str, version_id: str | None,
-                       limit: int = 100) -> list[Any]:
+    async def versions(
+        self, resource_type: str, resource_id: str, version_id: str | None, limit: int = 100
+    ) -> list[Any]:
         """The past versions a vread or an instance history would show (all of them, or raise)."""
         if version_id is not None:
             return [await self._get_json(f"{self._base}/{resource_type}/{resource_id}/_history/{version_id}", [])]
-        bundle = await self._get_json(f"{self._base}/{resource_type}/{resource_id}/_history",
-                                      [("_count", str(limit))])
+        bundle = await self._get_json(f"{self._base}/{resource_type}/{resource_id}/_history", [("_count", str(limit))])
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise FhirLookupError("the FHIR server did not answer a Bundle")
         entries = bundle.get("entry") or []
@@ -166,8 +166,9 @@ class MembershipLookup:
     async def binary_security_context(self, resource_id: str, fhir_base_url: str) -> tuple[str, str] | None:
         """The (type, id) a Binary's securityContext names, or None when it has none. Only that element is
         asked for (``_elements``): the content, base64 in the JSON, can be megabytes, and the answer is capped."""
-        document = await self._get_json(f"{self._base}/Binary/{resource_id}", [("_elements", "securityContext")],
-                                        MAX_BINARY_CONTEXT_BYTES)
+        document = await self._get_json(
+            f"{self._base}/Binary/{resource_id}", [("_elements", "securityContext")], MAX_BINARY_CONTEXT_BYTES
+        )
         if not isinstance(document, dict) or document.get("resourceType") != "Binary":
             raise FhirLookupError("the FHIR server did not answer a Binary")
         context = document.get("securityContext")
@@ -180,13 +181,15 @@ class MembershipLookup:
     async def _get_json(self, url: str, params: list[tuple[str, str]], max_bytes: int = MAX_LOOKUP_BYTES) -> Any:
         return (await self._fetch(url, params, max_bytes))[1]
 
-    async def _fetch(self, url: str, params: list[tuple[str, str]], max_bytes: int,
-                     absent_ok: bool = False) -> tuple[int, Any]:
+    async def _fetch(
+        self, url: str, params: list[tuple[str, str]], max_bytes: int, absent_ok: bool = False
+    ) -> tuple[int, Any]:
         """(status, parsed JSON) of a 200 answer read no further than ``max_bytes``; with ``absent_ok`` a
         404 or 410 is answered as (status, None). Anything else raises FhirLookupError."""
         try:
-            async with self._client.stream("GET", url, params=tuple(params), headers=self._headers,
-                                           timeout=self._config.timeout_seconds) as response:
+            async with self._client.stream(
+                "GET", url, params=tuple(params), headers=self._headers, timeout=self._config.timeout_seconds
+            ) as response:
                 if absent_ok and response.status_code in (404, 410):
                     return response.status_code, None
                 if response.status_code != 200:

@@ -25,7 +25,7 @@ class PublicRoutes:
         path = request.path.partition("?")[0]
         if "%" in path or "\\" in path or not path.startswith(self._base_path + "/"):
             return False
-        if any(segment in ("", ".", "..") for segment in path[len(self._base_path) + 1:].rstrip("/").split("/")):
+        if any(segment in ("", ".", "..") for segment in path[len(self._base_path) + 1 :].rstrip("/").split("/")):
             return False
         relative = path[len(self._base_path) :].rstrip("/") or "/"
         for route in self._routes:

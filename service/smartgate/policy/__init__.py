@@ -44,21 +44,23 @@ def _not_open(request: FhirRequest, token: TokenContext, settings: PolicySetting
 
 
 # Every Interaction has an entry (a test holds this), so a new one is denied until a rule is written for it.
-RULES: Mapping[Interaction, Rule] = MappingProxyType({
-    Interaction.READ: read.decide,
-    Interaction.VREAD: read.decide,
-    Interaction.HISTORY_INSTANCE: read.decide,
-    Interaction.SEARCH_TYPE: search.decide,
-    Interaction.SEARCH_COMPARTMENT: search.decide,
-    Interaction.CREATE: write.decide,
-    Interaction.UPDATE: write.decide,
-    Interaction.PATCH: write.decide,
-    Interaction.DELETE: write.decide,
-    Interaction.BATCH: _bundle,
-    Interaction.OPERATION: operation.decide_operation,
-    Interaction.HISTORY_TYPE: operation.decide_type_level,
-    Interaction.HISTORY_SYSTEM: operation.decide_type_level,
-    Interaction.SEARCH_SYSTEM: operation.decide_type_level,
-    Interaction.CAPABILITIES: _not_open,
-    Interaction.SMART_CONFIGURATION: _not_open,
-})
+RULES: Mapping[Interaction, Rule] = MappingProxyType(
+    {
+        Interaction.READ: read.decide,
+        Interaction.VREAD: read.decide,
+        Interaction.HISTORY_INSTANCE: read.decide,
+        Interaction.SEARCH_TYPE: search.decide,
+        Interaction.SEARCH_COMPARTMENT: search.decide,
+        Interaction.CREATE: write.decide,
+        Interaction.UPDATE: write.decide,
+        Interaction.PATCH: write.decide,
+        Interaction.DELETE: write.decide,
+        Interaction.BATCH: _bundle,
+        Interaction.OPERATION: operation.decide_operation,
+        Interaction.HISTORY_TYPE: operation.decide_type_level,
+        Interaction.HISTORY_SYSTEM: operation.decide_type_level,
+        Interaction.SEARCH_SYSTEM: operation.decide_type_level,
+        Interaction.CAPABILITIES: _not_open,
+        Interaction.SMART_CONFIGURATION: _not_open,
+    }
+)

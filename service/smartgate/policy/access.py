@@ -73,14 +73,10 @@ def carries_any(params: tuple[SearchParam, ...], constraints: tuple[Query, ...])
     if any(carries(params, constraint) for constraint in constraints):
         return True
     searches = _single_valued_searches(params, {code for constraint in constraints for code, _ in constraint})
-    return bool(searches) and all(
-        any(carries(search, constraint) for constraint in constraints) for search in searches
-    )
+    return bool(searches) and all(any(carries(search, constraint) for constraint in constraints) for search in searches)
 
 
-def _single_valued_searches(
-    params: tuple[SearchParam, ...], constrained: set[str]
-) -> list[tuple[SearchParam, ...]]:
+def _single_valued_searches(params: tuple[SearchParam, ...], constrained: set[str]) -> list[tuple[SearchParam, ...]]:
     """The searches a comma list on constrained parameters stands for, one value each (none when
     there is no such list, a value escapes a comma with ``\\`` or the lists multiply past a bound)."""
     listed = [i for i, param in enumerate(params) if param.code in constrained and "," in param.value]

@@ -38,7 +38,8 @@ class PolicySettings:
     search_narrowing: bool = True
     # Types outside the R4 compartment bound to one patient like compartment types (Device: patient).
     extra_binding_params: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: dict(DEFAULT_EXTRA_BINDINGS), hash=False)
+        default_factory=lambda: dict(DEFAULT_EXTRA_BINDINGS), hash=False
+    )
 
     @property
     def bound(self) -> BoundTypes:
@@ -82,8 +83,13 @@ def require_open_type(resource_type: str, settings: PolicySettings) -> None:
 
 
 def patient_queries(
-    resource_type: str, resource_id: str, patient: str, constraints: tuple[Query, ...],
-    follow_patient_links: bool = False, *, membership: Mapping[str, tuple[str, ...]],
+    resource_type: str,
+    resource_id: str,
+    patient: str,
+    constraints: tuple[Query, ...],
+    follow_patient_links: bool = False,
+    *,
+    membership: Mapping[str, tuple[str, ...]],
 ) -> list[Query]:
     """Searches any of which proves the resource is the patient's (and meets a constraint set).
 
@@ -91,8 +97,9 @@ def patient_queries(
     the default (writes never pass it) leaves no query, so nothing proves it."""
     if resource_type not in membership:  # ``PolicySettings.bound.membership``: with the extra bound types
         return list(constraints)  # outside the compartment: only the constraint needs proving
-    params = proving_params(resource_type, follow_patient_links) if resource_type == "Patient" \
-        else membership[resource_type]
+    params = (
+        proving_params(resource_type, follow_patient_links) if resource_type == "Patient" else membership[resource_type]
+    )
     check = compartment_check(resource_type, resource_id, patient, params, constraints)
     queries = list(check.queries)
     if resource_type == "Patient" and resource_id == patient:
@@ -104,8 +111,9 @@ def require_own_patient_record(resource_type: str, resource_id: str, patient: st
     """Patient/other is never in the context patient's compartment unless Patient.link is followed:
     refuse it before any look-up (HAPI's interceptors treat linked records the same way)."""
     if resource_type == "Patient" and resource_id != patient and not settings.follow_patient_links:
-        raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT,
-                        "another patient's record (compartment.follow_patient_links is off)")
+        raise DenyError(
+            Reason.COMPARTMENT_OTHER_PATIENT, "another patient's record (compartment.follow_patient_links is off)"
+        )
 
 
 def check_patient_params(params: tuple[SearchParam, ...], patient: str, allowed: frozenset[str]) -> None:

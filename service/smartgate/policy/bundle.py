@@ -55,7 +55,7 @@ def _entry_request(entry: dict[str, Any], base_path: str, fhir_base_url: str) ->
         raise DenyError(Reason.BODY_INVALID, "the entry request needs a method and a url")
     prefix = fhir_base_url.rstrip("/") + "/"
     if url.startswith(prefix):
-        url = url[len(prefix):]
+        url = url[len(prefix) :]
     elif "://" in url or url.startswith("/"):
         raise DenyError(Reason.BODY_INVALID, "the entry url must be relative to this FHIR server")
     headers = {"content-type": "application/fhir+json"}
@@ -95,8 +95,11 @@ def decide_bundle(
             raise DenyError(Reason.BODY_INVALID, f"{label}: nested Bundles are not accepted")
         outcome = decide_entry(parsed, token, entry_settings)
         if isinstance(outcome, Decision) and outcome.query_parameters_to_set:  # Envoy narrows the URL, not entries
-            raise DenyError(Reason.BUNDLE_ENTRY_DENIED, f"{label}: a search in a Bundle must be bound to the context "
-                            f"patient, only a search sent alone is narrowed ({Reason.COMPARTMENT_UNBOUND.code})")
+            raise DenyError(
+                Reason.BUNDLE_ENTRY_DENIED,
+                f"{label}: a search in a Bundle must be bound to the context "
+                f"patient, only a search sent alone is narrowed ({Reason.COMPARTMENT_UNBOUND.code})",
+            )
         if isinstance(outcome, Decision):
             if not outcome.allowed:
                 reason = outcome.reason if outcome.http_status != 403 else Reason.BUNDLE_ENTRY_DENIED

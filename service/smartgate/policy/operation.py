@@ -72,11 +72,17 @@ def _everything(request: FhirRequest, token: TokenContext, settings: PolicySetti
         raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, "$everything of another patient")
     # Types named in _type must also be open to patient/ scopes; without _type the server decides
     # what the compartment holds (response verification is the backstop for what it returns).
-    missing = sorted(t for t in types if not (grants.permits("patient", t, "r") and grants.permits("patient", t, "s"))
-                     or t in requested & settings.patient_closed_types)
+    missing = sorted(
+        t
+        for t in types
+        if not (grants.permits("patient", t, "r") and grants.permits("patient", t, "s"))
+        or t in requested & settings.patient_closed_types
+    )
     if missing:
-        raise DenyError(Reason.SCOPE_INSUFFICIENT,
-                        f"$everything can return types the scopes do not grant ({', '.join(missing[:5])}...)")
+        raise DenyError(
+            Reason.SCOPE_INSUFFICIENT,
+            f"$everything can return types the scopes do not grant ({', '.join(missing[:5])}...)",
+        )
     return decision(Reason.ALLOWED_OPERATION, "$everything of the context patient", request, token)
 
 
@@ -97,8 +103,14 @@ def _configured(
     if request.resource_type == "Patient" and request.resource_id == patient:
         return allow
     require_own_patient_record(request.resource_type, request.resource_id, patient, settings)
-    queries = patient_queries(request.resource_type, request.resource_id, patient, ((),),
-                              settings.follow_patient_links, membership=settings.bound.membership)
+    queries = patient_queries(
+        request.resource_type,
+        request.resource_id,
+        patient,
+        ((),),
+        settings.follow_patient_links,
+        membership=settings.bound.membership,
+    )
     return Pending((MembershipCheck(request.resource_type, request.resource_id, tuple(queries)),), allow)
 
 
@@ -107,8 +119,9 @@ _PAGING_PARAMS = frozenset({"_getpages", "_getpagesoffset", "_count", "_format",
 
 def _is_paging_link(request: FhirRequest) -> bool:
     codes = [param.code for param in request.params]
-    plain = all(param.code in _PAGING_PARAMS and param.modifier is None and param.chain is None
-                for param in request.params)
+    plain = all(
+        param.code in _PAGING_PARAMS and param.modifier is None and param.chain is None for param in request.params
+    )
     return request.method in ("GET", "HEAD") and "_getpages" in codes and len(set(codes)) == len(codes) and plain
 
 
@@ -116,11 +129,19 @@ def decide_type_level(request: FhirRequest, token: TokenContext, settings: Polic
     """Type/system history and system search: open to user/ and system/ scopes only, except a
     paging link when every response is verified."""
     grants = token.grants
-    if (settings.responses_verified and grants.has_patient_scopes
-            and request.interaction is Interaction.SEARCH_SYSTEM and _is_paging_link(request)):
+    if (
+        settings.responses_verified
+        and grants.has_patient_scopes
+        and request.interaction is Interaction.SEARCH_SYSTEM
+        and _is_paging_link(request)
+    ):
         require_patient(token)
-        return decision(Reason.ALLOWED_PAGING_LINK,
-                        "a server-minted paging link: every resource of the page is verified", request, token)
+        return decision(
+            Reason.ALLOWED_PAGING_LINK,
+            "a server-minted paging link: every resource of the page is verified",
+            request,
+            token,
+        )
     if request.interaction is Interaction.SEARCH_SYSTEM:
         named = {t for p in request.params if p.code == "_type" for t in p.value.split(",")}
         types = named or {"*"}
@@ -131,6 +152,7 @@ def decide_type_level(request: FhirRequest, token: TokenContext, settings: Polic
         if grants.permits_beyond_patient(resource_type, "r"):
             return decision(Reason.ALLOWED_BY_SCOPE, "history granted by type", request, token)
     if grants.has_patient_scopes:
-        raise DenyError(Reason.INTERACTION_NOT_SUPPORTED,
-                        f"{request.interaction.value} cannot be bound to the context patient")
+        raise DenyError(
+            Reason.INTERACTION_NOT_SUPPORTED, f"{request.interaction.value} cannot be bound to the context patient"
+        )
     raise DenyError(Reason.SCOPE_INSUFFICIENT, f"no scope grants {request.interaction.value}")

@@ -23,13 +23,16 @@ class MembershipCheck:
 
 
 def compartment_check(
-    resource_type: str, resource_id: str, patient_id: str, params: tuple[str, ...],
-    constraints: tuple[Query, ...] = ((),), absent_ok: bool = False, label: str = "",
+    resource_type: str,
+    resource_id: str,
+    patient_id: str,
+    params: tuple[str, ...],
+    constraints: tuple[Query, ...] = ((),),
+    absent_ok: bool = False,
+    label: str = "",
 ) -> MembershipCheck:
     """Membership through any compartment parameter, and any one of the granular constraint sets."""
-    queries = tuple(
-        ((param, f"Patient/{patient_id}"), *constraint) for param in params for constraint in constraints
-    )
+    queries = tuple(((param, f"Patient/{patient_id}"), *constraint) for param in params for constraint in constraints)
     return MembershipCheck(resource_type, resource_id, queries, absent_ok, label)
 
 

@@ -61,25 +61,37 @@ def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) 
             if resource_type == "Patient" and resource_id == patient:  # every version of it is the patient
                 return decision(Reason.ALLOWED_CONTEXT_PATIENT, "the context patient", request, token)
             if resource_type not in settings.bound.membership:
-                return decision(Reason.ALLOWED_OUTSIDE_COMPARTMENT, f"{resource_type} is outside the compartment",
-                                request, token)
+                return decision(
+                    Reason.ALLOWED_OUTSIDE_COMPARTMENT, f"{resource_type} is outside the compartment", request, token
+                )
         if _proven_by_response(request, token, access, settings):
-            return decision(Reason.ALLOWED_VERIFIED_BY_RESPONSE, "to be proven by the response (verification enforces)",
-                            request, token)
-        queries.extend(patient_queries(resource_type, resource_id, patient, access.patient_level,
-                                       settings.follow_patient_links, membership=settings.bound.membership))
+            return decision(
+                Reason.ALLOWED_VERIFIED_BY_RESPONSE,
+                "to be proven by the response (verification enforces)",
+                request,
+                token,
+            )
+        queries.extend(
+            patient_queries(
+                resource_type,
+                resource_id,
+                patient,
+                access.patient_level,
+                settings.follow_patient_links,
+                membership=settings.bound.membership,
+            )
+        )
     allow = decision(Reason.ALLOWED_COMPARTMENT_MEMBER, "proven by look-up", request, token)
     checks: list[LookupCheck] = [MembershipCheck(resource_type, resource_id, tuple(queries))]
     past_versions = request.interaction in (Interaction.VREAD, Interaction.HISTORY_INSTANCE)
     bound_type = resource_type in settings.bound.membership
     if past_versions and access.patient_level and not access.type_level and bound_type:
         if resource_type not in MEMBERSHIP_PARAMS:  # the version check reads the official compartment only
-            raise DenyError(Reason.INTERACTION_NOT_SUPPORTED,
-                            f"past {resource_type} versions cannot be bound to the patient")
+            raise DenyError(
+                Reason.INTERACTION_NOT_SUPPORTED, f"past {resource_type} versions cannot be bound to the patient"
+            )
         checks.append(VersionCheck(resource_type, resource_id, request.version_id, require_patient(token)))
     return Pending(tuple(checks), allow)
-
-
 
 
 def _proven_by_response(request: FhirRequest, token: TokenContext, access: Access, settings: PolicySettings) -> bool:

@@ -156,8 +156,9 @@ class _Check:
                     # A batch/transaction response carries the searchset of each GET entry: check inside it.
                     inner_checked, inner = self.document(resource, nested=True)
                     checked += inner_checked
-                    findings.extend((index, Finding(f"entry {index} {f.where}", f.resource_type, f.problem))
-                                    for f in inner)
+                    findings.extend(
+                        (index, Finding(f"entry {index} {f.where}", f.resource_type, f.problem)) for f in inner
+                    )
                     continue
                 problem = self.resource(resource)
                 if problem == _OUTSIDE and resource["resourceType"] == "Provenance":
@@ -208,8 +209,14 @@ class _Check:
         context = self.context
         resource_type = resource["resourceType"]
         if resource_type == "Patient":
-            if belongs_to_patient(resource, context.patient, context.fhir_base_url, context.follow_patient_links,
-                                  context.membership, context.bases[1:]):
+            if belongs_to_patient(
+                resource,
+                context.patient,
+                context.fhir_base_url,
+                context.follow_patient_links,
+                context.membership,
+                context.bases[1:],
+            ):
                 return ""
             return "another patient's record"
         params = context.membership.get(resource_type)
@@ -303,8 +310,11 @@ class _Check:
                 anchored = True
             elif name in members.failed or reference in members.failed:
                 return "a Provenance of a resource outside the context patient's compartment"
-            elif (resolved is not None and resolved.resource_type == "Patient"
-                  and resolved.resource_id != self.context.patient):
+            elif (
+                resolved is not None
+                and resolved.resource_type == "Patient"
+                and resolved.resource_id != self.context.patient
+            ):
                 return "a Provenance of another patient's record"
         if not anchored:
             return "a Provenance of nothing in the context patient's compartment"
@@ -324,8 +334,11 @@ class _Check:
             content = walk_resource(document)
         except BodyError:
             return [Finding("resource", "", "the response is nested too deeply to check")]
-        findings = [Finding("resource", str(found.get("resourceType")), "a resource where FHIR holds none")
-                    for found in content.resources if id(found) not in self.classified]
+        findings = [
+            Finding("resource", str(found.get("resourceType")), "a resource where FHIR holds none")
+            for found in content.resources
+            if id(found) not in self.classified
+        ]
         if not escaped and raw_count > 1 + len(content.resources) + content.type_words:
             findings.append(Finding("resource", "", "a resource hidden by a duplicate JSON key"))
         return findings

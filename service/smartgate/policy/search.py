@@ -40,10 +40,27 @@ from smartgate.policy.decision import Decision
 from smartgate.tokens.context import TokenContext
 
 # Result and common parameters that only shape or narrow a search: safe in patient context.
-SAFE_CONTROL_PARAMS = frozenset({
-    "_count", "_sort", "_summary", "_elements", "_total", "_format", "_pretty", "_id",
-    "_lastUpdated", "_tag", "_profile", "_security", "_source", "_text", "_content", "_list", "_offset",
-})
+SAFE_CONTROL_PARAMS = frozenset(
+    {
+        "_count",
+        "_sort",
+        "_summary",
+        "_elements",
+        "_total",
+        "_format",
+        "_pretty",
+        "_id",
+        "_lastUpdated",
+        "_tag",
+        "_profile",
+        "_security",
+        "_source",
+        "_text",
+        "_content",
+        "_list",
+        "_offset",
+    }
+)
 _INCLUDES = frozenset({"_include", "_revinclude"})
 
 
@@ -64,7 +81,11 @@ def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) 
 
 
 def _patient_search(
-    request: FhirRequest, token: TokenContext, patient: str, searched: str, access: Access,
+    request: FhirRequest,
+    token: TokenContext,
+    patient: str,
+    searched: str,
+    access: Access,
     settings: PolicySettings,
 ) -> Decision:
     bound_by_path = request.interaction is Interaction.SEARCH_COMPARTMENT
@@ -86,8 +107,9 @@ def _patient_search(
     _check_linked_patients(request, searched, settings)
     _check_patient_includes(request, token, searched, None if bound_by_path else binding, settings)
     if narrowing:
-        narrowed = decision(Reason.ALLOWED_NARROWED, f"narrowed to the context patient through {binding}",
-                            request, token)
+        narrowed = decision(
+            Reason.ALLOWED_NARROWED, f"narrowed to the context patient through {binding}", request, token
+        )
         return dataclasses.replace(narrowed, query_parameters_to_set=narrowing)
     if bound_type:
         return decision(Reason.ALLOWED_COMPARTMENT_SEARCH, "search bound to the context patient", request, token)
@@ -131,7 +153,10 @@ def _binding(searched: str, params: tuple[SearchParam, ...], patient: str, setti
 
 
 def _refuse_case_variants(
-    searched: str, params: tuple[SearchParam, ...], references: Mapping[str, frozenset[str]], patient: str,
+    searched: str,
+    params: tuple[SearchParam, ...],
+    references: Mapping[str, frozenset[str]],
+    patient: str,
     base_url: str,
 ) -> None:
     """A parameter named like one of ``references`` but for case never binds (a server that keeps
@@ -148,8 +173,10 @@ def _refuse_case_variants(
         reference = classify_reference(param.value, targets, param.modifier, base_url)
         if reference.kind is ReferenceKind.PATIENT and reference.patient_id != patient:
             raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT, f"{param.code} names another patient")
-        raise DenyError(Reason.COMPARTMENT_AMBIGUOUS,
-                        f"{param.code} differs from {code} only in case; a server may or may not read it as {code}")
+        raise DenyError(
+            Reason.COMPARTMENT_AMBIGUOUS,
+            f"{param.code} differs from {code} only in case; a server may or may not read it as {code}",
+        )
 
 
 def _narrowing(
@@ -163,9 +190,11 @@ def _narrowing(
     if request.method == "POST":
         # Narrowing adds a URL parameter; Medplum's POST _search reads the form body alone, so the search
         # would reach the server unbound.
-        raise DenyError(Reason.COMPARTMENT_UNBOUND,
-                        f"{unbound} in its form body: a POST _search cannot be narrowed, since some FHIR "
-                        "servers ignore URL parameters there")
+        raise DenyError(
+            Reason.COMPARTMENT_UNBOUND,
+            f"{unbound} in its form body: a POST _search cannot be narrowed, since some FHIR "
+            "servers ignore URL parameters there",
+        )
     narrowing = settings.bound.narrowing(searched, patient)
     assert narrowing is not None  # only bound types are narrowed
     code, _ = narrowing
@@ -176,13 +205,12 @@ def _narrowing(
     return (narrowing,)
 
 
-def _check_patient_references(
-    searched: str, params: tuple[SearchParam, ...], patient: str, base_url: str
-) -> None:
+def _check_patient_references(searched: str, params: tuple[SearchParam, ...], patient: str, base_url: str) -> None:
     """Outside the compartment nothing binds the search, so every reference parameter that can
     target a Patient must name the context patient or, unambiguously, another type."""
     references = {
-        code: info.targets for code, info in SEARCH_PARAMETERS.get(searched, {}).items()
+        code: info.targets
+        for code, info in SEARCH_PARAMETERS.get(searched, {}).items()
         if info.type == "reference" and "Patient" in info.targets
     }
     _refuse_case_variants(searched, params, references, patient, base_url)
@@ -209,11 +237,15 @@ def _check_linked_patients(request: FhirRequest, searched: str, settings: Policy
     if searched != "Patient" or settings.follow_patient_links:
         return
     if request.interaction is Interaction.SEARCH_COMPARTMENT:
-        raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT,
-                        "Patient/[id]/Patient finds linked patients (compartment.follow_patient_links is off)")
+        raise DenyError(
+            Reason.COMPARTMENT_OTHER_PATIENT,
+            "Patient/[id]/Patient finds linked patients (compartment.follow_patient_links is off)",
+        )
     if any(param.code.lower() == PATIENT_LINK_PARAM for param in request.params):
-        raise DenyError(Reason.COMPARTMENT_OTHER_PATIENT,
-                        "a Patient search by link finds other patients (compartment.follow_patient_links is off)")
+        raise DenyError(
+            Reason.COMPARTMENT_OTHER_PATIENT,
+            "a Patient search by link finds other patients (compartment.follow_patient_links is off)",
+        )
 
 
 # --- _include / _revinclude --------------------------------------------------------------------
@@ -292,8 +324,9 @@ def _check_type_level_includes(request: FhirRequest, token: TokenContext) -> Non
             raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"_include must start from {searched}")
         for resource_type in sorted(_included_types(param, include)):
             if not token.grants.permits_beyond_patient(resource_type, "r"):
-                raise DenyError(Reason.INCLUDE_NOT_PERMITTED,
-                                f"no user/ or system/ scope grants reading {resource_type}")
+                raise DenyError(
+                    Reason.INCLUDE_NOT_PERMITTED, f"no user/ or system/ scope grants reading {resource_type}"
+                )
 
 
 def _check_patient_includes(
@@ -325,15 +358,26 @@ def _check_patient_include(
 
 
 def _check_patient_revinclude(
-    include: _Include, token: TokenContext, searched: str, binding: str | None, bound: bool,
+    include: _Include,
+    token: TokenContext,
+    searched: str,
+    binding: str | None,
+    bound: bool,
     settings: PolicySettings,
 ) -> None:
-    if include.source == "Patient" and include.code in (PATIENT_LINK_PARAM, _WILDCARD) \
-            and not settings.follow_patient_links:
-        raise DenyError(Reason.INCLUDE_NOT_PERMITTED,
-                        "Patient:link brings in other patients' records (compartment.follow_patient_links is off)")
+    if (
+        include.source == "Patient"
+        and include.code in (PATIENT_LINK_PARAM, _WILDCARD)
+        and not settings.follow_patient_links
+    ):
+        raise DenyError(
+            Reason.INCLUDE_NOT_PERMITTED,
+            "Patient:link brings in other patients' records (compartment.follow_patient_links is off)",
+        )
     from_context_patient = (
-        searched == "Patient" and binding == "_id" and include.code in settings.bound.binding.get(include.source, {})
+        searched == "Patient"
+        and binding == "_id"
+        and include.code in settings.bound.binding.get(include.source, {})
         and include.target in (None, "Patient")
     )
     proven = from_context_patient or (bound and _is_provenance_of_matches(include, searched))
@@ -359,6 +403,7 @@ def _check_included_type(
         raise DenyError(Reason.INCLUDE_NOT_PERMITTED, f"{resource_type} is not open to patient/ scopes")
     bound_to_a_patient = resource_type in settings.bound.membership  # the compartment, and Device
     if bound_to_a_patient and not proven_in_compartment and not settings.responses_verified:
-        raise DenyError(Reason.INCLUDE_NOT_PERMITTED,
-                        f"included {resource_type} resources cannot be proven to be in the compartment "
-                        f"{_ENFORCE_HINT}")
+        raise DenyError(
+            Reason.INCLUDE_NOT_PERMITTED,
+            f"included {resource_type} resources cannot be proven to be in the compartment {_ENFORCE_HINT}",
+        )

@@ -64,8 +64,7 @@ def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) 
     if access.type_unconstrained:
         return decision(Reason.ALLOWED_BY_SCOPE, "granted by a user/ or system/ scope", request, token)
     if request.conditional:
-        raise DenyError(Reason.CONDITIONAL_NOT_PERMITTED,
-                        "conditional writes act on resources that cannot be checked")
+        raise DenyError(Reason.CONDITIONAL_NOT_PERMITTED, "conditional writes act on resources that cannot be checked")
     if access.patient_level:
         patient = require_patient(token)
         check_patient_params(request.params, patient, WRITE_PARAMS)
@@ -90,8 +89,13 @@ def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) 
 
 
 def _stored_resource_check(
-    request: FhirRequest, token: TokenContext, access: Access, patient: str | None,
-    resource_type: str, resource_id: str, settings: PolicySettings,
+    request: FhirRequest,
+    token: TokenContext,
+    access: Access,
+    patient: str | None,
+    resource_type: str,
+    resource_id: str,
+    settings: PolicySettings,
 ) -> Decision | Pending:
     allow = decision(Reason.ALLOWED_WRITE, "the stored resource is in the compartment", request, token)
     upsert = request.interaction is Interaction.UPDATE
@@ -104,8 +108,9 @@ def _stored_resource_check(
         return allow  # outside the compartment: the scope alone decides
     queries: list[Query] = list(access.type_level)
     if patient is not None:
-        queries.extend(patient_queries(resource_type, resource_id, patient, access.patient_level,
-                                       membership=membership))
+        queries.extend(
+            patient_queries(resource_type, resource_id, patient, access.patient_level, membership=membership)
+        )
     return Pending((MembershipCheck(resource_type, resource_id, tuple(queries), absent_ok=upsert),), allow)
 
 
@@ -174,7 +179,10 @@ def _constraint_elements(resource_type: str, constraints: tuple[Query, ...]) -> 
 
 
 def _check_patch(
-    request: FhirRequest, resource_type: str, patient: str | None, constraints: tuple[Query, ...],
+    request: FhirRequest,
+    resource_type: str,
+    patient: str | None,
+    constraints: tuple[Query, ...],
     settings: PolicySettings,
 ) -> None:
     body = request.body or b""
@@ -189,8 +197,11 @@ def _check_patch(
         protected |= {"link"}
     if request.content_type == _JSON_PATCH:
         touched = json_patch_elements(document)
-    elif request.content_type in _FHIR_JSON and isinstance(document, dict) \
-            and document.get("resourceType") == "Parameters":
+    elif (
+        request.content_type in _FHIR_JSON
+        and isinstance(document, dict)
+        and document.get("resourceType") == "Parameters"
+    ):
         touched = fhirpath_patch_elements(document, resource_type)
     else:
         raise DenyError(Reason.BODY_INVALID, "a patch must be JSON Patch or a FHIRPath Patch Parameters resource")

@@ -30,8 +30,14 @@ def text(status: str, body: str) -> Response:
 
 
 class HttpListener:
-    def __init__(self, address: str, routes: dict[str, Route], *,
-                 deadline_seconds: float = CONNECTION_DEADLINE_SECONDS, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        address: str,
+        routes: dict[str, Route],
+        *,
+        deadline_seconds: float = CONNECTION_DEADLINE_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         host, _, port = address.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
@@ -79,16 +85,28 @@ class HttpListener:
         parts = request_line.decode("latin-1").split()
         method, path = (parts[0], parts[1].partition("?")[0]) if len(parts) >= 2 else ("", "")
         if method == "OPTIONS":
-            response: Response = ("204 No Content", "text/plain", b"", {
-                "access-control-allow-origin": "*", "access-control-allow-methods": "GET, OPTIONS",
-                "access-control-allow-headers": "*"})
+            response: Response = (
+                "204 No Content",
+                "text/plain",
+                b"",
+                {
+                    "access-control-allow-origin": "*",
+                    "access-control-allow-methods": "GET, OPTIONS",
+                    "access-control-allow-headers": "*",
+                },
+            )
         elif method not in ("GET", "HEAD"):
             response = text("405 Method Not Allowed", "method not allowed\n")
         else:
             route = self._routes.get(path)
             response = await route() if route is not None else _NOT_FOUND
         status, content_type, body, headers = response
-        head = [f"HTTP/1.1 {status}", f"content-type: {content_type}", f"content-length: {len(body)}",
-                "connection: close", *(f"{k}: {v}" for k, v in headers.items())]
+        head = [
+            f"HTTP/1.1 {status}",
+            f"content-type: {content_type}",
+            f"content-length: {len(body)}",
+            "connection: close",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else body))
         await writer.drain()

@@ -48,7 +48,8 @@ class _FilesCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return multiprocess.MultiProcessCollector.merge(  # type: ignore[no-untyped-call,no-any-return]
-            metric_files(self._directory), accumulate=True)
+            metric_files(self._directory), accumulate=True
+        )
 
 
 def render(directory: str) -> tuple[bytes, str]:

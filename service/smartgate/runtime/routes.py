@@ -20,15 +20,20 @@ SmartSource = Callable[[], SmartConfiguration | None]  # read per request: a rel
 
 _NOT_CONFIGURED: Response = ("404 Not Found", "application/json", b'{"error":"not configured"}', {})
 _DISCOVERY_UNAVAILABLE: Response = (
-    "503 Service Unavailable", "application/json", b'{"error":"discovery unavailable"}', {})
+    "503 Service Unavailable",
+    "application/json",
+    b'{"error":"discovery unavailable"}',
+    {},
+)
 
 
 async def _always() -> bool:
     return True
 
 
-def http_routes(*, ready: Probe, render_metrics: MetricsRenderer, smart: SmartSource,
-                alive: Probe = _always) -> dict[str, Route]:
+def http_routes(
+    *, ready: Probe, render_metrics: MetricsRenderer, smart: SmartSource, alive: Probe = _always
+) -> dict[str, Route]:
     """The route table. ``alive`` is false only for a supervisor with no live worker; the SMART
     route exists when discovery is configured at start, and answers from whatever ``smart``
     returns at request time."""
@@ -45,6 +50,7 @@ def http_routes(*, ready: Probe, render_metrics: MetricsRenderer, smart: SmartSo
 
     routes: dict[str, Route] = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
     if smart() is not None:
+
         async def smart_configuration() -> Response:
             current = smart()
             if current is None:

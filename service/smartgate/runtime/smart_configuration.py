@@ -21,17 +21,31 @@ from smartgate.tokens.discovery import DocumentFetchError, fetch_discovery
 log = logging.getLogger("smartgate.smart_configuration")
 
 _FROM_DISCOVERY = (
-    "issuer", "jwks_uri", "authorization_endpoint", "token_endpoint", "token_endpoint_auth_methods_supported",
-    "registration_endpoint", "scopes_supported", "response_types_supported", "introspection_endpoint",
-    "revocation_endpoint", "code_challenge_methods_supported", "grant_types_supported",
+    "issuer",
+    "jwks_uri",
+    "authorization_endpoint",
+    "token_endpoint",
+    "token_endpoint_auth_methods_supported",
+    "registration_endpoint",
+    "scopes_supported",
+    "response_types_supported",
+    "introspection_endpoint",
+    "revocation_endpoint",
+    "code_challenge_methods_supported",
+    "grant_types_supported",
 )
 DISCOVERY_TIMEOUT_SECONDS = 5.0
 CORS_HEADERS = {"access-control-allow-origin": "*", "cache-control": "max-age=300"}
 
 
 class SmartConfiguration:
-    def __init__(self, settings: SmartConfigurationSettings, client: httpx.AsyncClient, ttl_seconds: float = 300,
-                 dpop_algs: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        settings: SmartConfigurationSettings,
+        client: httpx.AsyncClient,
+        ttl_seconds: float = 300,
+        dpop_algs: tuple[str, ...] = (),
+    ):
         self._settings = settings
         self._dpop_algs = dpop_algs  # advertised when DPoP is on (RFC 9449 section 5.1's metadata name)
         self._client = client

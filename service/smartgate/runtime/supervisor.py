@@ -56,8 +56,15 @@ class Supervisor:
     """Workers read the last config the supervisor accepted (a private copy), never the operator's file
     directly: a worker restarted after a rejected reload starts with the config the others run."""
 
-    def __init__(self, config_path: str, workers: int, accepted_copy: str, *, metrics_dir: str | None = None,
-                 restart_policy: RestartPolicy | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        workers: int,
+        accepted_copy: str,
+        *,
+        metrics_dir: str | None = None,
+        restart_policy: RestartPolicy | None = None,
+    ) -> None:
         self._config_path = config_path
         self._accepted_copy = accepted_copy
         self._workers = workers
@@ -74,8 +81,17 @@ class Supervisor:
         self._config = self._accept()  # a ConfigError here stops start-up, as it does without workers
 
     def _spawn(self, index: int) -> None:
-        command = [sys.executable, "-m", "smartgate", "serve", "--config", self._accepted_copy,
-                   "--worker-index", str(index), "--no-http"]
+        command = [
+            sys.executable,
+            "-m",
+            "smartgate",
+            "serve",
+            "--config",
+            self._accepted_copy,
+            "--worker-index",
+            str(index),
+            "--no-http",
+        ]
         self._children[index] = subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
         self._restarts[index].started(time.monotonic())
 
@@ -101,8 +117,13 @@ class Supervisor:
             log.exception("could not tidy the metric files of worker %d (pid %d)", index, child.pid)
         delay = self._restarts[index].crashed(now)
         if delay is None:
-            log.error("worker %d exited with %s, %d quick crashes in a row; stopping all workers so that the "
-                      "pod is restarted", index, child.returncode, self._restarts[index].quick_crashes)
+            log.error(
+                "worker %d exited with %s, %d quick crashes in a row; stopping all workers so that the "
+                "pod is restarted",
+                index,
+                child.returncode,
+                self._restarts[index].quick_crashes,
+            )
             self._gave_up = self._stopping = True  # no more restarts, not even ones already due
             self._stop.set()
             return
@@ -125,8 +146,12 @@ class Supervisor:
         async def ready() -> bool:
             return self._alive() == self._workers and await self._all_serving()
 
-        return http_routes(ready=ready, alive=alive, smart=lambda: self._smart,
-                           render_metrics=lambda: metric_files.render(self._metrics_dir))
+        return http_routes(
+            ready=ready,
+            alive=alive,
+            smart=lambda: self._smart,
+            render_metrics=lambda: metric_files.render(self._metrics_dir),
+        )
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT (exit status 0) or a crash loop (``EXIT_CRASH_LOOP``)."""
@@ -134,8 +159,11 @@ class Supervisor:
             self._spawn(index)
         async with httpx.AsyncClient() as client:
             self._client = client
-            self._smart = (SmartConfiguration(self._config.smart_configuration, client)
-                           if self._config.smart_configuration else None)
+            self._smart = (
+                SmartConfiguration(self._config.smart_configuration, client)
+                if self._config.smart_configuration
+                else None
+            )
             http = HttpListener(self._config.listen.http, self._routes())
             await http.start()
             watcher = asyncio.create_task(self._watch())
@@ -175,8 +203,9 @@ class Supervisor:
             return
         self._config = config
         if self._client is not None:
-            self._smart = (SmartConfiguration(config.smart_configuration, self._client)
-                           if config.smart_configuration else None)
+            self._smart = (
+                SmartConfiguration(config.smart_configuration, self._client) if config.smart_configuration else None
+            )
         log.info("config accepted by the supervisor; reloading %d workers", len(self._children))
         for child in self._children.values():
             with contextlib.suppress(ProcessLookupError):
@@ -202,8 +231,13 @@ def run_supervisor(config_path: str, workers: int, restart_policy: RestartPolicy
     exit_status = 0
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            supervisor = Supervisor(config_path, workers, os.path.join(accepted, "accepted.yaml"),
-                                    metrics_dir=directory, restart_policy=restart_policy)
+            supervisor = Supervisor(
+                config_path,
+                workers,
+                os.path.join(accepted, "accepted.yaml"),
+                metrics_dir=directory,
+                restart_policy=restart_policy,
+            )
             exit_status = asyncio.run(supervisor.run())
     finally:
         shutil.rmtree(directory, ignore_errors=True)

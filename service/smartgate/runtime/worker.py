@@ -62,8 +62,13 @@ class Components:
         return all(cache.ready for cache in self.jwks)
 
     async def load_keys(self) -> None:
-        await asyncio.gather(*(cache.refresh() for cache in self.jwks if not cache.issuer.introspection
-                               or cache.issuer.jwks_uri or cache.issuer.jwks_file))
+        await asyncio.gather(
+            *(
+                cache.refresh()
+                for cache in self.jwks
+                if not cache.issuer.introspection or cache.issuer.jwks_uri or cache.issuer.jwks_file
+            )
+        )
 
     @property
     def authorizer(self) -> Authorizer:
@@ -105,9 +110,12 @@ def build_components(config: Config, replay_cache: ReplayCache | None = None) ->
     )
     pipeline = Pipeline(
         authorizer=authorizer,
-        responses=ResponseBuilder(config.headers, config.realm,
-                                  hand_over_context=config.response_verification.mode != "off",
-                                  dpop_algs=dpop_algorithms(config)),
+        responses=ResponseBuilder(
+            config.headers,
+            config.realm,
+            hand_over_context=config.response_verification.mode != "off",
+            dpop_algs=dpop_algorithms(config),
+        ),
         decision_log=DecisionLog(config.decision_log),
         audit_log=AuditEventLog(config.audit.destination, config.fhir.base_url, config.audit.source_observer),
         dry_run=config.mode == "dry_run",
@@ -119,13 +127,17 @@ def build_components(config: Config, replay_cache: ReplayCache | None = None) ->
 
 def policy_settings(config: Config) -> PolicySettings:
     """The policy's view of the config: what the rules need, nothing they could do I/O with."""
-    return PolicySettings(config.fhir.base_url, config.patient_closed_types, config.operations,
-                          responses_verified=config.response_verification.mode == "enforce",
-                          # dry_run logs what the look-up would decide: its allows hand nothing over
-                          reads_proven_by_response=config.mode != "dry_run",
-                          search_narrowing=config.search_narrowing,
-                          extra_binding_params=config.compartment.extra_binding_params,
-                          follow_patient_links=config.compartment.follow_patient_links)
+    return PolicySettings(
+        config.fhir.base_url,
+        config.patient_closed_types,
+        config.operations,
+        responses_verified=config.response_verification.mode == "enforce",
+        # dry_run logs what the look-up would decide: its allows hand nothing over
+        reads_proven_by_response=config.mode != "dry_run",
+        search_narrowing=config.search_narrowing,
+        extra_binding_params=config.compartment.extra_binding_params,
+        follow_patient_links=config.compartment.follow_patient_links,
+    )
 
 
 def dpop_algorithms(config: Config) -> tuple[str, ...]:
@@ -135,8 +147,11 @@ def dpop_algorithms(config: Config) -> tuple[str, ...]:
 
 def sender_constraints(config: Config, replay_cache: ReplayCache | None = None) -> SenderConstraints:
     """The binding rules: each worker has its own DPoP replay cache (README, "Sender-constrained tokens")."""
-    dpop = (DpopVerifier(config.dpop, config.tokens.clock_skew_seconds, replay_cache=replay_cache)
-            if config.dpop.enabled else None)
+    dpop = (
+        DpopVerifier(config.dpop, config.tokens.clock_skew_seconds, replay_cache=replay_cache)
+        if config.dpop.enabled
+        else None
+    )
     required = frozenset(issuer.issuer for issuer in config.issuers if issuer.sender_constraint == "required")
     return SenderConstraints(config.fhir.base_url, required, dpop)
 
@@ -177,8 +192,11 @@ class Worker:
         """Built on the current components' HTTP client, so rebuilt on each reload (the old
         client is closed once the reload's grace period is over)."""
         settings = self.config.smart_configuration
-        return (SmartConfiguration(settings, self.components.http_client, dpop_algs=dpop_algorithms(self.config))
-                if settings else None)
+        return (
+            SmartConfiguration(settings, self.components.http_client, dpop_algs=dpop_algorithms(self.config))
+            if settings
+            else None
+        )
 
     def _http_routes(self) -> dict[str, Route]:
         async def ready() -> bool:
@@ -245,17 +263,26 @@ class Worker:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         verification = config.response_verification
         if verification.mode != "off":
-            external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ResponseVerifier(
-                verification.mode, verification.max_body_bytes, config.fhir.base_url, config.patient_closed_types,
-                lambda entry: self.components.pipeline.decision_log.write(entry),
-                follow_patient_links=config.compartment.follow_patient_links,
-                membership=bound_types(config.compartment.extra_binding_params).membership,
-                upstream_base_url=config.fhir.upstream_url,
-            ), server)
+            external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+                ResponseVerifier(
+                    verification.mode,
+                    verification.max_body_bytes,
+                    config.fhir.base_url,
+                    config.patient_closed_types,
+                    lambda entry: self.components.pipeline.decision_log.write(entry),
+                    follow_patient_links=config.compartment.follow_patient_links,
+                    membership=bound_types(config.compartment.extra_binding_params).membership,
+                    upstream_base_url=config.fhir.upstream_url,
+                ),
+                server,
+            )
         await self._set_serving(False)
         address = grpc_address(config, self._index)
-        port = (server.add_secure_port(address, _credentials(config.tls)) if config.tls
-                else server.add_insecure_port(address))
+        port = (
+            server.add_secure_port(address, _credentials(config.tls))
+            if config.tls
+            else server.add_insecure_port(address)
+        )
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         _let_the_group_connect(address)
@@ -265,8 +292,12 @@ class Worker:
             await http.start()
         await server.start()
         refresher = asyncio.create_task(self._keep_keys_fresh())
-        log.info("smartgate worker %d listening: grpc %s%s", self._index, address,
-                 f", http {config.listen.http}" if http else "")
+        log.info(
+            "smartgate worker %d listening: grpc %s%s",
+            self._index,
+            address,
+            f", http {config.listen.http}" if http else "",
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -296,8 +327,7 @@ def _age(cache: JwksCache) -> float:
     return time.time() - (cache.last_success_wall_time or 0.0)
 
 
-async def serve(config: Config, config_path: str | None = None, worker_index: int = 0,
-                serve_http: bool = True) -> None:
+async def serve(config: Config, config_path: str | None = None, worker_index: int = 0, serve_http: bool = True) -> None:
     await Worker(config, config_path, worker_index, serve_http).run()
 
 

@@ -29,12 +29,28 @@ from smartgate.core.reasons import Reason
 
 # Fine enough for sub-millisecond decisions, wide enough for look-ups and JWKS fetches.
 LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 
 DECISIONS = Counter(
-    "smartgate_decisions", "Authorization decisions by outcome, HTTP status and reason code.",
+    "smartgate_decisions",
+    "Authorization decisions by outcome, HTTP status and reason code.",
     ["outcome", "status", "reason"],
 )
 DECISION_SECONDS = Histogram(
@@ -47,23 +63,29 @@ JWKS_FETCHES = Counter(
     "smartgate_jwks_fetches", "JWKS fetches by issuer and result (success, failure).", ["issuer", "result"]
 )
 JWKS_AGE = Gauge(
-    "smartgate_jwks_age_seconds", "Seconds since the issuer's key set was last fetched successfully.",
-    ["issuer"], multiprocess_mode="livemax",
+    "smartgate_jwks_age_seconds",
+    "Seconds since the issuer's key set was last fetched successfully.",
+    ["issuer"],
+    multiprocess_mode="livemax",
 )
 INTROSPECTIONS = Counter(
     "smartgate_introspection_requests",
-    "RFC 7662 introspection calls by result (active, inactive, error, cache_hit).", ["result"],
+    "RFC 7662 introspection calls by result (active, inactive, error, cache_hit).",
+    ["result"],
 )
 LOOKUPS = Counter(
-    "smartgate_lookups", "Compartment membership look-ups by result (member, not_member, error) and cache use.",
+    "smartgate_lookups",
+    "Compartment membership look-ups by result (member, not_member, error) and cache use.",
     ["result", "cache"],
 )
 LOOKUP_SECONDS = Histogram(
-    "smartgate_lookup_duration_seconds", "Time of compartment look-ups against the FHIR server.",
+    "smartgate_lookup_duration_seconds",
+    "Time of compartment look-ups against the FHIR server.",
     buckets=LATENCY_BUCKETS,
 )
 RESPONSE_CHECKS = Counter(
-    "smartgate_response_checks", "Response verifications by mode and result (clean, blocked, reported, skipped).",
+    "smartgate_response_checks",
+    "Response verifications by mode and result (clean, blocked, reported, skipped).",
     ["mode", "result"],
 )
 RESPONSE_CHECKS_SKIPPED = Counter(
@@ -72,7 +94,8 @@ RESPONSE_CHECKS_SKIPPED = Counter(
     ["reason"],
 )
 RESPONSE_CHECK_SECONDS = Histogram(
-    "smartgate_response_check_duration_seconds", "Time to verify one buffered response body.",
+    "smartgate_response_check_duration_seconds",
+    "Time to verify one buffered response body.",
     buckets=LATENCY_BUCKETS,
 )
 DPOP_REPLAY_CACHE_ENTRIES = Gauge(
@@ -86,9 +109,7 @@ DECISION_LOG_DROPPED = Counter(
     ["log"],
 )
 READY = Gauge("smartgate_ready", "1 when every issuer has a usable key set.", multiprocess_mode="livemin")
-BUILD_INFO = Gauge(
-    "smartgate_build_info", "Build information.", ["version", "python"], multiprocess_mode="max"
-)
+BUILD_INFO = Gauge("smartgate_build_info", "Build information.", ["version", "python"], multiprocess_mode="max")
 
 
 K = TypeVar("K", bound=Hashable)

@@ -42,8 +42,9 @@ def confirmation_from_claims(claims: Mapping[str, Any]) -> Confirmation | Refusa
     if not isinstance(cnf, dict):
         return Refusal(Reason.TOKEN_CLAIMS_INVALID, "the cnf claim is not an object")
     if not cnf or not cnf.keys() <= CHECKED_MEMBERS:
-        return Refusal(Reason.TOKEN_BINDING_UNSUPPORTED,
-                       "the token is bound by a confirmation method smartgate cannot check")
+        return Refusal(
+            Reason.TOKEN_BINDING_UNSUPPORTED, "the token is bound by a confirmation method smartgate cannot check"
+        )
     values = {name: cnf.get(name) for name in CHECKED_MEMBERS}
     for value in values.values():
         if value is not None and (not isinstance(value, str) or not _SHA256_B64URL.fullmatch(value)):

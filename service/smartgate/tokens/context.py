@@ -87,8 +87,10 @@ def context_from_claims(
         scope_values = [" ".join(undot_scope(scope) for scope in value.split()) for value in scope_values]
     texts: dict[str, str | None] = {}
     for field_name, claim_names in (
-        ("patient", names.patient), ("fhir_user", names.fhir_user),
-        ("client_id", names.client_id), ("subject", names.subject),
+        ("patient", names.patient),
+        ("fhir_user", names.fhir_user),
+        ("client_id", names.client_id),
+        ("subject", names.subject),
     ):
         text = _optional_text(_first(claims, claim_names))
         if isinstance(text, Refusal):

@@ -36,9 +36,7 @@ def discovery_url(issuer: str) -> str:
     return issuer.rstrip("/") + DISCOVERY_PATH
 
 
-async def fetch_json_object(
-    client: httpx.AsyncClient, url: str, *, timeout: float, max_bytes: int
-) -> dict[str, Any]:
+async def fetch_json_object(client: httpx.AsyncClient, url: str, *, timeout: float, max_bytes: int) -> dict[str, Any]:
     """GET ``url`` and return its JSON object body, reading no more than ``max_bytes`` of it."""
     body = await _read_capped(client, url, timeout, max_bytes)
     try:

@@ -41,7 +41,9 @@ MAX_JTI_CHARS = 256
 PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 # RFC 7638 section 3.2: the required members of each key type, in lexicographic order.
 _THUMBPRINT_MEMBERS: dict[str, tuple[str, ...]] = {
-    "RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"),
+    "RSA": ("e", "kty", "n"),
+    "EC": ("crv", "kty", "x", "y"),
+    "OKP": ("crv", "kty", "x"),
 }
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _PERCENT = re.compile(r"%(.{0,2})")
@@ -62,8 +64,9 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str | None:
     members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
     if members is None or not all(isinstance(jwk.get(name), str) for name in members):
         return None
-    canonical = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True,
-                           ensure_ascii=False)
+    canonical = json.dumps(
+        {name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True, ensure_ascii=False
+    )
     return b64url_sha256(canonical.encode("utf-8"))
 
 
@@ -79,7 +82,7 @@ def _normalise_percent(text: str) -> str | None:
     for match in _PERCENT.finditer(text):
         if not _HEX2.fullmatch(match.group(1)):
             return None
-        out.append(text[position:match.start()])
+        out.append(text[position : match.start()])
         char = chr(int(match.group(1), 16))
         out.append(char if char in _UNRESERVED else "%" + match.group(1).upper())
         position = match.end()
@@ -173,8 +176,13 @@ class ReplayCache:
 class DpopVerifier:
     """Checks one request's DPoP proof against the access token and the key it is bound to."""
 
-    def __init__(self, config: DpopConfig, clock_skew_seconds: float, clock: Callable[[], float] = time.time,
-                 replay_cache: ReplayCache | None = None) -> None:
+    def __init__(
+        self,
+        config: DpopConfig,
+        clock_skew_seconds: float,
+        clock: Callable[[], float] = time.time,
+        replay_cache: ReplayCache | None = None,
+    ) -> None:
         """``replay_cache``: the one the previous configuration used, kept across a reload so that a proof
         accepted just before it cannot be replayed just after it."""
         self.algorithms = config.algorithms
@@ -243,8 +251,9 @@ class DpopVerifier:
             return _invalid("the DPoP proof RSA key is too short")
         return jwk, key
 
-    def _check_claims(self, claims: Mapping[str, Any], method: str, url: str, access_token: str,
-                      now: float) -> Refusal | None:
+    def _check_claims(
+        self, claims: Mapping[str, Any], method: str, url: str, access_token: str, now: float
+    ) -> Refusal | None:
         """jti, htm, htu, iat and ath (section 4.3 checks 8 to 11, and section 7.1's ath)."""
         jti = claims.get("jti")
         if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:

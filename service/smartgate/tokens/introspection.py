@@ -83,7 +83,11 @@ class Introspector:
         try:
             answer: Any = None
             async with self._client.stream(
-                "POST", settings.endpoint, data=form, auth=auth, timeout=settings.timeout_seconds,
+                "POST",
+                settings.endpoint,
+                data=form,
+                auth=auth,
+                timeout=settings.timeout_seconds,
                 headers={"accept": "application/json"},
             ) as response:
                 if response.status_code == 200:
@@ -106,8 +110,11 @@ class Introspector:
         audience = answer.get("aud")
         if audience is not None:
             audiences = [audience] if isinstance(audience, str) else audience
-            if (not isinstance(audiences, list) or not all(isinstance(value, str) for value in audiences)
-                    or not set(audiences) & set(issuer.audiences)):
+            if (
+                not isinstance(audiences, list)
+                or not all(isinstance(value, str) for value in audiences)
+                or not set(audiences) & set(issuer.audiences)
+            ):
                 return Refusal(Reason.TOKEN_AUDIENCE_MISMATCH, "the token is not meant for this server")
         exp = answer.get("exp")
         if exp is None:

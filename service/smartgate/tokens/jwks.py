@@ -179,14 +179,14 @@ class JwksCache:
             return parse_jwks(document)
         if self._jwks_uri is None:
             self._jwks_uri = await self._discover()
-        return parse_jwks(await fetch_json_object(
-            self._client, self._jwks_uri, timeout=self._policy.fetch_timeout_seconds, max_bytes=MAX_JWKS_BYTES
-        ))
+        return parse_jwks(
+            await fetch_json_object(
+                self._client, self._jwks_uri, timeout=self._policy.fetch_timeout_seconds, max_bytes=MAX_JWKS_BYTES
+            )
+        )
 
     async def _discover(self) -> str:
-        document = await fetch_discovery(
-            self._client, self.issuer.issuer, timeout=self._policy.fetch_timeout_seconds
-        )
+        document = await fetch_discovery(self._client, self.issuer.issuer, timeout=self._policy.fetch_timeout_seconds)
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
             raise JwksError("the discovery document has no usable jwks_uri")

@@ -33,7 +33,8 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 _SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")
 # Asymmetric algorithms only: "none" and the HMAC family are absent, whatever a config says.
 _ALGORITHMS: dict[str, Algorithm] = {
-    name: algorithm for name, algorithm in get_default_algorithms().items()
+    name: algorithm
+    for name, algorithm in get_default_algorithms().items()
     if name[:2] in ("RS", "PS", "ES") or name == "EdDSA"
 }
 

@@ -91,15 +91,14 @@ class ScopeGrants:
     def granular_for(self, resource_type: str, permission: str) -> tuple[SmartScope, ...]:
         """Granular scopes (any context) that would grant this if their constraints hold."""
         return tuple(
-            scope for scope in self.granular
+            scope
+            for scope in self.granular
             if scope.resource_type in (resource_type, "*") and permission in scope.permissions
         )
 
     def permits_beyond_patient(self, resource_type: str, permission: str) -> bool:
         """True when a ``user/`` or ``system/`` scope grants this: no compartment applies."""
-        return self.permits("user", resource_type, permission) or self.permits(
-            "system", resource_type, permission
-        )
+        return self.permits("user", resource_type, permission) or self.permits("system", resource_type, permission)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -28,8 +28,9 @@ DPOP_HEADER = "dpop"
 class SenderConstraints:
     """The binding rules for every verified token; ``dpop`` None means DPoP is off (``cnf.jkt`` refused)."""
 
-    def __init__(self, fhir_base_url: str, required_issuers: frozenset[str] = frozenset(),
-                 dpop: DpopVerifier | None = None) -> None:
+    def __init__(
+        self, fhir_base_url: str, required_issuers: frozenset[str] = frozenset(), dpop: DpopVerifier | None = None
+    ) -> None:
         base = urlsplit(fhir_base_url)
         self._origin = f"{base.scheme}://{base.netloc}"
         self._required_issuers = required_issuers
@@ -69,12 +70,15 @@ class SenderConstraints:
     @staticmethod
     def _certificate(expected: str, peer_certificate: str | None) -> Refusal | None:
         if not peer_certificate:
-            return Refusal(Reason.CERTIFICATE_BINDING_MISSING,
-                           "the token is certificate-bound: a TLS client certificate is required")
+            return Refusal(
+                Reason.CERTIFICATE_BINDING_MISSING,
+                "the token is certificate-bound: a TLS client certificate is required",
+            )
         thumbprint = certificate_thumbprint(peer_certificate)
         if thumbprint is None or not hmac.compare_digest(thumbprint.encode(), expected.encode()):
-            return Refusal(Reason.CERTIFICATE_BINDING_MISMATCH,
-                           "the TLS client certificate is not the one the token is bound to")
+            return Refusal(
+                Reason.CERTIFICATE_BINDING_MISMATCH, "the TLS client certificate is not the one the token is bound to"
+            )
         return None
 
     def _dpop(self, confirmation: Confirmation, credentials: Credentials, http: HttpRequest) -> Refusal | None:
@@ -83,5 +87,6 @@ class SenderConstraints:
             return Refusal(Reason.TOKEN_BINDING_UNSUPPORTED, "the token is DPoP-bound and DPoP is not enabled")
         if credentials.scheme != "dpop":
             return Refusal(Reason.DPOP_TOKEN_AS_BEARER, "a DPoP-bound token must be sent with the DPoP scheme")
-        return self.dpop.check(http.headers.get(DPOP_HEADER), http.method, self.public_url(http.path),
-                               credentials.token, confirmation.jkt)
+        return self.dpop.check(
+            http.headers.get(DPOP_HEADER), http.method, self.public_url(http.path), credentials.token, confirmation.jkt
+        )

@@ -65,8 +65,9 @@ class TokenVerifier:
         except Exception:  # any surprise in parsing is a malformed token, never an allow
             return _MALFORMED
         if isinstance(result, TokenContext):
-            deadline = min(result.expires_at + self._policy.clock_skew_seconds,
-                           now + self._policy.cache_max_ttl_seconds)
+            deadline = min(
+                result.expires_at + self._policy.clock_skew_seconds, now + self._policy.cache_max_ttl_seconds
+            )
             self._cache.put(token, result, deadline)
         return result
 

@@ -52,10 +52,17 @@ def run_demo(state_dir: Path) -> int:
     config = parse_config(yaml.safe_load(text.replace("{jwks_file}", str(jwks_file))))
     upstream = start_upstream("127.0.0.1", UPSTREAM_PORT)
     envoy_yaml = state_dir / "envoy.yaml"
-    envoy_yaml.write_text(render_yaml(EnvoySettings(
-        listen_host="127.0.0.1", listen_port=ENVOY_PORT, upstream_url=config.fhir.upstream_url,
-        base_path=config.fhir.base_path,
-    )), encoding="utf-8")
+    envoy_yaml.write_text(
+        render_yaml(
+            EnvoySettings(
+                listen_host="127.0.0.1",
+                listen_port=ENVOY_PORT,
+                upstream_url=config.fhir.upstream_url,
+                base_path=config.fhir.base_path,
+            )
+        ),
+        encoding="utf-8",
+    )
     envoy = subprocess.Popen(  # noqa: S603 - our own binary and config
         [find_envoy(), "-c", str(envoy_yaml), "--use-dynamic-base-id", "--log-level", "warn"]
     )
@@ -76,7 +83,8 @@ async def _serve_and_announce(config: object, token: str) -> None:
     await asyncio.to_thread(_wait_ready, "http://127.0.0.1:9901/ready", 30)
     await asyncio.to_thread(_wait_ready, "http://127.0.0.1:9190/readyz", 30)
     base = f"http://127.0.0.1:{ENVOY_PORT}/fhir"
-    print(f"""
+    print(
+        f"""
 smartgate demo is running: Envoy on {base} -> smartgate (ext_authz) -> demo FHIR server.
 Development token (NOT FOR PRODUCTION) for patient 123 with patient/*.rs:
 
@@ -87,5 +95,7 @@ Try another patient (403) or no token (401):
   curl -si "{base}/Observation?patient=123"
 More tokens: smartgate dev-token --patient 123 --scope 'launch/patient patient/Observation.rs'
 Press Ctrl-C to stop.
-""", flush=True)
+""",
+        flush=True,
+    )
     await server

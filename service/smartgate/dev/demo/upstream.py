@@ -19,32 +19,89 @@ from .http_server import DemoHTTPServer
 SEED: list[dict[str, Any]] = [
     {"resourceType": "Patient", "id": "123", "name": [{"family": "Alvarez", "given": ["Ana"]}]},
     {"resourceType": "Patient", "id": "456", "name": [{"family": "Brown", "given": ["Ben"]}]},
-    {"resourceType": "Patient", "id": "789", "name": [{"family": "Chen", "given": ["Cai"]}],
-     "link": [{"other": {"reference": "Patient/123"}, "type": "seealso"}]},
+    {
+        "resourceType": "Patient",
+        "id": "789",
+        "name": [{"family": "Chen", "given": ["Cai"]}],
+        "link": [{"other": {"reference": "Patient/123"}, "type": "seealso"}],
+    },
     {"resourceType": "Practitioner", "id": "prac-1", "name": [{"family": "House"}]},
-    {"resourceType": "Observation", "id": "obs-123-a", "status": "final", "subject": {"reference": "Patient/123"},
-     "category": [{"coding": [{"code": "laboratory"}]}], "code": {"text": "HbA1c"},
-     "performer": [{"reference": "Practitioner/prac-1"}]},
-    {"resourceType": "Observation", "id": "obs-123-b", "status": "final", "subject": {"reference": "Patient/123"},
-     "category": [{"coding": [{"code": "vital-signs"}]}], "code": {"text": "Heart rate"}},
-    {"resourceType": "Observation", "id": "obs-456-a", "status": "final", "subject": {"reference": "Patient/456"},
-     "category": [{"coding": [{"code": "laboratory"}]}], "code": {"text": "HbA1c"}},
-    {"resourceType": "Observation", "id": "obs-456-by-123", "status": "final",
-     "subject": {"reference": "Patient/456"}, "performer": [{"reference": "Patient/123"}],
-     "code": {"text": "Reported by a relative"}},
-    {"resourceType": "Coverage", "id": "cov-123", "status": "active", "beneficiary": {"reference": "Patient/123"},
-     "payor": [{"reference": "Organization/payer-1"}]},
-    {"resourceType": "Coverage", "id": "cov-456", "status": "active", "beneficiary": {"reference": "Patient/456"},
-     "payor": [{"reference": "Organization/payer-1"}]},
+    {
+        "resourceType": "Observation",
+        "id": "obs-123-a",
+        "status": "final",
+        "subject": {"reference": "Patient/123"},
+        "category": [{"coding": [{"code": "laboratory"}]}],
+        "code": {"text": "HbA1c"},
+        "performer": [{"reference": "Practitioner/prac-1"}],
+    },
+    {
+        "resourceType": "Observation",
+        "id": "obs-123-b",
+        "status": "final",
+        "subject": {"reference": "Patient/123"},
+        "category": [{"coding": [{"code": "vital-signs"}]}],
+        "code": {"text": "Heart rate"},
+    },
+    {
+        "resourceType": "Observation",
+        "id": "obs-456-a",
+        "status": "final",
+        "subject": {"reference": "Patient/456"},
+        "category": [{"coding": [{"code": "laboratory"}]}],
+        "code": {"text": "HbA1c"},
+    },
+    {
+        "resourceType": "Observation",
+        "id": "obs-456-by-123",
+        "status": "final",
+        "subject": {"reference": "Patient/456"},
+        "performer": [{"reference": "Patient/123"}],
+        "code": {"text": "Reported by a relative"},
+    },
+    {
+        "resourceType": "Coverage",
+        "id": "cov-123",
+        "status": "active",
+        "beneficiary": {"reference": "Patient/123"},
+        "payor": [{"reference": "Organization/payer-1"}],
+    },
+    {
+        "resourceType": "Coverage",
+        "id": "cov-456",
+        "status": "active",
+        "beneficiary": {"reference": "Patient/456"},
+        "payor": [{"reference": "Organization/payer-1"}],
+    },
     {"resourceType": "Organization", "id": "payer-1", "name": "Demo Health Plan"},
-    {"resourceType": "Provenance", "id": "prov-123-a", "recorded": "2024-01-01T00:00:00Z",
-     "target": [{"reference": "Observation/obs-123-a"}], "agent": [{"who": {"reference": "Practitioner/prac-1"}}]},
-    {"resourceType": "Provenance", "id": "prov-456-a", "recorded": "2024-01-01T00:00:00Z",
-     "target": [{"reference": "Observation/obs-456-a"}], "agent": [{"who": {"reference": "Practitioner/prac-1"}}]},
-    {"resourceType": "Binary", "id": "bin-123", "contentType": "text/plain",
-     "securityContext": {"reference": "Patient/123"}, "data": "QWxpY2U="},
-    {"resourceType": "Binary", "id": "bin-789", "contentType": "text/plain",
-     "securityContext": {"reference": "Patient/789"}, "data": "Q2Fp"},
+    {
+        "resourceType": "Provenance",
+        "id": "prov-123-a",
+        "recorded": "2024-01-01T00:00:00Z",
+        "target": [{"reference": "Observation/obs-123-a"}],
+        "agent": [{"who": {"reference": "Practitioner/prac-1"}}],
+    },
+    {
+        "resourceType": "Provenance",
+        "id": "prov-456-a",
+        "recorded": "2024-01-01T00:00:00Z",
+        "target": [{"reference": "Observation/obs-456-a"}],
+        "agent": [{"who": {"reference": "Practitioner/prac-1"}}],
+    },
+    {
+        "resourceType": "Binary",
+        "id": "bin-123",
+        "contentType": "text/plain",
+        "securityContext": {"reference": "Patient/123"},
+        "data": "QWxpY2U=",
+    },
+    {
+        "resourceType": "Binary",
+        "id": "bin-789",
+        "contentType": "text/plain",
+        "securityContext": {"reference": "Patient/789"},
+        "data": "Q2Fp",
+    },
 ]
 
 # Searching for this id fails with 500: the tests use it to make compartment look-ups fail.
@@ -53,8 +110,13 @@ FAULT_ID = "fault-injection"
 # Search parameter -> the element paths holding its references, per type.
 REFERENCE_PARAMS: dict[str, dict[str, tuple[str, ...]]] = {
     "Observation": {"subject": ("subject",), "patient": ("subject",), "performer": ("performer",)},
-    "Coverage": {"beneficiary": ("beneficiary",), "patient": ("beneficiary",), "subscriber": ("subscriber",),
-                 "policy-holder": ("policyHolder",), "payor": ("payor",)},
+    "Coverage": {
+        "beneficiary": ("beneficiary",),
+        "patient": ("beneficiary",),
+        "subscriber": ("subscriber",),
+        "policy-holder": ("policyHolder",),
+        "payor": ("payor",),
+    },
     "Patient": {"link": ("link.other",)},
     "Provenance": {"target": ("target",), "patient": ("target",)},
 }
@@ -125,8 +187,9 @@ class FhirStore:
                 extra.update(pick(found, names, parts, paths))
         return [resource for name, resource in extra.items() if name not in names]
 
-    def _forward(self, found: list[dict[str, Any]], names: set[str], parts: list[str],
-                 paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    def _forward(
+        self, found: list[dict[str, Any]], names: set[str], parts: list[str], paths: tuple[str, ...]
+    ) -> dict[str, dict[str, Any]]:
         extra = {}
         for resource in (r for r in found if r["resourceType"] == parts[0]):
             for reference in (ref for path in paths for ref in _references(resource, path)):
@@ -136,8 +199,9 @@ class FhirStore:
                     extra[reference] = target
         return extra
 
-    def _reverse(self, found: list[dict[str, Any]], names: set[str], parts: list[str],
-                 paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    def _reverse(
+        self, found: list[dict[str, Any]], names: set[str], parts: list[str], paths: tuple[str, ...]
+    ) -> dict[str, dict[str, Any]]:
         return {
             f"{resource_type}/{resource_id}": resource
             for (resource_type, resource_id), resource in self.resources.items()
@@ -153,17 +217,23 @@ MISBEHAVE_PROVENANCE_TAG = "smartgate-misbehave-provenance"
 # With this tag the (clean) searchset is padded past 1.5 MB: more than Envoy buffers for smartgate.
 HUGE_TAG = "smartgate-huge"
 HUGE_PADDING_BYTES = 1_500_000
-FOREIGN_PROVENANCE = {"resourceType": "Provenance", "id": "prov-names-456", "recorded": "2024-01-01T00:00:00Z",
-                      "target": [{"reference": "Observation/obs-123-a"}, {"reference": "Patient/456"}],
-                      "agent": [{"who": {"reference": "Practitioner/prac-1"}}]}
+FOREIGN_PROVENANCE = {
+    "resourceType": "Provenance",
+    "id": "prov-names-456",
+    "recorded": "2024-01-01T00:00:00Z",
+    "target": [{"reference": "Observation/obs-123-a"}, {"reference": "Patient/456"}],
+    "agent": [{"who": {"reference": "Practitioner/prac-1"}}],
+}
 
 
-def _bundle(resources: list[dict[str, Any]], summary_count: bool,
-            included: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _bundle(
+    resources: list[dict[str, Any]], summary_count: bool, included: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(resources)}
     if not summary_count:
         bundle["entry"] = [{"resource": r, "search": {"mode": "match"}} for r in resources] + [
-            {"resource": r, "search": {"mode": "include"}} for r in included or []]
+            {"resource": r, "search": {"mode": "include"}} for r in included or []
+        ]
     return bundle
 
 
@@ -196,7 +266,7 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
         def do_POST(self) -> None:
             url = urlsplit(self.path)
             body = self._read_body()
-            parts = [p for p in url.path[len(base_path):].split("/") if p]
+            parts = [p for p in url.path[len(base_path) :].split("/") if p]
             if len(parts) == 1 and self.headers.get("content-type", "").startswith("application/fhir+json"):
                 resource = json.loads(body)
                 resource.pop("id", None)
@@ -211,7 +281,7 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
             self._send(201 if store.put(resource) else 200, resource)
 
         def do_DELETE(self) -> None:
-            parts = [p for p in urlsplit(self.path).path[len(base_path):].split("/") if p]
+            parts = [p for p in urlsplit(self.path).path[len(base_path) :].split("/") if p]
             found = len(parts) == 2 and store.delete(parts[0], parts[1])
             self._send(200 if found else 404, {"resourceType": "OperationOutcome"})
 
@@ -219,7 +289,7 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
             if not path.startswith(base_path):
                 self._send(404, {"resourceType": "OperationOutcome"})
                 return
-            parts = [p for p in path[len(base_path):].split("/") if p]
+            parts = [p for p in path[len(base_path) :].split("/") if p]
             count = dict(params).get("_summary") == "count"
             if not parts and method == "GET" and "_getpages" in dict(params):
                 # A server-minted paging link (HAPI's form): the page id names the patient whose
@@ -227,8 +297,16 @@ def make_handler(store: FhirStore, base_path: str) -> type[BaseHTTPRequestHandle
                 patient = dict(params)["_getpages"].removeprefix("page-")
                 self._send(200, _bundle(store.search("Observation", [("patient", f"Patient/{patient}")]), False))
             elif parts == ["metadata"]:
-                self._send(200, {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
-                                 "fhirVersion": "4.0.1", "format": ["json"]})
+                self._send(
+                    200,
+                    {
+                        "resourceType": "CapabilityStatement",
+                        "status": "active",
+                        "kind": "instance",
+                        "fhirVersion": "4.0.1",
+                        "format": ["json"],
+                    },
+                )
             elif parts == [".well-known", "smart-configuration"]:
                 self._send(200, {"capabilities": ["launch-standalone", "permission-v2"]})
             elif len(parts) == 1 or (len(parts) == 2 and parts[1] == "_search" and method == "POST"):
