@@ -27,6 +27,7 @@ import pytest
 
 from smartgate.config.model import VerificationMode
 from smartgate.envoy_glue.bootstrap import DownstreamTls, EnvoySettings
+from tests.support.logs import settled_text
 from tests.support.ports import free_port
 from tests.support.processes import running
 from tests.support.stack import start_envoy, start_smartgate
@@ -124,7 +125,7 @@ class E2EStack:
         return self.request("GET", path, token, **kwargs)
 
     def _log_entries(self) -> list[dict[str, Any]]:
-        text = (self.workdir / "decisions.jsonl").read_text(encoding="utf-8")
+        text = settled_text(self.workdir / "decisions.jsonl")
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def decisions(self) -> list[dict[str, Any]]:

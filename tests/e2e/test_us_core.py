@@ -120,16 +120,17 @@ def test_us_core_search_with_another_patients_values_is_refused_or_finds_nothing
 def test_us_core_search_by_post_with_the_parameters_in_the_body(
     e2e: E2EStack, slug: str, params: tuple[str, ...]
 ) -> None:
-    """Inferno repeats each search as POST [type]/_search with a form body. Bound in the body (or a
-    type outside the compartment): served. Not bound: refused, because Medplum ignores URL parameters
-    on POST _search, so narrowing could not work (test_post_search_naming_no_patient_is_refused)."""
+    """Inferno repeats each search as POST [type]/_search with a form body. Bound in the body, by one
+    ``_id`` the look-up proves the patient's, or a type outside the compartment: served. Otherwise
+    refused, because Medplum ignores URL parameters on POST _search, so narrowing could not work
+    (test_post_search_naming_no_patient_is_refused)."""
     profile, owner = us_core.PROFILE_BY_SLUG[slug], e2e.data.patients["A"].owner()
     values = us_core.search_values(profile, owner)
     body = urlencode([(name, values[name]) for name in params])
     response = e2e.request(
         "POST", f"/{profile.resource_type}/_search", e2e.token("alice", SCOPE), content=body, headers=FORM
     )
-    if "patient" in params or profile.resource_type in us_core.UNBOUND_TYPES:
+    if "patient" in params or params == ("_id",) or profile.resource_type in us_core.UNBOUND_TYPES:
         assert us_core.profile_record(profile, owner) in _bundle_refs(response)
     else:
         assert response.status_code == 403, f"{response.status_code} {response.text[:300]}"
@@ -481,3 +482,20 @@ def test_post_search_naming_no_patient_is_refused(e2e: E2EStack) -> None:
     )
     assert owner.ref("Observation", "lab") in _bundle_refs(bound)
     assert_only_patients_data(e2e, "A", bound)
+
+
+@pytest.mark.parametrize("slug", ["encounter", "documentreference", "relatedperson", "specimen"])
+def test_post_search_by_another_patients_id_is_refused_by_the_look_up(e2e: E2EStack, slug: str) -> None:
+    """A POST _search by one ``_id`` is proven by the membership look-up: B's record is refused."""
+    profile, b = us_core.PROFILE_BY_SLUG[slug], e2e.data.patients["B"].owner()
+    resource_type, resource_id = us_core.profile_record(profile, b).split("/")
+    response = e2e.request(
+        "POST",
+        f"/{resource_type}/_search",
+        e2e.token("alice", SCOPE),
+        content=urlencode({"_id": resource_id}),
+        headers=FORM,
+    )
+    assert response.status_code == 403, response.text[:300]
+    assert smartgate_reason(response) == "not_in_compartment"
+    assert_no_foreign_data(e2e, "A", response)

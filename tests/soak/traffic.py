@@ -59,6 +59,12 @@ def _denied(status: int, reason: str) -> Expected:
     return Expected(status, reason, False)
 
 
+def _refused_by_the_response_stage() -> Expected:
+    """The soak verifies responses (enforce): a read by id is proven by its response, not a look-up, so it
+    reaches the FHIR server and the response stage withholds what is not the context patient's."""
+    return Expected(403, "response_foreign_resource", True)
+
+
 def _json(document: object) -> bytes:
     return json.dumps(document).encode()
 
@@ -99,8 +105,8 @@ MIX: tuple[Probe, ...] = (
     ),
     Probe("read_context_patient", "GET", f"/Patient/{CONTEXT_PATIENT}", _allowed()),
     Probe("read_own_by_id", "GET", "/Observation/obs-123-a", _allowed()),
-    Probe("read_other_by_id", "GET", "/Observation/obs-456-a", _denied(403, "not_in_compartment")),
-    Probe("read_other_coverage_by_id", "GET", "/Coverage/cov-456", _denied(403, "not_in_compartment")),
+    Probe("read_other_by_id", "GET", "/Observation/obs-456-a", _refused_by_the_response_stage()),
+    Probe("read_other_coverage_by_id", "GET", "/Coverage/cov-456", _refused_by_the_response_stage()),
     Probe("no_token", "GET", OWN_SEARCH, _denied(401, "token_missing"), auth=NO_TOKEN),
     Probe("expired_token", "GET", OWN_SEARCH, _denied(401, "token_expired"), auth=EXPIRED),
     Probe(

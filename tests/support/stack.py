@@ -37,6 +37,7 @@ from smartgate.envoy_glue.bootstrap import EnvoySettings, render
 
 from .fhir_upstream import RecordingUpstream
 from .idp import IdentityProvider, SigningKeys, base_claims, new_keys, sign
+from .logs import settled_text
 from .metrics import Metrics
 from .ports import free_consecutive_ports, free_port
 from .processes import start_envoy_process, start_smartgate_process, stop
@@ -88,7 +89,7 @@ class Smartgate:
 def _json_lines(path: Path | None) -> list[dict[str, Any]]:
     if path is None or not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in settled_text(path).splitlines() if line.strip()]
 
 
 def smartgate_config(
@@ -364,7 +365,7 @@ class Stack:
         return self.client.post(self.base_url + path, headers=headers, **kwargs)
 
     def decision_log(self) -> str:
-        return (self.workdir / "decisions.jsonl").read_text(encoding="utf-8")
+        return settled_text(self.workdir / "decisions.jsonl")
 
     def metric(self, name: str, **labels: str) -> float:
         """The current value of one sample on smartgate's /metrics (0 when it has not appeared yet)."""

@@ -142,6 +142,41 @@ def test_a_post_search_bound_in_its_body_is_allowed_as_before() -> None:
     assert isinstance(outcome, Decision) and outcome.reason is Reason.ALLOWED_COMPARTMENT_SEARCH
 
 
+def _post(path: str, body: bytes, scope: str = "patient/*.rs") -> Decision | Pending:
+    return decide(fhir_request(path, "POST", **_form(body)), token_context(scope), SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "body", [b"_id=e1", b"_id=e1&status=finished", b"_id=e1&_revinclude=Provenance:target", b"_id=e1&_count=5"]
+)
+def test_a_post_search_by_one_id_is_proven_by_a_look_up_like_a_read(body: bytes) -> None:
+    """Inferno sends its _id searches as POST _search too: the search can match one resource only, and
+    the membership look-up proves it the patient's (a GET would be narrowed instead)."""
+    outcome = _post("Encounter/_search", body)
+    assert isinstance(outcome, Pending), outcome
+    (check,) = outcome.checks
+    assert isinstance(check, MembershipCheck)
+    assert (check.resource_type, check.resource_id) == ("Encounter", "e1")
+    assert ("patient", "Patient/123") in check.queries[0] or ("subject", "Patient/123") in check.queries[0]
+    assert outcome.allow.reason is Reason.ALLOWED_COMPARTMENT_SEARCH
+
+
+def test_a_post_search_by_one_id_keeps_a_granular_constraint_in_its_look_up() -> None:
+    outcome = _post("Observation/_search", f"_id=o1&category={LAB}".encode(), LAB_SCOPE)
+    assert isinstance(outcome, Pending)
+    assert all(("category", LAB) in query for query in outcome.checks[0].queries)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("body", [b"_id=e1,e2", b"_id=e1&_id=e2", b"_id:not=e1", b"_id=", b"code=x&_id:missing=true"])
+def test_a_post_search_by_anything_but_one_id_is_still_refused(body: bytes) -> None:
+    outcome = _post("Encounter/_search", body)
+    assert isinstance(outcome, Decision) and not outcome.allowed, outcome
+
+
+def test_a_get_search_by_one_id_is_narrowed_not_looked_up() -> None:
+    assert reason("Encounter?_id=e1") is Reason.ALLOWED_NARROWED
+
+
 def _form(body: bytes) -> dict[str, object]:
     prepared = form_post("/x", body)
     return {"headers": prepared.headers, "body": prepared.body}

@@ -32,11 +32,13 @@ from smartgate.policy.base import (
     PolicySettings,
     check_patient_params,
     decision,
+    patient_queries,
     require_access,
     require_open_type,
     require_patient,
 )
 from smartgate.policy.decision import Decision
+from smartgate.policy.plan import MembershipCheck, Pending
 from smartgate.tokens.context import TokenContext
 
 # Result and common parameters that only shape or narrow a search: safe in patient context.
@@ -64,7 +66,7 @@ SAFE_CONTROL_PARAMS = frozenset(
 _INCLUDES = frozenset({"_include", "_revinclude"})
 
 
-def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision:
+def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) -> Decision | Pending:
     searched = request.compartment_type or request.resource_type
     assert searched is not None
     access = require_access(token, searched, "s")
@@ -87,7 +89,7 @@ def _patient_search(
     searched: str,
     access: Access,
     settings: PolicySettings,
-) -> Decision:
+) -> Decision | Pending:
     bound_by_path = request.interaction is Interaction.SEARCH_COMPARTMENT
     if bound_by_path:
         if request.resource_type != "Patient":
@@ -101,11 +103,19 @@ def _patient_search(
     if not bound_type:
         _check_patient_references(searched, request.params, patient, settings.fhir_base_url)
     narrowing: tuple[tuple[str, str], ...] = ()
-    if bound_type and not bound_by_path and binding is None:
+    proven_id = _single_id(request) if bound_type and not bound_by_path and binding is None else None
+    if proven_id is not None:
+        binding = "_id"  # the one resource it can match is proven the patient's by look-up, below
+    elif bound_type and not bound_by_path and binding is None:
         narrowing = _narrowing(request, searched, patient, access, settings)
         binding = narrowing[0][0]  # the upstream search is bound through it, includes included
     _check_linked_patients(request, searched, settings)
     _check_patient_includes(request, token, searched, None if bound_by_path else binding, settings)
+    if proven_id is not None:
+        allow = decision(Reason.ALLOWED_COMPARTMENT_SEARCH, f"_id {proven_id} proven by look-up", request, token)
+        queries = patient_queries(searched, proven_id, patient, access.patient_level,
+                                  settings.follow_patient_links, membership=settings.bound.membership)
+        return Pending((MembershipCheck(searched, proven_id, tuple(queries)),), allow)
     if narrowing:
         narrowed = decision(
             Reason.ALLOWED_NARROWED, f"narrowed to the context patient through {binding}", request, token
@@ -177,6 +187,18 @@ def _refuse_case_variants(
             Reason.COMPARTMENT_AMBIGUOUS,
             f"{param.code} differs from {code} only in case; a server may or may not read it as {code}",
         )
+
+
+def _single_id(request: FhirRequest) -> str | None:
+    """The id of a POST _search that selects by one ``_id`` (Inferno sends ``Encounter/_search`` with
+    ``_id=…`` in the form body). Such a search cannot be narrowed through the URL, but it can match one
+    resource only, which a look-up proves the patient's as it proves a read. GET searches are narrowed."""
+    if request.method != "POST":
+        return None
+    ids = [param for param in request.params if param.code == "_id"]
+    if len(ids) != 1 or ids[0].modifier is not None or ids[0].chain is not None or not is_valid_id(ids[0].value):
+        return None
+    return ids[0].value
 
 
 def _narrowing(
