@@ -113,8 +113,14 @@ def _patient_search(
     _check_patient_includes(request, token, searched, None if bound_by_path else binding, settings)
     if proven_id is not None:
         allow = decision(Reason.ALLOWED_COMPARTMENT_SEARCH, f"_id {proven_id} proven by look-up", request, token)
-        queries = patient_queries(searched, proven_id, patient, access.patient_level,
-                                  settings.follow_patient_links, membership=settings.bound.membership)
+        queries = patient_queries(
+            searched,
+            proven_id,
+            patient,
+            access.patient_level,
+            settings.follow_patient_links,
+            membership=settings.bound.membership,
+        )
         return Pending((MembershipCheck(searched, proven_id, tuple(queries)),), allow)
     if narrowing:
         narrowed = decision(
