@@ -816,3 +816,26 @@ def test_batch_entry_escaping_the_compartment_denies_the_bundle() -> None:
     assert isinstance(outcome, Decision)
     assert outcome.reason is Reason.BUNDLE_ENTRY_DENIED
     assert outcome.message.startswith("entry 1:")
+
+
+LAB_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
+
+
+@pytest.mark.parametrize("path", ["Observation/abc/_history/1", "Observation/abc/_history"])
+@pytest.mark.parametrize(
+    "scope",
+    [
+        f"patient/Observation.rs user/Observation.rs?category={LAB_CATEGORY}",
+        f"user/Observation.rs?category={LAB_CATEGORY}",
+    ],
+)
+def test_past_versions_under_a_granular_user_scope_are_denied(path: str, scope: str) -> None:
+    """Found in review: the look-up proves the current version only, and a granular user/ scope had no
+    per-version check, so version 1 of a record now filed to the patient could show another patient's data."""
+    outcome = decide_path(path, scope)
+    assert isinstance(outcome, Decision) and outcome.reason is Reason.INTERACTION_NOT_SUPPORTED
+
+
+def test_the_current_version_under_a_granular_user_scope_is_still_read_by_look_up() -> None:
+    outcome = decide_path("Observation/abc", f"patient/Observation.rs user/Observation.rs?category={LAB_CATEGORY}")
+    assert isinstance(outcome, Pending) and [type(check) for check in outcome.checks] == [MembershipCheck]

@@ -256,13 +256,25 @@ async def test_a_cnf_member_smartgate_cannot_check_is_401_never_a_bearer_allow(g
     assert (decision.reason, decision.http_status) == (Reason.TOKEN_BINDING_UNSUPPORTED, 401)
 
 
-@pytest.mark.parametrize("cnf", ["jkt", ["jkt"], {"jkt": 42}, {"jkt": "too-short"}, {"x5t#S256": "A" * 44}])
+@pytest.mark.parametrize(
+    "cnf",
+    ["jkt", ["jkt"], {"jkt": 42}, {"jkt": "too-short"}, {"x5t#S256": "A" * 44}, {"jkt": None}, {"x5t#S256": None}],
+)
 def test_a_malformed_cnf_is_an_invalid_claim(cnf: Any) -> None:
     result = confirmation_from_claims({"cnf": cnf})
     assert getattr(result, "reason", None) is Reason.TOKEN_CLAIMS_INVALID
 
 
 # --- sender_constraint: required ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cnf", [{"jkt": None}, {"x5t#S256": None}, {"jkt": None, "x5t#S256": None}])
+async def test_a_cnf_with_null_members_is_refused_not_taken_for_a_binding(tmp_path: Path, cnf: dict[str, Any]) -> None:
+    """Found in review: {"jkt": null} made a "bound" token with no binding, which skipped the required-issuer
+    check and was allowed as a plain Bearer token."""
+    gate = build_gate(tmp_path, required=True)
+    decision = await gate.decide(gate.key.token(cnf=cnf), scheme="Bearer")
+    assert (decision.reason, decision.http_status) == (Reason.TOKEN_CLAIMS_INVALID, 401)
 
 
 async def test_an_issuer_requiring_sender_constraints_refuses_a_plain_bearer_token(tmp_path: Path) -> None:

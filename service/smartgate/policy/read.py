@@ -83,15 +83,32 @@ def decide(request: FhirRequest, token: TokenContext, settings: PolicySettings) 
         )
     allow = decision(Reason.ALLOWED_COMPARTMENT_MEMBER, "proven by look-up", request, token)
     checks: list[LookupCheck] = [MembershipCheck(resource_type, resource_id, tuple(queries))]
-    past_versions = request.interaction in (Interaction.VREAD, Interaction.HISTORY_INSTANCE)
-    bound_type = resource_type in settings.bound.membership
-    if past_versions and access.patient_level and not access.type_level and bound_type:
-        if resource_type not in MEMBERSHIP_PARAMS:  # the version check reads the official compartment only
-            raise DenyError(
-                Reason.INTERACTION_NOT_SUPPORTED, f"past {resource_type} versions cannot be bound to the patient"
-            )
-        checks.append(VersionCheck(resource_type, resource_id, request.version_id, require_patient(token)))
+    checks.extend(_version_checks(request, token, access, settings))
     return Pending(tuple(checks), allow)
+
+
+def _version_checks(
+    request: FhirRequest, token: TokenContext, access: Access, settings: PolicySettings
+) -> list[LookupCheck]:
+    """vread and instance history show past versions: each one shown must be the patient's too."""
+    resource_type, resource_id = request.resource_type, request.resource_id
+    assert resource_type is not None and resource_id is not None
+    if request.interaction not in (Interaction.VREAD, Interaction.HISTORY_INSTANCE):
+        return []
+    if access.type_level:
+        # The look-up proves the current version only; a constrained user/ or system/ scope has no per-version
+        # check, so an earlier version could be another patient's or fail the constraint.
+        raise DenyError(
+            Reason.INTERACTION_NOT_SUPPORTED,
+            "past versions cannot be checked against a granular user/ or system/ scope",
+        )
+    if not access.patient_level or resource_type not in settings.bound.membership:
+        return []
+    if resource_type not in MEMBERSHIP_PARAMS:  # the version check reads the official compartment only
+        raise DenyError(
+            Reason.INTERACTION_NOT_SUPPORTED, f"past {resource_type} versions cannot be bound to the patient"
+        )
+    return [VersionCheck(resource_type, resource_id, request.version_id, require_patient(token))]
 
 
 def _proven_by_response(request: FhirRequest, token: TokenContext, access: Access, settings: PolicySettings) -> bool:

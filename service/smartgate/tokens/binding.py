@@ -46,8 +46,9 @@ def confirmation_from_claims(claims: Mapping[str, Any]) -> Confirmation | Refusa
             Reason.TOKEN_BINDING_UNSUPPORTED, "the token is bound by a confirmation method smartgate cannot check"
         )
     values = {name: cnf.get(name) for name in CHECKED_MEMBERS}
-    for value in values.values():
-        if value is not None and (not isinstance(value, str) or not _SHA256_B64URL.fullmatch(value)):
+    for name, value in values.items():
+        # A member that is present must hold a thumbprint: a null one would leave a "bound" token with no binding.
+        if name in cnf and (not isinstance(value, str) or not _SHA256_B64URL.fullmatch(value)):
             return Refusal(Reason.TOKEN_CLAIMS_INVALID, "a cnf member is not a base64url SHA-256 thumbprint")
     return Confirmation(jkt=values["jkt"], x5t_s256=values["x5t#S256"])
 
