@@ -83,8 +83,9 @@ class Components:
         """Release what these components opened: the HTTP client and the decision-log and
         audit files (a reload builds new ones; without this each reload leaked two handles)."""
         await self.http_client.aclose()
-        self.pipeline.decision_log.close()
-        self.pipeline.audit_log.close()
+        # Closing a log writes out its queue and may wait on a stalled stream: never on the event loop.
+        await asyncio.to_thread(self.pipeline.decision_log.close)
+        await asyncio.to_thread(self.pipeline.audit_log.close)
 
 
 def build_components(config: Config, replay_cache: ReplayCache | None = None) -> Components:
@@ -175,12 +176,20 @@ def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
+def _response_stage(config: Config) -> tuple[object, ...]:
+    """The settings the response verifier (built once, at start) and Envoy's ext_proc filter depend on."""
+    # patient_closed_types is left out: a type closed or opened by a reload is decided by the new policy at
+    # the request, and a verifier with the old list can only refuse more (it reads a closed type as foreign).
+    return (config.response_verification, config.compartment, config.fhir.base_url, config.fhir.upstream_url)
+
+
 class Worker:
     """One process's gRPC server, key refresher and config reloader."""
 
     def __init__(self, config: Config, config_path: str | None, worker_index: int, serve_http: bool) -> None:
         self.config = config
         self._config_path = config_path
+        self._reload_lock = asyncio.Lock()  # one reload at a time: each swaps out the components it read
         self._index = worker_index
         self._serve_http = serve_http
         self._health = health_aio.HealthServicer()
@@ -234,11 +243,28 @@ class Worker:
     async def reload(self) -> None:
         if self._config_path is None:
             return
+        async with self._reload_lock:
+            old = await self._swap_in_reloaded_config()
+        if old is not None:
+            await asyncio.sleep(self.config.shutdown_grace_seconds)
+            await old.close()
+
+    async def _swap_in_reloaded_config(self) -> Components | None:
+        """Load, check and swap in the config file; the replaced components, or None when it was rejected."""
+        assert self._config_path is not None
         try:
             new_config = load_config(self._config_path)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the current config: %s", exc)
-            return
+            return None
+        if _response_stage(new_config) != _response_stage(self.config):
+            # The response verifier and Envoy's ext_proc filter were built from these: a policy that trusts
+            # responses to be checked (enforce) must never run in front of a verifier that does not.
+            log.error(
+                "config reload rejected, keeping the current config: response_verification, compartment "
+                "and the fhir addresses change only on restart"
+            )
+            return None
         if new_config.listen != self.config.listen or new_config.workers != self.config.workers:
             log.warning("listen addresses and workers change only on restart")
         old = self.components
@@ -247,13 +273,12 @@ class Worker:
         if not fresh.ready():
             log.error("config reload rejected: the new issuers' keys are unavailable")
             await fresh.close()
-            return
+            return None
         self.config, self.components = new_config, fresh
         self._service.pipeline = fresh.pipeline  # atomic swap: each Check uses one pipeline
         self._smart = self._smart_configuration()
         log.info("config reloaded")
-        await asyncio.sleep(self.config.shutdown_grace_seconds)
-        await old.close()
+        return old
 
     async def run(self) -> None:
         config = self.config
