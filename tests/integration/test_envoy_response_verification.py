@@ -135,7 +135,8 @@ def test_report_mode_passes_responses_too_large_to_check_and_counts_them(
     with start_stack(tmp_path_factory.mktemp("report-small"), overrides, envoy) as small:
         before = small.metric("smartgate_response_checks_skipped_total", reason="too_large")
         search = small.get("/Observation?patient=123", small.token())
-        huge = small.get(f"/Observation?patient=123&_tag={HUGE_TAG}", small.token())
+        # 1.5 MB through Envoy's buffer and ext_proc on a loaded 2-core CI machine: more than the client's 10 s.
+        huge = small.get(f"/Observation?patient=123&_tag={HUGE_TAG}", small.token(), timeout=60)
         after = small.metric("smartgate_response_checks_skipped_total", reason="too_large")
         entries = [json.loads(line) for line in small.decision_log().splitlines()]
     assert search.status_code == 200 and {e["resource"]["id"] for e in search.json()["entry"]} == {
